@@ -1,0 +1,249 @@
+r"""Linear-fractional statistics and the violation penalties built on them: the single implementation.
+
+A linear-fractional statistic of predictions :math:`f` for sensitive column :math:`k` is
+
+.. math:: \gamma_k = \frac{\sum_n s_{nk}(c_{0,n} + c_{1,n} f_n)}{\sum_n s_{nk}(d_{0,n} + d_{1,n} f_n)}
+
+(Buyl et al., "fairret", ICLR 2024). The overall statistic uses weight 1 for every sample. The coefficients are
+scalars or per-sample tensors (usually functions of the label). Everything here works on predictions of shape
+``(N, C)``: ``C = 1`` for binary classification and regression, ``C > 1`` for multiclass predictions, where each
+column is treated one-vs-rest (the coefficients broadcast per column, nothing is summed over columns).
+
+Coefficient tensors are normalised to shape ``(N or 1, K, C or 1)``, ``K`` the number of stacked statistics.
+Sums come out as ``(K, C, S)`` for groups and ``(K, C)`` overall.
+
+Private helpers follow the torchmetrics pattern: :func:`_lf_update` computes the sufficient statistics of one
+batch (the sums), :func:`_lf_compute` turns sums into statistic values. Modules and metrics call these.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .._distributed import all_reduce_sum
+
+Coef = Union[float, int, torch.Tensor]
+
+__all__ = [
+    "linear_fractional_statistic",
+    "statistic_violation",
+    "norm_penalty",
+    "lse_penalty",
+    "fixed_constraint",
+]
+
+#: Denominators whose absolute value is at most this are treated as zero (an absent group).
+ZERO_DENOM_EPS = 1e-12
+
+
+def _coef_tensor(c: Coef, pred: torch.Tensor) -> torch.Tensor:
+    """Return ``c`` as a tensor of shape ``(N or 1, K, C or 1)`` on ``pred``'s device and dtype."""
+    t = torch.as_tensor(c, dtype=pred.dtype, device=pred.device)
+    if t.ndim == 0:
+        return t.reshape(1, 1, 1)
+    if t.ndim == 1:  # per-sample (N,)
+        return t.reshape(-1, 1, 1)
+    if t.ndim == 2:  # (N, C) or (N, 1)
+        return t.unsqueeze(1)
+    if t.ndim == 3:  # (N, K, C)
+        return t
+    raise ValueError(f"Expected a statistic coefficient with at most 3 dimensions (N, K, C), but got {tuple(t.shape)}")
+
+
+def _lf_update(
+    pred: torch.Tensor,
+    sens: Optional[torch.Tensor],
+    c0: Coef,
+    c1: Coef,
+    d0: Coef,
+    d1: Coef,
+    *,
+    sync_dist: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerator and denominator sums of one batch.
+
+    Args:
+        pred: ``(N, C)`` predictions (probabilities, or raw outputs for regression).
+        sens: ``(N, S)`` sensitive matrix, or ``None`` for the overall sums.
+        c0, c1, d0, d1: coefficients, scalars or tensors broadcastable to ``(N, K, C)``.
+        sync_dist: all-reduce the sums (with gradient) when a process group is initialised.
+
+    Returns:
+        ``(num, denom)`` of shape ``(K, C, S)`` (``(K, C)`` when ``sens`` is None).
+    """
+    f = pred.unsqueeze(1)  # (N, 1, C)
+    tc0, tc1, td0, td1 = (_coef_tensor(c, pred) for c in (c0, c1, d0, d1))
+    num_lin = tc0 + tc1 * f
+    den_lin = td0 + td1 * f
+    n = pred.shape[0]
+    num_lin = num_lin.expand(n, *num_lin.shape[1:]) if num_lin.shape[0] == 1 else num_lin
+    den_lin = den_lin.expand(n, *den_lin.shape[1:]) if den_lin.shape[0] == 1 else den_lin
+    if sens is None:
+        num, den = num_lin.sum(0), den_lin.sum(0)
+    else:
+        s = sens.to(pred.dtype)
+        num = torch.einsum("nkc,ns->kcs", num_lin, s)
+        den = torch.einsum("nkc,ns->kcs", den_lin, s)
+    if sync_dist:
+        num, den = all_reduce_sum(num), all_reduce_sum(den)
+    return num, den
+
+
+def _lf_compute(num: torch.Tensor, denom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Statistic values and the mask of defined entries.
+
+    Where the denominator is zero (a group absent from the batch, or without any sample the statistic conditions
+    on) the statistic is undefined: the value returned there is 0 (as in fairret 0.1.3) and ``valid`` is False.
+    The double ``where`` keeps gradients finite.
+    """
+    valid = denom.abs() > ZERO_DENOM_EPS
+    safe = torch.where(valid, denom, torch.ones_like(denom))
+    return torch.where(valid, num / safe, torch.zeros_like(num)), valid
+
+
+def _squeeze_stat(x: torch.Tensor, stacked: bool) -> torch.Tensor:
+    """Drop the K axis for plain statistics and the C axis for single-column predictions.
+
+    ``(K, C, S)`` becomes ``(S,)`` for a plain statistic on ``(N, 1)`` predictions (fairret 0.1.3's shape),
+    ``(C, S)`` for multiclass, ``(K, S)`` for a stacked statistic and ``(K, C, S)`` for stacked multiclass.
+    """
+    if x.shape[1] == 1:
+        x = x.squeeze(1)
+    if not stacked:
+        x = x.squeeze(0)
+    return x
+
+
+def linear_fractional_statistic(
+    pred: torch.Tensor,
+    sens: Optional[torch.Tensor],
+    c0: Coef,
+    c1: Coef,
+    d0: Coef,
+    d1: Coef,
+) -> torch.Tensor:
+    r"""Per-group values of a linear-fractional statistic.
+
+    Args:
+        pred: ``(N, C)`` predictions.
+        sens: ``(N, S)`` sensitive matrix (one-hot groups or non-negative weights), or None for the overall value.
+        c0, c1, d0, d1: coefficients of :math:`(c_0 + c_1 f)/(d_0 + d_1 f)`, scalars or per-sample tensors.
+
+    Returns:
+        Tensor of shape ``(K, C, S)`` (``(K, C)`` overall). Entries with a zero denominator are 0.
+
+    Example:
+        >>> import torch
+        >>> pred = torch.tensor([[0.2], [0.6], [0.4], [0.8]])
+        >>> sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
+        >>> linear_fractional_statistic(pred, sens, 0., 1., 1., 0.).flatten()  # positive rate per group
+        tensor([0.4000, 0.6000])
+    """
+    num, den = _lf_update(pred, sens, c0, c1, d0, d1)
+    return _lf_compute(num, den)[0]
+
+
+def statistic_violation(
+    stats: torch.Tensor,
+    target: torch.Tensor,
+    valid: Optional[torch.Tensor] = None,
+    *,
+    eps: float = ZERO_DENOM_EPS,
+) -> torch.Tensor:
+    r"""Violation vector :math:`v_k = |\gamma_k / c - 1|`, relative to the target :math:`c`.
+
+    Where the target is zero (up to ``eps``) the relative gap is undefined; the absolute gap
+    :math:`|\gamma_k - c|` is used there instead (fairret 0.1.3 raised ``NotImplementedError``). Entries marked
+    invalid (absent groups) contribute zero with zero gradient.
+
+    Args:
+        stats: ``(..., S)`` per-group statistics.
+        target: target broadcastable to ``stats`` (usually the overall statistic with a trailing axis of size 1).
+        valid: optional boolean mask like ``stats``.
+        eps: targets with absolute value at most ``eps`` count as zero.
+
+    Returns:
+        Violations with the shape of ``stats``.
+    """
+    target = target.to(stats.dtype)
+    zero_target = target.abs() <= eps
+    safe_target = torch.where(zero_target, torch.ones_like(target), target)
+    rel = torch.where(zero_target, stats - target, stats / safe_target - 1)
+    v = rel.abs()
+    if valid is not None:
+        v = torch.where(valid, v, torch.zeros_like(v))
+    return v
+
+
+def norm_penalty(violation: torch.Tensor, p: float = 1) -> torch.Tensor:
+    r""":math:`\sum \lVert v \rVert_p`, the norm over the last (group) axis summed over the others.
+
+    The p-norm of a vector with zero entries has a NaN gradient through ``torch.linalg.vector_norm`` for p > 1
+    only when all entries are zero; that case is guarded so the gradient is zero there.
+    """
+    if p == 1:
+        return violation.sum()
+    if p == float("inf"):
+        return violation.amax(dim=-1).sum()
+    all_zero = (violation == 0).all(dim=-1, keepdim=True)
+    safe = torch.where(all_zero, torch.ones_like(violation), violation)
+    norms = torch.linalg.vector_norm(safe, ord=p, dim=-1)
+    return torch.where(all_zero.squeeze(-1), torch.zeros_like(norms), norms).sum()
+
+
+def lse_penalty(violation: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log\sum_k e^{v_k} - \log S`, a smooth maximum over the group axis, summed over the others."""
+    s = violation.shape[-1]
+    return (torch.logsumexp(violation, dim=-1) - torch.log(torch.tensor(float(s), dtype=violation.dtype))).sum()
+
+
+def fixed_constraint(
+    target: torch.Tensor,
+    sens: torch.Tensor,
+    c0: Coef,
+    c1: Coef,
+    d0: Coef,
+    d1: Coef,
+    like: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The linear constraint :math:`\gamma_k(q) = c` in the form ``intercept + slope^T q = 0``.
+
+    :math:`\sum_n s_{nk}\big((c_0 - c\,d_0) + (c_1 - c\,d_1) q_n\big) = 0` for every group ``k``, every stacked
+    statistic and every class column.
+
+    Args:
+        target: ``(K, C)`` target values ``c``.
+        sens: ``(N, S)`` sensitive matrix.
+        c0, c1, d0, d1: coefficients as in :func:`linear_fractional_statistic`.
+        like: a ``(N, C)`` tensor giving the shape, dtype and device.
+
+    Returns:
+        ``intercept`` of shape ``(K, C, S)`` and ``slope`` of shape ``(N, K, C, S)``; the constraint on column
+        ``c`` of ``q`` reads ``intercept[k, c, s] + sum_n slope[n, k, c, s] * q[n, c] = 0``.
+    """
+    n = like.shape[0]
+    tc0, tc1, td0, td1 = (_coef_tensor(c, like) for c in (c0, c1, d0, d1))
+    tgt = target.to(like.dtype).unsqueeze(0)  # (1, K, C)
+    a = (tc0 - tgt * td0).expand(n, -1, -1) if (tc0 - tgt * td0).shape[0] == 1 else tc0 - tgt * td0
+    b = tc1 - tgt * td1
+    b = b.expand(n, -1, -1) if b.shape[0] == 1 else b
+    s = sens.to(like.dtype)
+    k = max(a.shape[1], b.shape[1])
+    c = max(a.shape[2], b.shape[2], like.shape[1])
+    a = a.expand(n, k, c)
+    b = b.expand(n, k, c)
+    intercept = torch.einsum("nkc,ns->kcs", a, s)
+    slope = b.unsqueeze(-1) * s[:, None, None, :]
+    return intercept, slope
+
+
+def stack_coefficients(per_stat: Sequence[tuple[Coef, Coef, Coef, Coef]], like: torch.Tensor):
+    """Stack the coefficients of K statistics along the K axis (shape ``(N or 1, K, C or 1)``)."""
+    out = []
+    for j in range(4):
+        parts = [_coef_tensor(coefs[j], like) for coefs in per_stat]
+        n = max(p.shape[0] for p in parts)
+        c = max(p.shape[2] for p in parts)
+        out.append(torch.cat([p.expand(n, p.shape[1], c) for p in parts], dim=1))
+    return tuple(out)

@@ -1,0 +1,156 @@
+r"""torchmetrics metric of linear-fractional parity (fairret 0.1.3 API, plus per-group values and plots).
+
+The metric keeps running sums of the numerators and denominators of the per-group and overall statistics
+(``dist_reduce_fx="sum"``), so it is exact over a whole epoch and under DDP. ``compute()`` returns
+``gap_fn(per_group, overall)``; by default the maximum relative gap :math:`\max_k |\gamma_k/\gamma - 1|`.
+
+Example:
+    >>> import torch
+    >>> from fairret.statistic import PositiveRate
+    >>> m = LinearFractionalParity(PositiveRate(), stat_shape=2)
+    >>> sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
+    >>> m.update(torch.tensor([[0.2], [0.6], [0.4], [0.8]]), sens)
+    >>> m.compute()
+    tensor(0.2000)
+    >>> m.compute_per_group()
+    tensor([0.4000, 0.6000])
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import torch
+
+try:
+    import torchmetrics
+except ImportError as err:  # pragma: no cover - torchmetrics is a core dependency
+    raise ImportError("The 'torchmetrics' package must be installed to use fairret.metric: "
+                      "`pip install torchmetrics`.") from err
+
+from .functional import linear_fractional as F
+from .statistic import LinearFractionalStatistic
+from .statistic.linear_fractional import prepare_pred, prepare_sens
+
+__all__ = ["gap_abs_max", "gap_relative_abs_max", "LinearFractionalParity"]
+
+
+def gap_abs_max(vals: torch.Tensor, target_val: torch.Tensor) -> torch.Tensor:
+    r"""Maximum absolute gap :math:`\max_k |\gamma_k - \gamma|` over the last axis."""
+    return torch.amax(torch.abs(vals - target_val), dim=-1)
+
+
+def gap_relative_abs_max(vals: torch.Tensor, target_val: torch.Tensor) -> torch.Tensor:
+    r"""Maximum relative gap :math:`\max_k |\gamma_k / \gamma - 1|` (absolute where :math:`\gamma = 0`)."""
+    return torch.amax(F.statistic_violation(vals, target_val), dim=-1)
+
+
+class LinearFractionalParity(torchmetrics.Metric):
+    """Gap between per-group and overall values of a linear-fractional statistic over a whole dataset.
+
+    Args:
+        statistic: the statistic to evaluate.
+        stat_shape: shape of the statistic excluding the batch: ``S`` (or ``(S,)``) for a plain statistic on
+            binary predictions, ``(K, S)`` for a stack, ``(C, S)`` multiclass, ``(K, C, S)`` both.
+        gap_fn: ``gap_fn(per_group, overall)``; default :func:`gap_relative_abs_max`.
+        **torchmetrics_kwargs: passed to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
+
+    Groups that never appear (zero denominator) are left out of the gap (their value is NaN in
+    :meth:`compute_per_group`).
+    """
+
+    is_differentiable = True
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, statistic: LinearFractionalStatistic, stat_shape: Union[int, Tuple[int, ...]],
+                 gap_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = gap_relative_abs_max,
+                 **torchmetrics_kwargs: Any):
+        super().__init__(**torchmetrics_kwargs)
+        if not isinstance(statistic, LinearFractionalStatistic):
+            raise TypeError(f"Expected argument `statistic` to be a LinearFractionalStatistic, but got "
+                            f"{type(statistic).__name__}")
+        shape = (stat_shape,) if isinstance(stat_shape, int) else tuple(stat_shape)
+        if not shape or any((not isinstance(d, int)) or d < 1 for d in shape):
+            raise ValueError(f"Expected argument `stat_shape` to be a positive int or tuple of them, got {stat_shape!r}")
+        self.stat = statistic
+        self.stat_shape = shape
+        self.gap_fn = gap_fn
+        self.add_state("num", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("denom", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        overall = (*shape[:-1], 1)
+        self.add_state("overall_num", default=torch.zeros(overall, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("overall_denom", default=torch.zeros(overall, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, **stat_kwargs: Any) -> None:
+        """Add a batch: ``pred`` probabilities ``(N, 1)`` or ``(N, C)``, ``sens`` ``(N, S)``, statistic args."""
+        pred = prepare_pred(pred)
+        sens = prepare_sens(sens, pred)
+        if sens.shape[1] != self.stat_shape[-1]:
+            raise ValueError(f"Expected argument `sens` to have S={self.stat_shape[-1]} columns as in `stat_shape`, "
+                             f"but got {sens.shape[1]}")
+        coefs = self.stat.coefficients(pred, *stat_args, **stat_kwargs)
+        num, den = F._lf_update(pred.detach(), sens, *coefs)
+        onum, oden = F._lf_update(pred.detach(), None, *coefs)
+        shape = self.stat_shape
+        try:
+            self.num += num.reshape(shape).to(self.num.dtype)
+            self.denom += den.reshape(shape).to(self.denom.dtype)
+            self.overall_num += onum.reshape(*shape[:-1], 1).to(self.num.dtype)
+            self.overall_denom += oden.reshape(*shape[:-1], 1).to(self.num.dtype)
+        except RuntimeError:
+            raise ValueError(f"Expected the statistic to have shape {shape} (argument `stat_shape`), but it has "
+                             f"{tuple(num.shape)} as (K, C, S)") from None
+
+    def compute_per_group(self) -> torch.Tensor:
+        """Per-group statistic values over everything seen; NaN for groups with a zero denominator."""
+        vals, valid = F._lf_compute(self.num, self.denom)
+        return torch.where(valid, vals, torch.full_like(vals, float("nan"))).to(torch.get_default_dtype())
+
+    def compute_overall(self) -> torch.Tensor:
+        """The overall statistic, shape ``(*stat_shape[:-1], 1)``."""
+        return F._lf_compute(self.overall_num, self.overall_denom)[0].to(torch.get_default_dtype())
+
+    def compute(self) -> torch.Tensor:
+        """``gap_fn(per_group, overall)`` over the groups with a defined statistic."""
+        vals, valid = F._lf_compute(self.num, self.denom)
+        overall = F._lf_compute(self.overall_num, self.overall_denom)[0]
+        vals = torch.where(valid, vals, overall.expand_as(vals))  # an absent group has no gap
+        return self.gap_fn(vals, overall).to(torch.get_default_dtype())
+
+    def plot(self, val: Optional[torch.Tensor] = None, ax: Optional[Any] = None,
+             group_names: Optional[Sequence[str]] = None):
+        """Bar plot of the per-group values with the overall value as a line (needs matplotlib).
+
+        Args:
+            val: per-group values to plot (default: :meth:`compute_per_group`), shape ``(S,)`` or ``(R, S)``.
+            ax: a matplotlib axis to draw into.
+            group_names: labels of the S groups.
+
+        Returns:
+            ``(figure, axis)``.
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as err:
+            raise ImportError("LinearFractionalParity.plot needs matplotlib: `pip install matplotlib`") from err
+        vals = (self.compute_per_group() if val is None else val).detach().cpu()
+        overall = self.compute_overall().detach().cpu().reshape(-1) if val is None else None
+        vals = vals.reshape(-1, vals.shape[-1])
+        s = vals.shape[-1]
+        names = list(group_names) if group_names is not None else [f"group {k}" for k in range(s)]
+        if len(names) != s:
+            raise ValueError(f"Expected argument `group_names` to have {s} names, but got {len(names)}")
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(max(4, 0.8 * s * len(vals)), 3))
+        width = 0.8 / len(vals)
+        for r, row in enumerate(vals):
+            xs = [k + r * width for k in range(s)]
+            ax.bar(xs, row.tolist(), width=width, label=f"row {r}" if len(vals) > 1 else None)
+            if overall is not None:
+                ax.axhline(float(overall[min(r, len(overall) - 1)]), linestyle="--", color="k", linewidth=1)
+        ax.set_xticks([k + width * (len(vals) - 1) / 2 for k in range(s)])
+        ax.set_xticklabels(names, rotation=30, ha="right")
+        ax.set_ylabel(type(self.stat).__name__)
+        if len(vals) > 1:
+            ax.legend()
+        fig.tight_layout()
+        return fig, ax

@@ -1,0 +1,40 @@
+"""Statistics computed per sensitive group (``from fairret.statistic import PositiveRate`` as in fairret 0.1.3)."""
+from .base import Statistic
+from .linear_fractional import (
+    Accuracy,
+    CustomLinearFractionalStatistic,
+    FalseDiscoveryRate,
+    FalseNegativeFalsePositiveFraction,
+    FalseNegativeRate,
+    FalseOmissionRate,
+    FalsePositiveRate,
+    FScore,
+    LinearFractionalStatistic,
+    MeanPrediction,
+    NegativePredictiveValue,
+    PositivePredictiveValue,
+    PositiveRate,
+    StackedLinearFractionalStatistic,
+    TrueNegativeRate,
+    TruePositiveRate,
+)
+
+__all__ = [
+    "Statistic",
+    "LinearFractionalStatistic",
+    "PositiveRate",
+    "MeanPrediction",
+    "TruePositiveRate",
+    "FalsePositiveRate",
+    "PositivePredictiveValue",
+    "FalseOmissionRate",
+    "Accuracy",
+    "FalseNegativeFalsePositiveFraction",
+    "FScore",
+    "FalseNegativeRate",
+    "TrueNegativeRate",
+    "NegativePredictiveValue",
+    "FalseDiscoveryRate",
+    "StackedLinearFractionalStatistic",
+    "CustomLinearFractionalStatistic",
+]
