@@ -197,9 +197,11 @@ def project(
             sols = row(cand @ a.T, p, logp, log1mp, eps)
             g = red(sols.h.sum(1)) + cand @ b
             g = torch.where(torch.isfinite(g), g, torch.full_like(g, -math.inf))
-            best = torch.argmax(g)
-            lam = cand[best]
-            sol = _RowSolution(sols.q[best], sols.w[best], sols.h[best])
+            # Select the best candidate with a one-hot product: indexing by a tensor would need its value on the
+            # host (a synchronisation, and a graph break under torch.compile).
+            pick = (torch.arange(g.shape[0], device=g.device) == torch.argmax(g)).to(g.dtype)
+            lam = pick @ cand
+            sol = _RowSolution(pick @ sols.q, pick @ sols.w, pick @ sols.h)
     return sol.q
 
 

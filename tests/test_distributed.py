@@ -1,0 +1,71 @@
+"""Global-batch statistics under torch.distributed: gloo, 2 CPU processes, against the single-process batch."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fairret.loss import KLProjectionLoss, NormLoss
+from fairret.statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
+
+pytestmark = pytest.mark.distributed
+
+
+def make_losses():
+    eo = StackedLinearFractionalStatistic(TruePositiveRate(), FalsePositiveRate())
+    return {"norm": (NormLoss(eo, p=2), True), "kl": (KLProjectionLoss(PositiveRate()), False)}
+
+
+def data():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 1, generator=g, dtype=torch.float64)
+    y = (torch.rand(40, 1, generator=g) < 0.5).double()
+    s = torch.nn.functional.one_hot(torch.randint(0, 3, (40,), generator=g), 3).double()
+    return x, y, s
+
+
+def single_process():
+    x, y, s = data()
+    out = {}
+    for name, (loss, uses_label) in make_losses().items():
+        xx = x.clone().requires_grad_(True)
+        val = loss(xx, s, y) if uses_label else loss(xx, s)
+        (g,) = torch.autograd.grad(val, xx)
+        out[name] = (val.detach(), g)
+    return out
+
+
+def worker(rank, port, outdir):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    x, y, s = data()
+    sl = slice(0, 17) if rank == 0 else slice(17, 40)  # unequal shards
+    out = {}
+    for name, (loss, uses_label) in make_losses().items():
+        xx = x[sl].clone().requires_grad_(True)
+        val = loss(xx, s[sl], y[sl]) if uses_label else loss(xx, s[sl])
+        (g,) = torch.autograd.grad(val, xx)
+        out[name] = (val.detach(), g)
+    torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_ranks_equal_full_batch(tmp_path):
+    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = {r: torch.load(tmp_path / f"rank{r}.pt") for r in range(2)}
+    ref = single_process()
+    for name, (val, grad) in ref.items():
+        for rank, sl in ((0, slice(0, 17)), (1, slice(17, 40))):
+            rval, rgrad = results[rank][name]
+            torch.testing.assert_close(rval, val, rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(rgrad, grad[sl], rtol=1e-7, atol=1e-10)
