@@ -104,7 +104,7 @@ def test_single_constraint_kl_closed_form():
     q = project(p, torch.tensor([-0.5 * 4]), torch.ones(4, 1, dtype=torch.float64), "kl")
     t = (logits - torch.logit(q))
     torch.testing.assert_close(t, t.mean().expand(4))
-    assert q.mean().item() == pytest.approx(0.5, abs=1e-12)
+    assert q.mean().item() == pytest.approx(0.5, abs=1e-9)
 
 
 @pytest.mark.parametrize("div", ["kl", "js", "squared_euclidean", "chi_squared", "tv"])
@@ -163,3 +163,25 @@ def test_no_graph_breaks_under_compile():
     s = torch.nn.functional.one_hot(torch.arange(32) % 3, 3).float()
     compiled = torch.compile(lambda a, b: loss(a, b), fullgraph=True, backend="eager")
     assert compiled(x, s).item() == pytest.approx(loss(x, s).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("div", list(LOSSES))
+def test_hard_instances_converge(div):
+    """Strongly group-dependent predictions (group logit shifts of several units), small and large groups."""
+    gen = torch.Generator().manual_seed(123)
+    for _ in range(6):
+        n = int(torch.randint(50, 3000, (1,), generator=gen))
+        s = int(torch.randint(2, 8, (1,), generator=gen))
+        g = torch.randint(0, s, (n,), generator=gen)
+        x = 2 * torch.randn(n, 1, generator=gen) + (3 * torch.randn(s, generator=gen))[g][:, None]
+        y = (torch.rand(n, 1, generator=gen) < torch.sigmoid(x + torch.randn(n, 1, generator=gen))).float()
+        sens = torch.nn.functional.one_hot(g, s).float()
+        for stat_name in ("dp", "eodds", "acc"):
+            stat = STATS[stat_name]()
+            args = args_for(stat_name, y)
+            q = LOSSES[div](stat).project(x, sens, *args)
+            a64 = [a.double() for a in args]
+            target = stat.overall_statistic(torch.sigmoid(x.double()), *a64)
+            got, den = stat(q, sens.double(), *a64), stat.denom(q, sens.double(), *a64)
+            err = torch.where(den.abs() > 1e-9, (got - target).abs(), torch.zeros_like(got))
+            assert err.max().item() < 1e-6

@@ -11,8 +11,10 @@ The problem has as many dual variables as constraints (``M`` = groups × stacked
 the dual by damped Newton steps: for a dual vector :math:`\lambda`, every row's minimiser
 :math:`q_n(t_n) = \arg\min_q D(q \Vert p_n) + t_n q` with :math:`t = A\lambda` is known in closed form, the dual
 gradient is the constraint residual and its Hessian is :math:`A^\top W A` with :math:`W = -\,dq/dt`. Each step
-evaluates a few step sizes at once and keeps the best, so the loop has a fixed length and never synchronises with
-the device (it runs under ``torch.compile(fullgraph=True)``). Computation is in float64.
+is limited to a trust region in the row multipliers and kept only if it raises the dual value (the region grows
+after a kept step and shrinks after a rejected one). On accelerators and under ``torch.compile(fullgraph=True)``
+the loop has a fixed length and never synchronises with the device; on CPU tensors it stops as soon as every
+constraint holds to 1e-12 relative to its scale. Computation is in float64.
 
 Divergences (per row, over the two-class distributions ``(1-q, q)`` and ``(1-p, p)``):
 
@@ -43,7 +45,6 @@ __all__ = ["DIVERGENCES", "project", "divergence_value", "projection_residual"]
 DIVERGENCES = ("kl", "js", "tv", "squared_euclidean", "chi_squared")
 
 _P_EPS = 1e-12
-_STEPS = torch.tensor([1.0, 0.5, 0.125, 0.0], dtype=torch.float64)
 
 
 class _RowSolution(NamedTuple):
@@ -57,11 +58,12 @@ def _clip01(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.clamp(0.0, 1.0), inside
 
 
-def _row_kl(t, p, logp, log1mp, eps):
-    # q = sigmoid(logit(p) - t); h = -log(1 - p + p e^{-t}) = -log(1 - p) - softplus(logit(p) - t)
-    u = (logp - log1mp) - t
+def _row_kl(t, p, logit_p, log1mp, eps):
+    # q = sigmoid(logit(p) - t); h = -log(1 - p + p e^{-t}) = -log(1 - p) - softplus(logit(p) - t). The constant
+    # -log(1 - p) is left out: h only serves to compare step sizes.
+    u = logit_p - t
     q = torch.sigmoid(u)
-    return _RowSolution(q, q * (1 - q), -log1mp - F.softplus(u))
+    return _RowSolution(q, q * (1 - q), -F.softplus(u))
 
 
 def _js_value(q, p):
@@ -116,7 +118,8 @@ _ROWS: dict[str, Callable] = {
     "chi_squared": _row_quadratic(lambda p: 0.5 * p * (1 - p)),
 }
 
-_DEFAULT_ITERS = {"kl": 8, "js": 8, "tv": 4, "squared_euclidean": 10, "chi_squared": 10}
+_DEFAULT_ITERS = {"kl": 20, "js": 20, "tv": 12, "squared_euclidean": 20, "chi_squared": 20}
+_TOL = 1e-12
 _TV_SCHEDULE = (1.0, 0.3, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
 
 
@@ -164,44 +167,49 @@ def project(
     p = prob.detach().to(torch.float64).clamp(_P_EPS, 1 - _P_EPS)
     a = slope.detach().to(torch.float64)
     b = intercept.detach().to(torch.float64)
-    # Scale every constraint to unit size so the ridge and the tolerance mean the same for every group.
+    # Newton steps are invariant to rescaling the constraints, so they are used as given.
     red = all_reduce_sum if sync_dist else (lambda x: x)
-    scale = red(a.abs().sum(0)) + b.abs()
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    a = a / scale
-    b = b / scale
     logp, log1mp = torch.log(p), torch.log1p(-p)
+    if divergence == "kl":
+        logp = logp - log1mp  # the KL rows take logit(p)
     lam = torch.zeros(a.shape[1], dtype=torch.float64, device=p.device)
-    steps = _STEPS.to(p.device)
     eye = torch.eye(a.shape[1], dtype=torch.float64, device=p.device)
     iters = _DEFAULT_ITERS[divergence] if n_iter is None else int(n_iter)
     schedule = _TV_SCHEDULE + (tv_eps,) if divergence == "tv" else (0.0,)
     if divergence == "tv":
         schedule = tuple(e for e in schedule if e >= tv_eps)
-    for eps in schedule:
-        radius = 8.0 if divergence != "tv" else 30.0 * eps
-        sol = row(a @ lam, p, logp, log1mp, eps)
-        for _ in range(iters):
-            resid = b + red(a.T @ sol.q)
-            hess = red(a.T @ (sol.w.unsqueeze(1) * a))
+    at = a.T.contiguous()  # (M, N): row-major sweeps over samples
+    # On CPU tensors reading a value costs no device synchronisation, so the loop stops once converged; on
+    # accelerators and under torch.compile it runs the fixed number of steps.
+    early_exit = p.device.type == "cpu" and not torch.compiler.is_compiling()
+    tol = _TOL * (red(at.abs().sum(1)) + b.abs()) if early_exit else None
+    for level, eps in enumerate(schedule):
+        # Trust region in t-space: no row multiplier moves by more than `radius` in one step. A step that does
+        # not raise the (concave) dual value is rejected and the radius shrinks; an accepted one widens it. All
+        # of this is tensor arithmetic: no host synchronisation, a fixed number of steps.
+        radius = torch.tensor(8.0 if divergence != "tv" else 30.0 * eps, dtype=torch.float64, device=p.device)
+        sol = row(lam @ at, p, logp, log1mp, eps)
+        g_cur = red(sol.h.sum()) + lam @ b
+        # the last smoothing level of the total variation polishes with more steps
+        for _ in range(iters if level < len(schedule) - 1 or len(schedule) == 1 else 5 * iters):
+            resid = b + red(at @ sol.q)
+            if early_exit and bool((resid.abs() <= tol).all()):
+                break
+            hess = red((at * sol.w) @ a)
             ridge = 1e-12 * hess.diagonal().mean() + 1e-300
             delta = torch.linalg.solve(hess + ridge * eye, resid)
-            # Trust region in t-space: no row multiplier moves by more than `radius` in one step.
-            move = (a @ delta).abs().amax()
+            move = (delta @ at).abs().amax()
             if sync_dist and is_distributed():
                 torch.distributed.all_reduce(move, op=torch.distributed.ReduceOp.MAX)
-            delta = delta * torch.clamp(radius / move.clamp_min(1e-300), max=1.0)
-            # Evaluate all step sizes at once (the dual is concave) and keep the best candidate; its row
-            # solution serves the next step, so each step costs one pass over the rows per candidate.
-            cand = lam.unsqueeze(0) + steps.unsqueeze(1) * delta.unsqueeze(0)  # (L, M)
-            sols = row(cand @ a.T, p, logp, log1mp, eps)
-            g = red(sols.h.sum(1)) + cand @ b
-            g = torch.where(torch.isfinite(g), g, torch.full_like(g, -math.inf))
-            # Select the best candidate with a one-hot product: indexing by a tensor would need its value on the
-            # host (a synchronisation, and a graph break under torch.compile).
-            pick = (torch.arange(g.shape[0], device=g.device) == torch.argmax(g)).to(g.dtype)
-            lam = pick @ cand
-            sol = _RowSolution(pick @ sols.q, pick @ sols.w, pick @ sols.h)
+            cand = lam + delta * torch.clamp(radius / move.clamp_min(1e-300), max=1.0)
+            new = row(cand @ at, p, logp, log1mp, eps)
+            g_new = red(new.h.sum()) + cand @ b
+            # ties within rounding count as progress, so the last digits of the residual can still be won
+            accept = torch.isfinite(g_new) & (g_new >= g_cur - 1e-13 * g_cur.abs())
+            lam = torch.where(accept, cand, lam)
+            g_cur = torch.where(accept, g_new, g_cur)
+            sol = _RowSolution(*(torch.where(accept, x, y) for x, y in zip(new, sol)))
+            radius = torch.where(accept, radius * 2.0, radius * 0.25)
     return sol.q
 
 

@@ -191,10 +191,8 @@ class LinearFractionalStatistic(Statistic):
         return self._shape(self.sums(pred, sens, *stat_args, **stat_kwargs)[1], sens)
 
     def _shape(self, x: torch.Tensor, sens: Optional[torch.Tensor]) -> torch.Tensor:
-        if sens is None:
+        if sens is None:  # one "group" holding everyone: (1,) plain, (K, 1) stacked, as fairret 0.1.3
             x = x.unsqueeze(-1)
-            out = F._squeeze_stat(x, self.stacked)
-            return out.squeeze(-1) if out.ndim > 0 and not self.stacked else out
         return F._squeeze_stat(x, self.stacked)
 
     def forward(self, pred: torch.Tensor, sens: Optional[torch.Tensor], *stat_args: Any, **stat_kwargs: Any

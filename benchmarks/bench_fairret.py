@@ -1,0 +1,117 @@
+"""Benchmark of the linear-fractional losses: value+grad time against fairret 0.1.3 in the same run.
+
+    python benchmarks/bench_fairret.py [--quick] [--fairret013-python /path/to/venv/bin/python]
+
+fairret 0.1.3 has the same import name, so it runs in its own virtual environment (``--fairret013-python``,
+e.g. ``python -m venv /tmp/v013 && /tmp/v013/bin/pip install torch==2.13.0 fairret==0.1.3 cvxpy``); this script
+sends it the same timing loop through a subprocess. Results (median, p20, p80 in ms) are appended to
+``benchmarks/results.csv`` with the machine, versions and date.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TIMER = r'''
+import json, sys, time, statistics, torch
+torch.set_num_threads(int(sys.argv[5]))
+from fairret.statistic import PositiveRate
+import fairret.loss as L
+name, n, s, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+g = torch.Generator().manual_seed(0)
+x = torch.randn(n, 1, generator=g)
+sens = torch.nn.functional.one_hot(torch.randint(0, s, (n,), generator=g), s).float()
+loss = getattr(L, name)(PositiveRate())
+def step():
+    xx = x.clone().requires_grad_(True)
+    loss(xx, sens).backward()
+step()
+ts = []
+for _ in range(reps):
+    t = time.perf_counter(); step(); ts.append(time.perf_counter() - t)
+ts.sort()
+q = lambda f: ts[min(len(ts) - 1, int(f * len(ts)))] * 1e3
+print(json.dumps({"median_ms": statistics.median(ts) * 1e3, "p20_ms": q(0.2), "p80_ms": q(0.8)}))
+'''
+
+LOSSES = ["NormLoss", "LSELoss", "KLProjectionLoss", "JensenShannonProjectionLoss", "TotalVariationProjectionLoss",
+          "SquaredEuclideanProjectionLoss", "ChiSquaredProjectionLoss"]
+
+
+def run_timer(python: str, name: str, n: int, s: int, reps: int, threads: int, env=None) -> dict:
+    out = subprocess.run([python, "-c", TIMER, name, str(n), str(s), str(reps), str(threads)], capture_output=True,
+                         text=True, env=env, cwd="/tmp", timeout=1800)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small grid (N=1,024 and 65,536, S=4)")
+    ap.add_argument("--fairret013-python", default=None, help="python of a venv with fairret 0.1.3 (+ cvxpy)")
+    ap.add_argument("--ns", type=int, nargs="*", default=None, help="sample sizes (default 1,024 65,536 1,048,576)")
+    ap.add_argument("--ss", type=int, nargs="*", default=None, help="group counts (default 2 4 8 32)")
+    ap.add_argument("--losses", nargs="*", default=None, help=f"subset of {LOSSES}")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
+    args = ap.parse_args()
+
+    import torch
+
+    import fairret
+
+    ns = args.ns or ([1024, 65536] if args.quick else [1024, 65536, 1048576])
+    ss = args.ss or ([4] if args.quick else [2, 4, 8, 32])
+    losses = args.losses or LOSSES
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    rows = []
+    machine = f"{platform.machine()} {os.cpu_count()} cores ({platform.processor() or 'cpu'})"
+    date = datetime.date.today().isoformat()
+    for n in ns:
+        for s in ss:
+            for name in losses:
+                reps = 20 if n <= 65536 else 3
+                providers = [("fairret-plus", sys.executable, env)]
+                # 0.1.3's cvxpy projections take seconds per call: compare them where the targets are set.
+                if args.fairret013_python and (name in ("NormLoss", "LSELoss") or (n <= 65536 and s == 4)):
+                    providers.append(("fairret-0.1.3", args.fairret013_python, None))
+                for provider, py, e in providers:
+                    r = run_timer(py, name, n, s, reps if provider == "fairret-plus" else min(reps, 5),
+                                  args.threads, e)
+                    row = {"date": date, "machine": machine, "torch": torch.__version__,
+                           "version": fairret.__version__ if provider == "fairret-plus" else "0.1.3",
+                           "benchmark": "fairret_loss_value_grad", "provider": provider, "loss": name, "n": n,
+                           "s": s, "dtype": "float32", "device": "cpu", **r}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    path = Path(args.csv)
+    fields = ["date", "machine", "torch", "version", "benchmark", "provider", "loss", "n", "s", "dtype", "device",
+              "median_ms", "p20_ms", "p80_ms", "error"]
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    # ratios against 0.1.3 in this run
+    by = {(r["provider"], r["loss"], r["n"], r["s"]): r.get("median_ms") for r in rows}
+    print("\nspeed-up of fairret-plus over fairret 0.1.3 (median value+grad, same run):")
+    for (prov, loss, n, s), t in by.items():
+        if prov == "fairret-0.1.3" and t and by.get(("fairret-plus", loss, n, s)):
+            print(f"  {loss:32s} N={n:>8d} S={s:>2d}: {t / by[('fairret-plus', loss, n, s)]:7.1f}x "
+                  f"({t:.2f} ms vs {by[('fairret-plus', loss, n, s)]:.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()
