@@ -185,3 +185,21 @@ def test_hard_instances_converge(div):
             got, den = stat(q, sens.double(), *a64), stat.denom(q, sens.double(), *a64)
             err = torch.where(den.abs() > 1e-9, (got - target).abs(), torch.zeros_like(got))
             assert err.max().item() < 1e-6
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(3, 200), s=st.integers(1, 5), seed=st.integers(0, 10_000),
+       div=st.sampled_from(["kl", "js", "squared_euclidean", "chi_squared"]), scale=st.floats(0.1, 4.0))
+def test_feasibility_property(n, s, seed, div, scale):
+    gen = torch.Generator().manual_seed(seed)
+    x = scale * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    sens = torch.nn.functional.one_hot(torch.randint(0, s, (n,), generator=gen), s).double()
+    q = LOSSES[div](PositiveRate()).project(x, sens)
+    assert bool(((q >= 0) & (q <= 1)).all())
+    target = torch.sigmoid(x).mean()
+    got, den = PositiveRate()(q, sens), sens.sum(0)
+    assert torch.where(den > 0, (got - target).abs(), torch.zeros_like(got)).max().item() < 1e-6

@@ -6,6 +6,12 @@ from .linear_fractional import (
     norm_penalty,
     statistic_violation,
 )
+from .distance import (
+    concatenated_distance_covariance_sqr,
+    distance_correlation_sqr,
+    distance_covariance_sqr,
+    joint_distance_covariance_sqr,
+)
 from .projection import divergence_value, project, projection_residual
 
 __all__ = [
@@ -17,4 +23,8 @@ __all__ = [
     "project",
     "divergence_value",
     "projection_residual",
+    "distance_covariance_sqr",
+    "distance_correlation_sqr",
+    "joint_distance_covariance_sqr",
+    "concatenated_distance_covariance_sqr",
 ]

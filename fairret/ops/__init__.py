@@ -1,0 +1,62 @@
+r"""The pairwise-distance core of the distance-covariance family, behind one dispatch point.
+
+Backends of :func:`product_sum` (the quantity :math:`T_c = \sum \prod_k (c - \hat A^{(k)}_{ij})`, see
+:mod:`fairret.ops.reference`):
+
+========== =====================================================================================================
+``dense``  the pure-torch reference: ``n x n`` matrices, any dtype, autograd to any order; the test oracle
+``tiled``  O(n·tile) memory, two sweeps over tiles evaluated in float64 on centred tiles, gradient partials fused
+           into the value sweep, exact second derivatives
+``sorted`` reserved: exact O(n log n) for 1-D variables (not in this release; requesting it raises)
+``cuda``   reserved for the CUDA kernels (not in this release; :func:`cuda_status` says why)
+``auto``   ``dense`` up to :data:`DENSE_MAX_N` rows, ``tiled`` above; never raises for lack of a backend
+========== =====================================================================================================
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+
+from .reference import pairwise_distances, product_sum_dense
+from .tiled import DEFAULT_TILE, product_sum_tiled
+
+__all__ = ["BACKENDS", "DENSE_MAX_N", "cuda_status", "resolve_backend", "product_sum", "pairwise_distances",
+           "product_sum_dense", "product_sum_tiled"]
+
+BACKENDS = ("auto", "dense", "tiled", "sorted", "cuda")
+
+#: Up to this many rows ``auto`` uses the dense backend (its n x n matrices are small and it is fastest there).
+DENSE_MAX_N = 1024
+
+
+def cuda_status() -> Tuple[bool, str]:
+    """Whether the CUDA kernels can run here, and why not."""
+    if not torch.cuda.is_available():
+        return False, "CUDA is not available in this torch build or machine"
+    return False, "the CUDA kernels are not part of this release"
+
+
+def resolve_backend(backend: str, xs: Sequence[torch.Tensor]) -> str:
+    """The backend that will run: ``auto`` resolved; an explicit one checked (raises with the reason)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected argument `backend` to be one of {BACKENDS}, but got {backend!r}")
+    if backend == "auto":
+        return "dense" if xs[0].shape[0] <= DENSE_MAX_N else "tiled"
+    if backend == "sorted":
+        raise ValueError("The `sorted` backend (exact O(n log n) for 1-D variables) is not available in this "
+                         "release; use backend='tiled' or 'auto'")
+    if backend == "cuda":
+        ok, why = cuda_status()
+        if not ok:
+            raise ValueError(f"The `cuda` backend cannot run: {why}")
+    return backend
+
+
+def product_sum(xs: Sequence[torch.Tensor], c: float, unbiased: bool, backend: str = "auto",
+                tile: int = DEFAULT_TILE) -> torch.Tensor:
+    r""":math:`T_c` over all pairs (V) or ``i != j`` (U) with the chosen backend."""
+    which = resolve_backend(backend, xs)
+    if which == "dense":
+        return product_sum_dense(xs, c, unbiased)
+    return product_sum_tiled(xs, c, unbiased, tile)

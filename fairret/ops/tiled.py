@@ -1,0 +1,203 @@
+r"""Tiled O(n·tile)-memory evaluation of the distance-covariance core and its gradient.
+
+Computes :math:`T_c = \sum_{(i,j)} \prod_k (c - \hat A^{(k)}_{ij})` (see :mod:`fairret.ops.reference`) by sweeping
+over square tiles of the pair matrix (upper triangle only; off-diagonal tiles count twice), never holding an
+``n x n`` matrix:
+
+1. a first sweep gives each variable's distance row sums (for 1-D variables exactly in O(n log n) by sorting and
+   prefix sums: :math:`a_{(i)\cdot} = (2i - n) x_{(i)} + S_n - 2 S_i`);
+2. a second sweep evaluates the centred tiles, accumulating :math:`T_c` in float64 and, in the same sweep, the
+   per-row gradient partials :math:`2 \sum_j G_{kj} u_{kj}` with :math:`G = -\hat P^{(m)}`, the centred product of
+   the other variables' factors (centring moves from one factor to the other:
+   :math:`\sum \hat A P = \sum a \hat P`). For more than two variables the row sums of :math:`P^{(m)}` need one
+   more sweep.
+
+Backward returns the saved partials (O(n) memory). When a graph of the gradient is requested
+(``create_graph=True``, e.g. for Hessian-vector products), backward recomputes the gradient with differentiable
+torch operations instead, so second derivatives are exact (that graph holds O(n²) memory).
+Inputs are centred on their column means and tiles are evaluated in float64.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["product_sum_tiled", "DEFAULT_TILE"]
+
+DEFAULT_TILE = 512
+
+
+def _dist(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Distances of a tile, summing squared coordinate differences column by column (no cancellation, unlike
+    the ``|x|^2 + |z|^2 - 2 x.z`` product form, which turns rounding noise at coincident points into 1e-8)."""
+    if x.shape[1] == 1:
+        return (x - z.T).abs()
+    sq = None
+    for k in range(x.shape[1]):
+        diff = x[:, k:k + 1] - z[:, k].unsqueeze(0)
+        sq = diff * diff if sq is None else sq + diff * diff
+    pos = sq > 0
+    return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+
+
+def _row_sums_1d(x: torch.Tensor) -> torch.Tensor:
+    """Exact ``sum_j |x_i - x_j|`` for a ``(n, 1)`` column in O(n log n)."""
+    v = x[:, 0]
+    n = v.shape[0]
+    xs, order = torch.sort(v)
+    csum = torch.cumsum(xs, 0)
+    i = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
+    sorted_sums = (2 * i - n) * xs + csum[-1] - 2 * csum
+    out = torch.empty_like(v)
+    return out.scatter(0, order, sorted_sums).unsqueeze(1)
+
+
+def _blocks(n: int, tile: int):
+    for i0 in range(0, n, tile):
+        i1 = min(i0 + tile, n)
+        for j0 in range(i0, n, tile):
+            yield i0, i1, j0, min(j0 + tile, n)
+
+
+def _row_sums(x: torch.Tensor, tile: int) -> torch.Tensor:
+    n = x.shape[0]
+    if x.shape[1] == 1:
+        return _row_sums_1d(x)[:, 0]
+    parts: List[List[torch.Tensor]] = [[] for _ in range(0, n, tile)]
+    for i0, i1, j0, j1 in _blocks(n, tile):
+        a = _dist(x[i0:i1], x[j0:j1])
+        parts[i0 // tile].append(a.sum(1))
+        if j0 != i0:
+            parts[j0 // tile].append(a.sum(0))
+    return torch.cat([torch.stack(p).sum(0) for p in parts])
+
+
+class _Centring:
+    """Centring constants of one variable: ``A_ij = a_ij - (r_i + r_j) * s + R * s2``."""
+
+    def __init__(self, r: torch.Tensor, n: int, unbiased: bool):
+        self.r = r
+        tot = r.sum()
+        if unbiased:
+            self.s, self.tot = 1.0 / (n - 2), tot / ((n - 1) * (n - 2))
+        else:
+            self.s, self.tot = 1.0 / n, tot / (n * n)
+
+    def apply(self, a: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+        return a - self.r[i0:i1, None] * self.s - self.r[None, j0:j1] * self.s + self.tot
+
+
+def _prepare(xs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    return [(x - x.mean(0, keepdim=True).detach()).to(torch.float64) for x in xs]
+
+
+def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_vars: Sequence[int],
+           p_rows: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """One pass over the tiles: ``T_c`` and, for the variables in ``grad_vars``, ``dT/dx``.
+
+    ``p_rows[m]`` holds the row sums of ``P^(m)`` (over ``j``, or ``j != i`` for U); needed for the gradient.
+    Written with out-of-place operations only, so that it is differentiable when run with grad enabled.
+    """
+    n = xs[0].shape[0]
+    cents = [_Centring(_row_sums(x, tile), n, unbiased) for x in xs]
+    total = xs[0].new_zeros(())
+    nblk = (n + tile - 1) // tile
+    grads: dict = {m: [[] for _ in range(nblk)] for m in grad_vars}
+    gc = {}
+    for m in grad_vars:
+        pr = p_rows[m]
+        if unbiased:
+            gc[m] = (pr, 1.0 / (n - 2), pr.sum() / ((n - 1) * (n - 2)))
+        else:
+            gc[m] = (pr, 1.0 / n, pr.sum() / (n * n))
+    for i0, i1, j0, j1 in _blocks(n, tile):
+        diag = i0 == j0
+        dists = [_dist(x[i0:i1], x[j0:j1]) for x in xs]
+        factors = [c - ct.apply(a, i0, i1, j0, j1) for a, ct in zip(dists, cents)]
+        prod = factors[0]
+        for f in factors[1:]:
+            prod = prod * f
+        mask = None
+        if unbiased and diag:
+            mask = torch.eye(i1 - i0, dtype=torch.bool, device=prod.device)
+            prod = prod.masked_fill(mask, 0.0)
+        total = total + (prod.sum() if diag else 2.0 * prod.sum())
+        for m in grad_vars:
+            others = [f for k, f in enumerate(factors) if k != m]
+            p = others[0] if others else torch.ones_like(prod)
+            for f in others[1:]:
+                p = p * f
+            pr, s, tot = gc[m]
+            g = -(p - pr[i0:i1, None] * s - pr[None, j0:j1] * s + tot)  # dT/da_ij = -centred(P)_ij
+            a = dists[m]
+            pos = a > 0
+            w = torch.where(pos, g / torch.where(pos, a, torch.ones_like(a)), torch.zeros_like(a))
+            if mask is not None:
+                w = w.masked_fill(mask, 0.0)
+            x = xs[m]
+            gi = 2.0 * (x[i0:i1] * w.sum(1, keepdim=True) - w @ x[j0:j1])
+            grads[m][i0 // tile].append(gi)
+            if not diag:
+                grads[m][j0 // tile].append(2.0 * (x[j0:j1] * w.sum(0).unsqueeze(1) - w.T @ x[i0:i1]))
+    out = [torch.cat([torch.stack(b).sum(0) for b in grads[m]]) for m in grad_vars]
+    return total, out
+
+
+def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_vars: Sequence[int]):
+    """Row sums of ``P^(m) = prod_{k != m} (c - A^(k))`` (a sweep, or closed form for two variables)."""
+    n = xs[0].shape[0]
+    d = len(xs)
+    count = n - 1 if unbiased else n
+    if d <= 2:  # centred rows sum to zero: sum_j (c - A_ij) = count * c
+        return {m: xs[0].new_full((n,), count * c) if d == 2 else xs[0].new_full((n,), float(count))
+                for m in grad_vars}
+    cents = [_Centring(_row_sums(x, tile), n, unbiased) for x in xs]
+    nblk = (n + tile - 1) // tile
+    parts = {m: [[] for _ in range(nblk)] for m in grad_vars}
+    for i0, i1, j0, j1 in _blocks(n, tile):
+        factors = [c - ct.apply(_dist(x[i0:i1], x[j0:j1]), i0, i1, j0, j1) for x, ct in zip(xs, cents)]
+        for m in grad_vars:
+            others = [f for k, f in enumerate(factors) if k != m]
+            p = others[0]
+            for f in others[1:]:
+                p = p * f
+            if unbiased and i0 == j0:
+                p = p.masked_fill(torch.eye(i1 - i0, dtype=torch.bool, device=p.device), 0.0)
+            parts[m][i0 // tile].append(p.sum(1))
+            if j0 != i0:
+                parts[m][j0 // tile].append(p.sum(0))
+    return {m: torch.cat([torch.stack(b).sum(0) for b in parts[m]]) for m in grad_vars}
+
+
+class _ProductSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, c: float, unbiased: bool, tile: int, *xs: torch.Tensor) -> torch.Tensor:
+        grad_vars = [k for k, x in enumerate(xs) if x.requires_grad]
+        with torch.no_grad():
+            xp = _prepare(xs)
+            p_rows = _p_row_sums(xp, c, unbiased, tile, grad_vars) if grad_vars else None
+            total, grads = _sweep(xp, c, unbiased, tile, grad_vars, p_rows)
+        ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars = c, unbiased, tile, grad_vars
+        ctx.save_for_backward(*xs, *grads)
+        return total.to(xs[0].dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        saved = ctx.saved_tensors
+        d = len(saved) - len(ctx.grad_vars)
+        xs, grads = saved[:d], saved[d:]
+        if torch.is_grad_enabled():  # create_graph=True: recompute with differentiable operations
+            xp = _prepare(xs)
+            p_rows = _p_row_sums(xp, ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars)
+            _, grads = _sweep(xp, ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars, p_rows)
+        out: List[Optional[torch.Tensor]] = [None, None, None] + [None] * d
+        for g, m in zip(grads, ctx.grad_vars):
+            out[3 + m] = (grad_out * g).to(xs[m].dtype)
+        return tuple(out)
+
+
+def product_sum_tiled(xs: Sequence[torch.Tensor], c: float, unbiased: bool, tile: int = DEFAULT_TILE
+                      ) -> torch.Tensor:
+    r""":math:`T_c` like :func:`fairret.ops.reference.product_sum_dense`, in O(n·tile) memory."""
+    return _ProductSum.apply(float(c), bool(unbiased), int(tile), *xs)
