@@ -1,5 +1,6 @@
 """Fairness losses (``from fairret.loss import NormLoss`` as in fairret 0.1.3)."""
 from .base import FairnessLoss
+from .distance import CCdCovLoss, DistanceCorrelationLoss, DistanceCovarianceLoss, JdCovLoss
 from .projection import (
     ChiSquaredProjectionLoss,
     JensenShannonProjectionLoss,
@@ -21,4 +22,8 @@ __all__ = [
     "TotalVariationProjectionLoss",
     "SquaredEuclideanProjectionLoss",
     "ChiSquaredProjectionLoss",
+    "DistanceCovarianceLoss",
+    "DistanceCorrelationLoss",
+    "JdCovLoss",
+    "CCdCovLoss",
 ]

@@ -1,0 +1,151 @@
+r"""Dependence losses between predictions and protected attributes: dCov², dCor², JdCov², CCdCov².
+
+Thin modules over :mod:`fairret.functional.distance`. Predictions may be logits (``pred_as_logit=True``, the
+default, as for every fairret loss: a sigmoid, or a softmax for several columns, is applied), probabilities or
+regression outputs (``pred_as_logit=False``). Protected attributes are data: they are detached. ``sens`` may be a
+tensor ``(N,)``/``(N, k)`` (one attribute), a list of tensors (one per attribute), or a
+:class:`~fairret.sensitive.SensitiveAttributes` (one attribute per block).
+
+Example:
+    >>> import torch
+    >>> from fairret.loss import CCdCovLoss
+    >>> torch.manual_seed(0) and None
+    >>> z = torch.randint(0, 2, (64, 1)).float(); age = torch.rand(64, 1)
+    >>> logits = (2 * z + torch.randn(64, 1)).requires_grad_()
+    >>> loss = CCdCovLoss()(logits, [z, age])
+    >>> loss.backward(); bool(loss > 0), bool(torch.isfinite(logits.grad).all())
+    (True, True)
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from ..functional import distance as D
+from ..sensitive import SensitiveAttributes
+from .base import FairnessLoss
+
+__all__ = ["DistanceCovarianceLoss", "DistanceCorrelationLoss", "JdCovLoss", "CCdCovLoss"]
+
+Sens = Union[torch.Tensor, Sequence[torch.Tensor], SensitiveAttributes]
+
+
+def _pred(pred: torch.Tensor, pred_as_logit: bool) -> torch.Tensor:
+    if not isinstance(pred, torch.Tensor):
+        raise TypeError(f"Expected argument `pred` to be a torch.Tensor, but got {type(pred).__name__}")
+    if not pred_as_logit:
+        return pred
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        return torch.softmax(pred, dim=1)
+    return torch.sigmoid(pred)
+
+
+def _attributes(sens: Sens, categorical: str, like: torch.Tensor) -> List[torch.Tensor]:
+    items = [sens] if isinstance(sens, (torch.Tensor, SensitiveAttributes)) else list(sens)
+    return [m.detach() for m in D.attribute_matrices(items, None, categorical, like=like)]
+
+
+class _DependenceLoss(FairnessLoss):
+    def __init__(self, *, unbiased: bool, backend: str, categorical: str = "onehot", validate_args: bool = False):
+        super().__init__()
+        if backend not in ("auto", "dense", "tiled", "sorted", "cuda"):
+            raise ValueError(f"Expected argument `backend` to be one of ('auto', 'dense', 'tiled', 'sorted', "
+                             f"'cuda'), but got {backend!r}")
+        if categorical not in ("onehot", "discrete"):
+            raise ValueError(f"Expected argument `categorical` to be 'onehot' or 'discrete', but got {categorical!r}")
+        self.unbiased = bool(unbiased)
+        self.backend = backend
+        self.categorical = categorical
+        self.validate_args = validate_args
+
+
+class DistanceCovarianceLoss(_DependenceLoss):
+    """dCov² between the predictions and all attributes concatenated (V-statistic by default).
+
+    Args:
+        unbiased: U-statistic instead of V.
+        backend: ``auto``, ``dense`` or ``tiled``.
+        categorical: encoding of categorical blocks of a SensitiveAttributes (``onehot`` or ``discrete``).
+        validate_args: check inputs for NaN/inf (synchronises).
+    """
+
+    def __init__(self, unbiased: bool = False, backend: str = "auto", **kwargs):
+        super().__init__(unbiased=unbiased, backend=backend, **kwargs)
+
+    def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
+        p = _pred(pred, pred_as_logit)
+        z = torch.cat(_attributes(sens, self.categorical, p), dim=1)
+        return D.distance_covariance_sqr(p, z, unbiased=self.unbiased, backend=self.backend,
+                                         validate_args=self.validate_args)
+
+
+class DistanceCorrelationLoss(_DependenceLoss):
+    """dCor² between the predictions and all attributes concatenated (bias-corrected when ``unbiased``)."""
+
+    def __init__(self, unbiased: bool = False, backend: str = "auto", **kwargs):
+        super().__init__(unbiased=unbiased, backend=backend, **kwargs)
+
+    def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
+        p = _pred(pred, pred_as_logit)
+        z = torch.cat(_attributes(sens, self.categorical, p), dim=1)
+        return D.distance_correlation_sqr(p, z, unbiased=self.unbiased, backend=self.backend,
+                                          validate_args=self.validate_args)
+
+
+class JdCovLoss(_DependenceLoss):
+    r"""JdCov² of the predictions and each attribute as a separate variable (U-statistic by default).
+
+    JdCov²(ŷ, Z_1..Z_d) = [part involving ŷ] + c·JdCov²(Z_1..Z_d): the second part measures dependence among the
+    attributes, does not depend on the model and has no gradient. The returned loss is the full JdCov² (as in
+    Lee et al. 2025); the model-independent part of the last call is in :attr:`attribute_dependence`.
+
+    Args:
+        c: JdCov's constant (default 1).
+        unbiased, backend, categorical, validate_args: as in :class:`DistanceCovarianceLoss`.
+        scale_invariant: divide each variable's centred distances by its distance standard deviation.
+    """
+
+    def __init__(self, c: float = 1.0, unbiased: bool = True, scale_invariant: bool = False, backend: str = "auto",
+                 **kwargs):
+        super().__init__(unbiased=unbiased, backend=backend, **kwargs)
+        if not isinstance(c, (int, float)) or c <= 0:
+            raise ValueError(f"Expected argument `c` to be a positive number, but got {c!r}")
+        self.c = float(c)
+        self.scale_invariant = bool(scale_invariant)
+        self.attribute_dependence: Optional[torch.Tensor] = None
+
+    def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
+        p = _pred(pred, pred_as_logit)
+        zs = _attributes(sens, self.categorical, p)
+        kw = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant, backend=self.backend,
+                  validate_args=self.validate_args)
+        if len(zs) >= 2:
+            with torch.no_grad():
+                self.attribute_dependence = self.c * D.joint_distance_covariance_sqr(*zs, **kw)
+        else:
+            self.attribute_dependence = torch.zeros((), dtype=p.dtype, device=p.device)
+        return D.joint_distance_covariance_sqr(p, *zs, **kw)
+
+
+class CCdCovLoss(_DependenceLoss):
+    """CCdCov²: dCov² between the predictions and the weighted concatenation of the attributes (Lee et al. 2025).
+
+    Args:
+        weights: one non-negative weight per attribute (per block of a SensitiveAttributes); default 1.
+        unbiased: U-statistic (default, as in the paper's code).
+        backend, categorical, validate_args: as in :class:`DistanceCovarianceLoss`.
+    """
+
+    def __init__(self, weights: Optional[Sequence[float]] = None, unbiased: bool = True, backend: str = "auto",
+                 **kwargs):
+        super().__init__(unbiased=unbiased, backend=backend, **kwargs)
+        self.weights = None if weights is None else [float(w) for w in weights]
+
+    def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
+        p = _pred(pred, pred_as_logit)
+        items = [sens] if isinstance(sens, (torch.Tensor, SensitiveAttributes)) else list(sens)
+        items = [i.detach() if isinstance(i, torch.Tensor) else i for i in items]
+        return D.concatenated_distance_covariance_sqr(p, *items, weights=self.weights, unbiased=self.unbiased,
+                                                      categorical=self.categorical, backend=self.backend,
+                                                      validate_args=self.validate_args)
