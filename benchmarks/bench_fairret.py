@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--ns", type=int, nargs="*", default=None, help="sample sizes (default 1,024 65,536 1,048,576)")
     ap.add_argument("--ss", type=int, nargs="*", default=None, help="group counts (default 2 4 8 32)")
     ap.add_argument("--losses", nargs="*", default=None, help=f"subset of {LOSSES}")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20, or 3 above N=65,536)")
+    ap.add_argument("--from-log", default=None, help="append the JSON rows of an earlier run's output to the CSV")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
     args = ap.parse_args()
@@ -70,6 +72,10 @@ def main() -> None:
 
     import fairret
 
+    if args.from_log:
+        rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.startswith("{")]
+        _write(rows, Path(args.csv))
+        return
     ns = args.ns or ([1024, 65536] if args.quick else [1024, 65536, 1048576])
     ss = args.ss or ([4] if args.quick else [2, 4, 8, 32])
     losses = args.losses or LOSSES
@@ -81,7 +87,7 @@ def main() -> None:
     for n in ns:
         for s in ss:
             for name in losses:
-                reps = 20 if n <= 65536 else 3
+                reps = args.reps or (20 if n <= 65536 else 3)
                 providers = [("fairret-plus", sys.executable, env)]
                 # 0.1.3's cvxpy projections take seconds per call: compare them where the targets are set.
                 if args.fairret013_python and (name in ("NormLoss", "LSELoss") or (n <= 65536 and s == 4)):
@@ -95,7 +101,11 @@ def main() -> None:
                            "s": s, "dtype": "float32", "device": "cpu", **r}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    path = Path(args.csv)
+    _write(rows, Path(args.csv))
+    _ratios(rows)
+
+
+def _write(rows, path: Path) -> None:
     fields = ["date", "machine", "torch", "version", "benchmark", "provider", "loss", "n", "s", "dtype", "device",
               "median_ms", "p20_ms", "p80_ms", "error"]
     new = not path.exists()
@@ -104,7 +114,10 @@ def main() -> None:
         if new:
             w.writeheader()
         w.writerows(rows)
-    # ratios against 0.1.3 in this run
+
+
+def _ratios(rows) -> None:
+    """Print the speed-ups against 0.1.3 measured in the same run."""
     by = {(r["provider"], r["loss"], r["n"], r["s"]): r.get("median_ms") for r in rows}
     print("\nspeed-up of fairret-plus over fairret 0.1.3 (median value+grad, same run):")
     for (prov, loss, n, s), t in by.items():

@@ -31,7 +31,8 @@ from .functional import linear_fractional as F
 from .statistic import LinearFractionalStatistic
 from .statistic.linear_fractional import prepare_pred, prepare_sens
 
-__all__ = ["gap_abs_max", "gap_relative_abs_max", "LinearFractionalParity"]
+__all__ = ["gap_abs_max", "gap_relative_abs_max", "LinearFractionalParity", "DistanceCorrelation", "CCdCov", "JdCov",
+           "IntersectionalJSD"]
 
 
 def gap_abs_max(vals: torch.Tensor, target_val: torch.Tensor) -> torch.Tensor:
@@ -154,3 +155,122 @@ class LinearFractionalParity(torchmetrics.Metric):
             ax.legend()
         fig.tight_layout()
         return fig, ax
+
+
+class _DependenceMetric(torchmetrics.Metric):
+    """Keeps every prediction and attribute row of the epoch (``dist_reduce_fx="cat"``, so DDP gathers them)."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, backend: str = "auto", **torchmetrics_kwargs: Any):
+        super().__init__(**torchmetrics_kwargs)
+        self.backend = backend
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("attrs", default=[], dist_reduce_fx="cat")
+
+    def update(self, pred: torch.Tensor, sens: torch.Tensor) -> None:
+        """Add a batch: ``pred`` ``(N,)``/``(N, p)`` and attributes ``sens`` ``(N,)``/``(N, k)``."""
+        pred = pred.detach().reshape(pred.shape[0], -1)
+        sens = sens.detach().reshape(sens.shape[0], -1)
+        if sens.shape[0] != pred.shape[0]:
+            raise ValueError(f"Expected argument `sens` to have N={pred.shape[0]} rows like `pred`, but got "
+                             f"{sens.shape[0]}")
+        self.preds.append(pred.to(torch.float64))
+        self.attrs.append(sens.to(torch.float64))
+
+    def _data(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        from torchmetrics.utilities import dim_zero_cat
+
+        return dim_zero_cat(self.preds), dim_zero_cat(self.attrs)
+
+
+class DistanceCorrelation(_DependenceMetric):
+    """dCor² between all predictions and attributes seen (bias-corrected when ``unbiased``).
+
+    Example:
+        >>> m = DistanceCorrelation()
+        >>> x = torch.arange(1., 7.)
+        >>> m.update(x[:3], torch.tensor([1., 7., 5.])); m.update(x[3:], torch.tensor([5., 6., 2.]))
+        >>> round(m.compute().item(), 5)
+        0.30661
+    """
+
+    def __init__(self, unbiased: bool = False, backend: str = "auto", **torchmetrics_kwargs: Any):
+        super().__init__(backend, **torchmetrics_kwargs)
+        self.unbiased = unbiased
+
+    def compute(self) -> torch.Tensor:
+        from .functional.distance import distance_correlation_sqr
+
+        p, z = self._data()
+        return distance_correlation_sqr(p, z, unbiased=self.unbiased, backend=self.backend)
+
+
+class CCdCov(_DependenceMetric):
+    """CCdCov² (U-statistic by default) between all predictions and the concatenated attribute columns seen.
+
+    Weights, if any, apply per column of ``sens`` (pass an already weighted matrix otherwise).
+    """
+
+    def __init__(self, weights: Optional[Sequence[float]] = None, unbiased: bool = True, backend: str = "auto",
+                 **torchmetrics_kwargs: Any):
+        super().__init__(backend, **torchmetrics_kwargs)
+        self.weights = weights
+        self.unbiased = unbiased
+
+    def compute(self) -> torch.Tensor:
+        from .functional.distance import concatenated_distance_covariance_sqr
+
+        p, z = self._data()
+        cols = [z[:, k:k + 1] for k in range(z.shape[1])]
+        return concatenated_distance_covariance_sqr(p, *cols, weights=self.weights, unbiased=self.unbiased,
+                                                    backend=self.backend)
+
+
+class JdCov(_DependenceMetric):
+    """JdCov² of the predictions and the attribute variables (``blocks``: column slices; default one per column)."""
+
+    def __init__(self, c: float = 1.0, unbiased: bool = True, scale_invariant: bool = False,
+                 blocks: Optional[Sequence[slice]] = None, backend: str = "auto", **torchmetrics_kwargs: Any):
+        super().__init__(backend, **torchmetrics_kwargs)
+        self.c, self.unbiased, self.scale_invariant, self.blocks = c, unbiased, scale_invariant, blocks
+
+    def compute(self) -> torch.Tensor:
+        from .functional.distance import joint_distance_covariance_sqr
+
+        p, z = self._data()
+        blocks = self.blocks or [slice(k, k + 1) for k in range(z.shape[1])]
+        return joint_distance_covariance_sqr(p, *[z[:, b] for b in blocks], c=self.c, unbiased=self.unbiased,
+                                             scale_invariant=self.scale_invariant, backend=self.backend)
+
+
+class IntersectionalJSD(torchmetrics.Metric):
+    """Generalised JSD (bits) between the per-cell prediction distributions over everything seen.
+
+    ``update(pred, cells)`` with cell ids ``(N,)`` (e.g. ``SensitiveAttributes.group_ids["race&sex"]``).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, bandwidth: float = 0.15, grid: int = 1000, weights: str = "cell", **torchmetrics_kwargs: Any):
+        super().__init__(**torchmetrics_kwargs)
+        self.bandwidth, self.grid, self.weights = bandwidth, grid, weights
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("cells", default=[], dist_reduce_fx="cat")
+
+    def update(self, pred: torch.Tensor, cells: torch.Tensor) -> None:
+        """Add a batch of predictions and their cell ids."""
+        self.preds.append(pred.detach().reshape(-1).to(torch.float64))
+        self.cells.append(torch.as_tensor(cells).reshape(-1).long())
+
+    def compute(self) -> torch.Tensor:
+        from torchmetrics.utilities import dim_zero_cat
+
+        from .functional.calibration import intersectional_jsd
+
+        return intersectional_jsd(dim_zero_cat(self.preds), dim_zero_cat(self.cells), bandwidth=self.bandwidth,
+                                  grid=self.grid, weights=self.weights)

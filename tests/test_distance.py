@@ -228,11 +228,76 @@ def test_errors():
         concatenated_distance_covariance_sqr(x)
     with pytest.raises(ValueError, match=r"Expected argument `backend` to be one of"):
         distance_covariance_sqr(x, x, backend="fast")
-    with pytest.raises(ValueError, match=r"The `sorted` backend"):
-        resolve_backend("sorted", [x])
+    with pytest.raises(ValueError, match=r"The `sorted` backend cannot run: it needs a 1-D variable"):
+        resolve_backend("sorted", [x[:, None], torch.randn(10, 2)])
     with pytest.raises(ValueError, match=r"The `cuda` backend cannot run"):
         resolve_backend("cuda", [x])
     with pytest.raises(ValueError, match=r"Expected argument `weights` to have one weight per attribute"):
         concatenated_distance_covariance_sqr(x, x, weights=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"Expected argument `c` to be a positive number"):
         JdCovLoss(c=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sorted backend: 1-D against 1-D or categorical
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(10, 120), seed=st.integers(0, 10_000), unbiased=st.booleans(), ties=st.booleans(),
+       categorical=st.booleans())
+def test_sorted_matches_dcor(n, seed, unbiased, ties, categorical):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    if ties:
+        x = np.round(2 * x)
+    if categorical:
+        y = np.eye(3)[rng.integers(0, 3, n)] * 0.8
+    else:
+        y = rng.normal(size=n) + x
+        if ties:
+            y = np.round(y)
+    cov = dcor.u_distance_covariance_sqr if unbiased else dcor.distance_covariance_sqr
+    cor = dcor.u_distance_correlation_sqr if unbiased else dcor.distance_correlation_sqr
+    tx, ty = torch.tensor(x), torch.tensor(y)
+    got = distance_covariance_sqr(tx, ty, unbiased=unbiased, backend="sorted").item()
+    assert got == pytest.approx(cov(x, y), rel=1e-9, abs=1e-12)
+    got = distance_correlation_sqr(tx, ty, unbiased=unbiased, backend="sorted").item()
+    assert got == pytest.approx(cor(x, y), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("kind", ["continuous", "ties", "categorical"])
+def test_sorted_gradients_equal_dense(unbiased, kind):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 1))
+    y = rng.normal(size=(300, 1)) + x
+    if kind == "ties":
+        x, y = np.round(x), np.round(y)
+    if kind == "categorical":
+        y = np.eye(4)[rng.integers(0, 4, 300)]
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.tensor(y)
+    for f in (distance_covariance_sqr, distance_correlation_sqr):
+        (g_sorted,) = torch.autograd.grad(f(tx, ty, unbiased=unbiased, backend="sorted"), tx)
+        (g_dense,) = torch.autograd.grad(f(tx, ty, unbiased=unbiased, backend="dense"), tx)
+        torch.testing.assert_close(g_sorted, g_dense, rtol=1e-9, atol=1e-12)
+
+
+def test_sorted_gradcheck_and_gradgradcheck():
+    rng = np.random.default_rng(2)
+    tx = torch.tensor(rng.normal(size=(11, 1)), requires_grad=True)
+    ty = torch.tensor(rng.normal(size=(11, 1)), requires_grad=True)
+    for unbiased in (False, True):
+        f = lambda a, b: distance_correlation_sqr(a, b, unbiased=unbiased, backend="sorted")  # noqa: E731
+        assert torch.autograd.gradcheck(f, (tx, ty))
+        assert torch.autograd.gradgradcheck(f, (tx, ty))
+
+
+def test_auto_picks_sorted_for_large_1d():
+    from fairret.ops import DENSE_MAX_N
+    x = torch.randn(DENSE_MAX_N + 1, 1)
+    assert resolve_backend("auto", [x, x]) == "sorted"
+    assert resolve_backend("auto", [x, torch.nn.functional.one_hot(torch.arange(DENSE_MAX_N + 1) % 3).float()]) \
+        == "sorted"
+    assert resolve_backend("auto", [x, torch.randn(DENSE_MAX_N + 1, 2)]) == "tiled"
+    assert resolve_backend("auto", [x[:10], x[:10]]) == "dense"

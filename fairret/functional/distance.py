@@ -109,10 +109,11 @@ def distance_correlation_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool
     """
     x, y = _as_2d(x, "x", validate_args), _as_2d(y, "y", validate_args)
     _check((x, y), ("x", "y"), unbiased)
-    which = ops.resolve_backend(backend, [x])
-    xy = ops.product_sum([x, y], 0.0, unbiased, which)
-    xx = ops.product_sum([x, x], 0.0, unbiased, which)
-    yy = ops.product_sum([y, y], 0.0, unbiased, which)
+    ops.resolve_backend(backend, [x, y])  # an explicit backend must apply to the pair itself
+    xy = ops.product_sum([x, y], 0.0, unbiased, backend)
+    self_backend = "auto" if backend == "sorted" else backend  # dVar of a 1-D or categorical variable
+    xx = ops.product_sum([x, x], 0.0, unbiased, self_backend if x.shape[1] > 1 else backend)
+    yy = ops.product_sum([y, y], 0.0, unbiased, self_backend if y.shape[1] > 1 else backend)
     return _safe_ratio(xy, xx * yy)
 
 
@@ -138,11 +139,12 @@ def joint_distance_covariance_sqr(*xs: torch.Tensor, c: float = 1.0, unbiased: b
     xs2 = [_as_2d(x, nm, validate_args) for x, nm in zip(xs, names)]
     _check(xs2, names, unbiased)
     n, d = xs2[0].shape[0], len(xs2)
-    which = ops.resolve_backend(backend, xs2)
+    which = ops.resolve_backend(backend, xs2, float(c))
     if scale_invariant:
         scaled = []
         for x in xs2:
-            var = _normalise(ops.product_sum([x, x], 0.0, unbiased, which), n, unbiased)
+            var = _normalise(ops.product_sum([x, x], 0.0, unbiased, "auto" if which == "sorted" else which), n,
+                             unbiased)
             pos = var > 0
             sd = torch.where(pos, var, torch.ones_like(var)).sqrt()
             scaled.append(torch.where(pos, x / sd, torch.zeros_like(x)))  # distances scale with the variable

@@ -7,9 +7,11 @@ Backends of :func:`product_sum` (the quantity :math:`T_c = \sum \prod_k (c - \ha
 ``dense``  the pure-torch reference: ``n x n`` matrices, any dtype, autograd to any order; the test oracle
 ``tiled``  O(n·tile) memory, two sweeps over tiles evaluated in float64 on centred tiles, gradient partials fused
            into the value sweep, exact second derivatives
-``sorted`` reserved: exact O(n log n) for 1-D variables (not in this release; requesting it raises)
+``sorted`` exact O(n log n) value and gradient for a 1-D variable against a 1-D or a categorical (scaled
+           one-hot) one (:mod:`fairret.ops.sorted`), ties included
 ``cuda``   reserved for the CUDA kernels (not in this release; :func:`cuda_status` says why)
-``auto``   ``dense`` up to :data:`DENSE_MAX_N` rows, ``tiled`` above; never raises for lack of a backend
+``auto``   ``dense`` up to :data:`DENSE_MAX_N` rows; above, ``sorted`` where it applies, else ``tiled``;
+           never raises for lack of a backend (checking for one-hot columns reads the data)
 ========== =====================================================================================================
 """
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Sequence, Tuple
 import torch
 
 from .reference import pairwise_distances, product_sum_dense
+from .sorted import product_sum_sorted, sorted_applicable
 from .tiled import DEFAULT_TILE, product_sum_tiled
 
 __all__ = ["BACKENDS", "DENSE_MAX_N", "cuda_status", "resolve_backend", "product_sum", "pairwise_distances",
-           "product_sum_dense", "product_sum_tiled"]
+           "product_sum_dense", "product_sum_tiled", "product_sum_sorted", "sorted_applicable"]
 
 BACKENDS = ("auto", "dense", "tiled", "sorted", "cuda")
 
@@ -37,15 +40,18 @@ def cuda_status() -> Tuple[bool, str]:
     return False, "the CUDA kernels are not part of this release"
 
 
-def resolve_backend(backend: str, xs: Sequence[torch.Tensor]) -> str:
+def resolve_backend(backend: str, xs: Sequence[torch.Tensor], c: float = 0.0) -> str:
     """The backend that will run: ``auto`` resolved; an explicit one checked (raises with the reason)."""
     if backend not in BACKENDS:
         raise ValueError(f"Expected argument `backend` to be one of {BACKENDS}, but got {backend!r}")
     if backend == "auto":
-        return "dense" if xs[0].shape[0] <= DENSE_MAX_N else "tiled"
+        if xs[0].shape[0] <= DENSE_MAX_N:
+            return "dense"
+        return "sorted" if sorted_applicable(list(xs), c)[0] else "tiled"
     if backend == "sorted":
-        raise ValueError("The `sorted` backend (exact O(n log n) for 1-D variables) is not available in this "
-                         "release; use backend='tiled' or 'auto'")
+        ok, why = sorted_applicable(list(xs), c)
+        if not ok:
+            raise ValueError(f"The `sorted` backend cannot run: {why}; use backend='tiled' or 'auto'")
     if backend == "cuda":
         ok, why = cuda_status()
         if not ok:
@@ -56,7 +62,9 @@ def resolve_backend(backend: str, xs: Sequence[torch.Tensor]) -> str:
 def product_sum(xs: Sequence[torch.Tensor], c: float, unbiased: bool, backend: str = "auto",
                 tile: int = DEFAULT_TILE) -> torch.Tensor:
     r""":math:`T_c` over all pairs (V) or ``i != j`` (U) with the chosen backend."""
-    which = resolve_backend(backend, xs)
+    which = resolve_backend(backend, xs, c)
     if which == "dense":
         return product_sum_dense(xs, c, unbiased)
+    if which == "sorted":
+        return product_sum_sorted(list(xs), unbiased)
     return product_sum_tiled(xs, c, unbiased, tile)

@@ -1,0 +1,323 @@
+r"""Exact O(n log n) distance covariance for a 1-D variable against a 1-D or a categorical one.
+
+For 1-D ``x`` and ``y`` (exponent 1) every quantity of :math:`T_0 = \sum \hat A_{ij} \hat B_{ij}` and of its
+gradient reduces to sorts, prefix sums and two-dimensional dominance sums (Huo and Székely 2016; Chaudhuri and Hu
+2019 for the value):
+
+* row sums :math:`a_{(i)\cdot} = (2i - n) x_{(i)} + S_n - 2 S_i` over sorted values;
+* :math:`\sum_{ij} a_{ij} b_{ij} = 2 \sum_k \sum_{x_j < x_k} (x_k - x_j) |y_k - y_j|`, where for every ``k`` the sums
+  over ``{j: x_j < x_k, y_j <= y_k}`` of ``1, y, x, xy`` are dominance sums. They are computed level by level over
+  the bits of the y-ranks (a wavelet-tree sweep): at bit ``l`` a pair counts when both ranks agree above ``l`` and
+  ``j`` has a 0 where ``k`` has a 1; within each group of equal high bits, an exclusive prefix sum in x order gives
+  the sums, then a stable partition by the bit (prefix sums again, no sort) prepares the next level. O(n) per level,
+  ``ceil(log2 n)`` levels;
+* the gradient :math:`\partial T_0 / \partial x_k = 2 \sum_j \hat B_{kj}\,\mathrm{sign}(x_k - x_j)` needs
+  :math:`\sum_j \mathrm{sign}(x_k - x_j)` (ranks), :math:`\sum_j \mathrm{sign}(x_k - x_j) b_{j\cdot}` (prefix sums)
+  and :math:`\sum_j \mathrm{sign}(x_k - x_j) |y_k - y_j| = 2\,\mathrm{before}_k - b_{k\cdot} + \mathrm{tie}_k` with
+  :math:`\mathrm{before}_k = \sum_{x_j < x_k} |y_k - y_j|` from the same dominance sums.
+
+Ties in ``x`` or ``y`` are exact: ``x`` ties are excluded from every strict sum (their own |y| distances are added
+separately), ``y`` ties contribute zero whichever side they are counted on.
+
+For a categorical ``y`` with the discrete metric :math:`b_{ij} = w\,[g_i \ne g_j]` the same quantities come from
+per-cell ranks and prefix sums of cell sizes.
+
+All sums are in float64. Second derivatives (``create_graph=True``) fall back to the tiled backend's
+differentiable recomputation (O(n²) time).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+
+__all__ = ["product_sum_sorted", "dominance_sums", "is_categorical"]
+
+
+def _runs(new: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Given ``new[i]`` = "element i starts a run" (``new[0]`` True), each element's run start and run end
+    (one past the last element)."""
+    n = new.shape[0]
+    idx = torch.arange(n, device=new.device)
+    start = torch.cummax(torch.where(new, idx, torch.zeros_like(idx)), 0).values
+    is_end = torch.cat([new[1:], torch.ones(1, dtype=torch.bool, device=new.device)])
+    end = torch.flip(torch.cummin(torch.flip(torch.where(is_end, idx + 1, torch.full_like(idx, n)), [0]), 0).values,
+                     [0])
+    return start, end
+
+
+def _new_runs(*keys: torch.Tensor) -> torch.Tensor:
+    """Run starts of sorted keys (a run continues while every key is equal)."""
+    n = keys[0].shape[0]
+    new = torch.zeros(n, dtype=torch.bool, device=keys[0].device)
+    new[0] = True
+    for k in keys:
+        new[1:] |= k[1:] != k[:-1]
+    return new
+
+
+def _group_start(keys: torch.Tensor) -> torch.Tensor:
+    """For sorted ``keys``, the index of the first element of each element's run of equal keys."""
+    return _runs(_new_runs(keys))[0]
+
+
+def dominance_sums(ranks: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``out[k] = sum_{j < k, ranks[j] < ranks[k]} f[j]`` for distinct ``ranks`` (positions are the x order).
+
+    Args:
+        ranks: ``(n,)`` distinct integer ranks in ``[0, n)``.
+        f: ``(n, c)`` values.
+    """
+    n = ranks.shape[0]
+    out = torch.zeros_like(f)
+    if n < 2:
+        return out
+    levels = max(1, math.ceil(math.log2(n)))
+    perm = torch.arange(n, device=ranks.device)  # arrangement: grouped by high bits, x order within a group
+    zero_row = torch.zeros(1, f.shape[1], dtype=f.dtype, device=f.device)
+    for lvl in range(levels - 1, -1, -1):
+        r = ranks[perm]
+        prefix = r >> (lvl + 1)
+        bit = (r >> lvl) & 1
+        start, group_end = _runs(_new_runs(prefix))
+        is0 = (bit == 0).to(f.dtype).unsqueeze(1)
+        fz = f[perm] * is0
+        cs = torch.cat([zero_row, torch.cumsum(fz, 0)])  # exclusive prefix sums: cs[i] = sum of the first i
+        contrib = cs[:-1] - cs[start]
+        ones = bit == 1
+        out.index_add_(0, perm[ones], contrib[ones])
+        # stable partition of every group by the bit: zeros first, then ones, x order kept
+        z = (bit == 0).long()
+        cz = torch.cat([torch.zeros(1, dtype=torch.long, device=z.device), torch.cumsum(z, 0)])
+        idx = torch.arange(n, device=z.device)
+        zeros_before = cz[idx] - cz[start]
+        zeros_in_group = cz[group_end] - cz[start]
+        ones_before = (idx - start) - zeros_before
+        new_pos = torch.where(bit == 0, start + zeros_before, start + zeros_in_group + ones_before)
+        nperm = torch.empty_like(perm)
+        nperm[new_pos] = perm
+        perm = nperm
+    return out
+
+
+def _row_sums(v: torch.Tensor) -> torch.Tensor:
+    """``sum_j |v_i - v_j|`` in O(n log n)."""
+    n = v.shape[0]
+    vs, order = torch.sort(v)
+    cs = torch.cumsum(vs, 0)
+    i = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
+    out = torch.empty_like(v)
+    out[order] = (2 * i - n) * vs + cs[-1] - 2 * cs
+    return out
+
+
+class _Prep:
+    """x order (ties: y descending), strict-x prefix structure and tie groups."""
+
+    def __init__(self, x: torch.Tensor, y: Optional[torch.Tensor]):
+        n = x.shape[0]
+        if y is not None:  # lexicographic (x ascending, y descending)
+            o1 = torch.argsort(-y, stable=True)
+            o2 = torch.argsort(x[o1], stable=True)
+            self.order = o1[o2]
+        else:
+            self.order = torch.argsort(x, stable=True)
+        xs = x[self.order]
+        self.xs = xs
+        self.n = n
+        self.tstart, self.tend = _runs(_new_runs(xs))  # each x-tie group's start and end (in x order)
+        self.less = self.tstart.to(x.dtype)  # #{x_j < x_k}
+        self.greater = (n - self.tend).to(x.dtype)  # #{x_j > x_k}
+
+    def strict_prefix(self, v_sorted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(sum over x_j < x_k, sum over x_j > x_k) of values given in x order."""
+        cs = torch.cat([v_sorted.new_zeros(1), torch.cumsum(v_sorted, 0)])
+        return cs[self.tstart], cs[-1] - cs[self.tend]
+
+
+def _continuous_parts(x: torch.Tensor, y: torch.Tensor):
+    """S_ab = sum_ij a_ij b_ij and, per sample (original order), T_k = sum_j sign(x_k - x_j) |y_k - y_j|."""
+    pr = _Prep(x, y)
+    o = pr.order
+    xs, ys = pr.xs, y[o]
+    n = pr.n
+    # distinct y-ranks in x order, ties broken by x-order position
+    yorder = torch.argsort(ys, stable=True)
+    ranks = torch.empty_like(yorder)
+    ranks[yorder] = torch.arange(n, device=x.device)
+    f = torch.stack([torch.ones_like(xs), ys, xs, xs * ys], 1)
+    dom = dominance_sums(ranks, f)
+    lo_c, lo_y, lo_x, lo_xy = dom.unbind(1)
+    cnt, _ = pr.strict_prefix(torch.ones_like(xs))
+    sy, _ = pr.strict_prefix(ys)
+    sx, _ = pr.strict_prefix(xs)
+    sxy, _ = pr.strict_prefix(xs * ys)
+    before = ys * (2 * lo_c - cnt) - 2 * lo_y + sy
+    before_x = ys * (2 * lo_x - sx) - 2 * lo_xy + sxy
+    s_ab = 2 * (xs * before - before_x).sum()
+    # within x-tie groups: sum of |y_k - y_j| (ys is descending inside a group, so use -ys ascending)
+    w = -ys
+    cs = torch.cat([w.new_zeros(1), torch.cumsum(w, 0)])
+    idx = torch.arange(n, device=x.device)
+    i_in = (idx - pr.tstart + 1).to(xs.dtype)
+    m = (pr.tend - pr.tstart).to(xs.dtype)
+    s_i = cs[idx + 1] - cs[pr.tstart]
+    s_m = cs[pr.tend] - cs[pr.tstart]
+    tie = (2 * i_in - m) * w + s_m - 2 * s_i
+    b_row = _row_sums(ys)
+    t_sorted = 2 * before - b_row + tie
+    t = torch.empty_like(t_sorted)
+    t[o] = t_sorted
+    return s_ab, t, pr
+
+
+def is_categorical(y: torch.Tensor) -> bool:
+    """True when ``y`` is ``(n, G)`` with exactly one nonzero per row, all nonzeros equal (scaled one-hot)."""
+    if y.ndim != 2 or y.shape[1] < 2:
+        return False
+    nz = y != 0
+    if not bool((nz.sum(1) == 1).all()):
+        return False
+    vals = y[nz]
+    return bool((vals == vals[0]).all())
+
+
+def _t0_and_grad(x: torch.Tensor, y: torch.Tensor, unbiased: bool, want_grad: bool, categorical: bool):
+    """T_0 for 1-D x against y (1-D or scaled one-hot), and dT_0/dx (in x's original order)."""
+    n = x.shape[0]
+    a_row = _row_sums(x)
+    a_tot = a_row.sum()
+    if categorical:
+        g = y.argmax(1)
+        scale = y[0, g[0]].abs() * math.sqrt(2.0)  # distance between two one-hot rows of value v: v * sqrt(2)
+        counts = torch.bincount(g, minlength=y.shape[1]).to(x.dtype)
+        b_row = scale * (n - counts[g])
+        # sum_ij a_ij [g_i != g_j] = a_tot - sum over cells of their within-cell distance totals
+        key_order = torch.argsort(x, stable=True)
+        key_order = key_order[torch.argsort(g[key_order], stable=True)]  # by cell, then x
+        xs, gs = x[key_order], g[key_order]
+        cstart, cend = _runs(_new_runs(gs))
+        cs = torch.cat([xs.new_zeros(1), torch.cumsum(xs, 0)])
+        idx = torch.arange(n, device=x.device)
+        i_in = (idx - cstart + 1).to(x.dtype)
+        m = (cend - cstart).to(x.dtype)
+        within_row = (2 * i_in - m) * xs + (cs[cend] - cs[cstart]) - 2 * (cs[idx + 1] - cs[cstart])
+        s_ab = scale * (a_tot - within_row.sum())
+    else:
+        y1 = y[:, 0]
+        b_row = _row_sums(y1)
+        s_ab, t_cont, pr = _continuous_parts(x, y1)
+    b_tot = b_row.sum()
+    cross = (a_row * b_row).sum()
+    if unbiased:
+        t0 = s_ab - 2 * cross / (n - 2) + a_tot * b_tot / ((n - 1) * (n - 2))
+    else:
+        t0 = s_ab - 2 * cross / n + a_tot * b_tot / (n * n)
+    if not want_grad:
+        return t0, None
+    if categorical:
+        pr = _Prep(x, None)
+        # T_k = scale * (sum_j sign(x_k - x_j) - sum_{j in own cell} sign(x_k - x_j))
+        s_all = torch.empty_like(x)
+        s_all[pr.order] = pr.less - pr.greater
+        tstart, tend = _runs(_new_runs(gs, xs))  # ties of x within a cell
+        s_in = torch.empty_like(x)
+        s_in[key_order] = (tstart - cstart).to(x.dtype) - (cend - tend).to(x.dtype)
+        t_k = scale * (s_all - s_in)
+    else:
+        t_k = t_cont
+    s_k = torch.empty_like(x)
+    s_k[pr.order] = pr.less - pr.greater
+    bl, bg = pr.strict_prefix(b_row[pr.order])
+    q_k = torch.empty_like(x)
+    q_k[pr.order] = bl - bg
+    if unbiased:
+        g_sum = t_k - b_row * s_k / (n - 2) - q_k / (n - 2) + b_tot * s_k / ((n - 1) * (n - 2))
+    else:
+        g_sum = t_k - b_row * s_k / n - q_k / n + b_tot * s_k / (n * n)
+    return t0, 2 * g_sum
+
+
+class _SortedProductSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, unbiased: bool, categorical: bool, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x64 = x.detach()[:, 0].to(torch.float64)
+            x64 = x64 - x64.mean()
+            y64 = y.detach().to(torch.float64)
+            t0, gx = _t0_and_grad(x64, y64, unbiased, x.requires_grad, categorical)
+            gy = None
+            if y.requires_grad:
+                if categorical:
+                    raise ValueError("The `sorted` backend treats a categorical attribute as data; it cannot be "
+                                     "differentiated (detach it or use backend='tiled')")
+                y1 = y64[:, 0] - y64[:, 0].mean()
+                _, gy = _t0_and_grad(y1, x64.unsqueeze(1), unbiased, True, False)
+        ctx.unbiased = unbiased
+        ctx.save_for_backward(x, y, gx if gx is not None else x.new_zeros(0),
+                              gy if gy is not None else x.new_zeros(0))
+        return t0.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, y, gx, gy = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the tiled backend's differentiable recomputation
+            from .tiled import _p_row_sums, _prepare, _sweep
+
+            grad_vars = [k for k, v in enumerate((x, y)) if v.requires_grad]
+            xp = _prepare((x, y))
+            p_rows = _p_row_sums(xp, 0.0, ctx.unbiased, 512, grad_vars)
+            _, grads = _sweep(xp, 0.0, ctx.unbiased, 512, grad_vars, p_rows)
+            out = {m: gr for m, gr in zip(grad_vars, grads)}
+            gxx = None if 0 not in out else (grad_out * out[0]).to(x.dtype)
+            gyy = None if 1 not in out else (grad_out * out[1]).to(y.dtype)
+            return None, None, gxx, gyy
+        gxx = (grad_out * gx).unsqueeze(1).to(x.dtype) if x.requires_grad else None
+        gyy = (grad_out * gy).unsqueeze(1).to(y.dtype) if y.requires_grad else None
+        return None, None, gxx, gyy
+
+
+def _categorical_pair(y: torch.Tensor, z: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    """:math:`T_0` of two scaled one-hot variables (data, no gradient) from cell counts: O(n + G·H)."""
+    n = y.shape[0]
+    gy, gz = y.argmax(1), z.argmax(1)
+    sy = float(y[0, gy[0]].abs()) * math.sqrt(2.0)
+    sz = float(z[0, gz[0]].abs()) * math.sqrt(2.0)
+    ny = torch.bincount(gy, minlength=y.shape[1]).double()
+    nz = torch.bincount(gz, minlength=z.shape[1]).double()
+    joint = torch.zeros(y.shape[1], z.shape[1], dtype=torch.float64, device=y.device)
+    joint.index_put_((gy, gz), torch.ones(n, dtype=torch.float64, device=y.device), accumulate=True)
+    # sum_ij [gy_i != gy_j][gz_i != gz_j] = n^2 - sum ny^2 - sum nz^2 + sum joint^2
+    s_ab = sy * sz * (n * n - (ny**2).sum() - (nz**2).sum() + (joint**2).sum())
+    a_row = sy * (n - ny[gy])
+    b_row = sz * (n - nz[gz])
+    cross, a_tot, b_tot = (a_row * b_row).sum(), a_row.sum(), b_row.sum()
+    if unbiased:
+        return s_ab - 2 * cross / (n - 2) + a_tot * b_tot / ((n - 1) * (n - 2))
+    return s_ab - 2 * cross / n + a_tot * b_tot / (n * n)
+
+
+def sorted_applicable(xs: List[torch.Tensor], c: float) -> Tuple[bool, str]:
+    """Whether :func:`product_sum_sorted` can compute ``T_c`` for these variables, and why not."""
+    if len(xs) != 2 or c != 0:
+        return False, "it handles two variables without JdCov's constant (dCov/dCor and CCdCov)"
+    one_d = [x.shape[1] == 1 for x in xs]
+    cat = [x.shape[1] > 1 and is_categorical(x) for x in xs]
+    if all(one_d) or (one_d[0] and cat[1]) or (cat[0] and one_d[1]):
+        return True, ""
+    if all(cat) and not any(x.requires_grad for x in xs):
+        return True, ""
+    return False, ("it needs a 1-D variable against a 1-D or a categorical (scaled one-hot) one; got shapes "
+                   f"{[tuple(x.shape) for x in xs]}")
+
+
+def product_sum_sorted(xs: List[torch.Tensor], unbiased: bool) -> torch.Tensor:
+    """:math:`T_0` of two variables: a 1-D one against a 1-D or a scaled one-hot ``(n, G)`` one (either order),
+    or two one-hot ones (as data)."""
+    x, y = xs
+    if x.shape[1] > 1 and y.shape[1] > 1:
+        return _categorical_pair(x.detach().double(), y.detach().double(), unbiased).to(x.dtype)
+    if x.shape[1] > 1:  # T_0 is symmetric: put the 1-D variable first
+        x, y = y, x
+    return _SortedProductSum.apply(bool(unbiased), y.shape[1] > 1, x, y)
