@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "all_reduce_sum"]
+__all__ = ["is_distributed", "all_reduce_sum", "all_gather_rows"]
 
 
 def is_distributed() -> bool:
@@ -42,3 +42,36 @@ class _AllReduceSum(torch.autograd.Function):
         # Every rank holds the same global loss, so the gradient reaching the reduced sum is the same on every
         # rank: the local part's gradient is that gradient itself (d sum / d x_local = 1).
         return grad
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows (rank order), with gradient back to the local rows; ranks may differ in N.
+
+    As with :func:`all_reduce_sum`, every rank then computes the same global loss, so the gradient reaching the
+    local rows is the global-batch gradient of those rows; no communication is needed in backward.
+    """
+    if not is_distributed():
+        return x
+    return _AllGatherRows.apply(x)
+
+
+class _AllGatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        world = dist.get_world_size()
+        n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+        sizes = [torch.zeros_like(n) for _ in range(world)]
+        dist.all_gather(sizes, n)
+        sizes = [int(s) for s in sizes]
+        biggest = max(sizes)
+        padded = x.new_zeros((biggest, *x.shape[1:]))
+        padded[: x.shape[0]] = x.detach()
+        parts = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        rank = dist.get_rank()
+        ctx.offset, ctx.n = sum(sizes[:rank]), x.shape[0]
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad[ctx.offset: ctx.offset + ctx.n]

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fairret.loss import KLProjectionLoss, NormLoss
+from fairret.loss import CCdCovLoss, DistanceCorrelationLoss, JdCovLoss, KLProjectionLoss, NormLoss
 from fairret.statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
 
 pytestmark = pytest.mark.distributed
@@ -15,7 +15,9 @@ pytestmark = pytest.mark.distributed
 
 def make_losses():
     eo = StackedLinearFractionalStatistic(TruePositiveRate(), FalsePositiveRate())
-    return {"norm": (NormLoss(eo, p=2), True), "kl": (KLProjectionLoss(PositiveRate()), False)}
+    return {"norm": (NormLoss(eo, p=2), True), "kl": (KLProjectionLoss(PositiveRate()), False),
+            "ccdcov": (CCdCovLoss(), False), "dcor": (DistanceCorrelationLoss(), False),
+            "jdcov": (JdCovLoss(), False)}
 
 
 def data():

@@ -6,6 +6,10 @@ regression outputs (``pred_as_logit=False``). Protected attributes are data: the
 tensor ``(N,)``/``(N, k)`` (one attribute), a list of tensors (one per attribute), or a
 :class:`~fairret.sensitive.SensitiveAttributes` (one attribute per block).
 
+Under ``torch.distributed`` (``sync_dist=True``, the default) predictions and attributes are gathered from every
+rank (with gradient back to the local rows), so each rank's loss is the global-batch loss and the gradient of its
+rows the global-batch one.
+
 Example:
     >>> import torch
     >>> from fairret.loss import CCdCovLoss
@@ -22,6 +26,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from .._distributed import all_gather_rows
 from ..functional import distance as D
 from ..sensitive import SensitiveAttributes
 from .base import FairnessLoss
@@ -31,24 +36,25 @@ __all__ = ["DistanceCovarianceLoss", "DistanceCorrelationLoss", "JdCovLoss", "CC
 Sens = Union[torch.Tensor, Sequence[torch.Tensor], SensitiveAttributes]
 
 
-def _pred(pred: torch.Tensor, pred_as_logit: bool) -> torch.Tensor:
+def _pred(pred: torch.Tensor, pred_as_logit: bool, sync_dist: bool) -> torch.Tensor:
     if not isinstance(pred, torch.Tensor):
         raise TypeError(f"Expected argument `pred` to be a torch.Tensor, but got {type(pred).__name__}")
-    if not pred_as_logit:
-        return pred
-    if pred.ndim == 2 and pred.shape[1] > 1:
-        return torch.softmax(pred, dim=1)
-    return torch.sigmoid(pred)
+    if pred_as_logit:
+        pred = torch.softmax(pred, dim=1) if pred.ndim == 2 and pred.shape[1] > 1 else torch.sigmoid(pred)
+    return all_gather_rows(pred) if sync_dist else pred
 
 
-def _attributes(sens: Sens, categorical: str, like: torch.Tensor) -> List[torch.Tensor]:
+def _attributes(sens: Sens, categorical: str, like: torch.Tensor, sync_dist: bool) -> List[torch.Tensor]:
     items = [sens] if isinstance(sens, (torch.Tensor, SensitiveAttributes)) else list(sens)
-    return [m.detach() for m in D.attribute_matrices(items, None, categorical, like=like)]
+    mats = [m.detach() for m in D.attribute_matrices(items, None, categorical, like=like)]
+    return [all_gather_rows(m) for m in mats] if sync_dist else mats
 
 
 class _DependenceLoss(FairnessLoss):
-    def __init__(self, *, unbiased: bool, backend: str, categorical: str = "onehot", validate_args: bool = False):
+    def __init__(self, *, unbiased: bool, backend: str, categorical: str = "onehot", validate_args: bool = False,
+                 sync_dist: bool = True):
         super().__init__()
+        self.sync_dist = sync_dist
         if backend not in ("auto", "dense", "tiled", "sorted", "cuda"):
             raise ValueError(f"Expected argument `backend` to be one of ('auto', 'dense', 'tiled', 'sorted', "
                              f"'cuda'), but got {backend!r}")
@@ -74,8 +80,8 @@ class DistanceCovarianceLoss(_DependenceLoss):
         super().__init__(unbiased=unbiased, backend=backend, **kwargs)
 
     def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
-        p = _pred(pred, pred_as_logit)
-        z = torch.cat(_attributes(sens, self.categorical, p), dim=1)
+        p = _pred(pred, pred_as_logit, self.sync_dist)
+        z = torch.cat(_attributes(sens, self.categorical, pred, self.sync_dist), dim=1)
         return D.distance_covariance_sqr(p, z, unbiased=self.unbiased, backend=self.backend,
                                          validate_args=self.validate_args)
 
@@ -87,8 +93,8 @@ class DistanceCorrelationLoss(_DependenceLoss):
         super().__init__(unbiased=unbiased, backend=backend, **kwargs)
 
     def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
-        p = _pred(pred, pred_as_logit)
-        z = torch.cat(_attributes(sens, self.categorical, p), dim=1)
+        p = _pred(pred, pred_as_logit, self.sync_dist)
+        z = torch.cat(_attributes(sens, self.categorical, pred, self.sync_dist), dim=1)
         return D.distance_correlation_sqr(p, z, unbiased=self.unbiased, backend=self.backend,
                                           validate_args=self.validate_args)
 
@@ -116,8 +122,8 @@ class JdCovLoss(_DependenceLoss):
         self.attribute_dependence: Optional[torch.Tensor] = None
 
     def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
-        p = _pred(pred, pred_as_logit)
-        zs = _attributes(sens, self.categorical, p)
+        p = _pred(pred, pred_as_logit, self.sync_dist)
+        zs = _attributes(sens, self.categorical, pred, self.sync_dist)
         kw = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant, backend=self.backend,
                   validate_args=self.validate_args)
         if len(zs) >= 2:
@@ -143,9 +149,7 @@ class CCdCovLoss(_DependenceLoss):
         self.weights = None if weights is None else [float(w) for w in weights]
 
     def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
-        p = _pred(pred, pred_as_logit)
-        items = [sens] if isinstance(sens, (torch.Tensor, SensitiveAttributes)) else list(sens)
-        items = [i.detach() if isinstance(i, torch.Tensor) else i for i in items]
-        return D.concatenated_distance_covariance_sqr(p, *items, weights=self.weights, unbiased=self.unbiased,
-                                                      categorical=self.categorical, backend=self.backend,
-                                                      validate_args=self.validate_args)
+        p = _pred(pred, pred_as_logit, self.sync_dist)
+        zs = _attributes(sens, self.categorical, pred, self.sync_dist)
+        return D.concatenated_distance_covariance_sqr(p, *zs, weights=self.weights, unbiased=self.unbiased,
+                                                      backend=self.backend, validate_args=self.validate_args)

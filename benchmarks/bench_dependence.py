@@ -1,0 +1,157 @@
+"""Benchmark of the distance-covariance family: value+grad time and peak memory, one setup factory.
+
+    python benchmarks/bench_dependence.py [--quick] [--device cpu|cuda]
+
+Part A (1-D predictions against a 1-D and against a categorical attribute, n = 1e3..1e6): the ``sorted``
+backend's value+grad against dcor's fastest value-only method (the better of AVL and MERGESORT, 1-D only).
+Part B (1-D predictions against 8-D attributes, n = 4,096 / 16,384 / 65,536): ``tiled`` against ``dense``
+(where it fits in memory), value+grad. Every measurement runs in a fresh subprocess, so its peak resident
+memory above the process's baseline (after imports and data) is the extra memory of the computation.
+Rows are appended to ``benchmarks/results.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER = r'''
+import json, resource, statistics, sys, time
+import numpy as np, torch
+torch.set_num_threads(int(sys.argv[6]))
+provider, n, attr, reps, device = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+rng = np.random.default_rng(0)
+x = rng.normal(size=n)
+if attr == "1d":
+    y = x + rng.normal(size=n)
+elif attr == "categorical":
+    y = np.eye(4)[rng.integers(0, 4, n)]
+else:
+    y = rng.normal(size=(n, int(attr[:-1])))
+    y[:, 0] += x
+def rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # MiB
+if provider.startswith("dcor"):
+    import dcor
+    method = provider.split("-")[1]
+    def step():
+        dcor.distance_covariance_sqr(x, y, method=method)
+else:
+    from fairret.functional import distance_covariance_sqr
+    tx = torch.tensor(x, dtype=torch.float32, device=device).unsqueeze(1)
+    ty = torch.tensor(y, dtype=torch.float32, device=device)
+    ty = ty.unsqueeze(1) if ty.ndim == 1 else ty
+    def step():
+        xx = tx.clone().requires_grad_(True)
+        val = distance_covariance_sqr(xx, ty, backend=provider, validate_args=False)
+        val.backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+base = rss()
+if device == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+step()
+ts = []
+for _ in range(reps):
+    t = time.perf_counter(); step(); ts.append(time.perf_counter() - t)
+ts.sort()
+q = lambda f: ts[min(len(ts) - 1, int(f * len(ts)))] * 1e3
+peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else rss() - base
+print(json.dumps({"median_ms": statistics.median(ts) * 1e3, "p20_ms": q(0.2), "p80_ms": q(0.8),
+                  "extra_mem_mib": peak}))
+'''
+
+
+def run(provider, n, attr, reps, device, threads, env, timeout):
+    try:
+        out = subprocess.run([sys.executable, "-c", WORKER, provider, str(n), attr, str(reps), device, str(threads)],
+                             capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout} s"}
+    if out.returncode != 0:
+        lines = (out.stderr or "failed").strip().splitlines()
+        return {"error": lines[-1][:200] if lines else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--part", choices=["A", "B", "both"], default="both")
+    ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
+    args = ap.parse_args()
+    import torch
+
+    import fairret
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    machine = f"{platform.machine()} {os.cpu_count()} cores"
+    if args.device == "cuda":
+        machine = torch.cuda.get_device_name(0)
+    rows = []
+
+    def record(part, provider, n, attr, reps, res):
+        row = {"date": datetime.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
+               "version": fairret.__version__, "benchmark": f"dependence_{part}", "provider": provider,
+               "loss": "dCov2 value+grad" if not provider.startswith("dcor") else "dCov2 value only", "n": n,
+               "s": attr, "dtype": "float32" if not provider.startswith("dcor") else "float64",
+               "device": args.device, **res}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    if args.part in ("A", "both"):
+        ns = [1000, 10000] if args.quick else [1000, 10000, 100000, 1000000]
+        for n in ns:
+            reps = 5 if n >= 1000000 else 10
+            for attr in ("1d", "categorical"):
+                record("A", "sorted", n, attr, reps, run("sorted", n, attr, reps, args.device, args.threads, env,
+                                                          args.timeout))
+            for method in ("AVL", "MERGESORT"):
+                record("A", f"dcor-{method}", n, "1d", reps,
+                       run(f"dcor-{method}", n, "1d", reps, "cpu", args.threads, env, args.timeout))
+    if args.part in ("B", "both"):
+        ns = [4096] if args.quick else [4096, 16384, 65536]
+        for n in ns:
+            providers = ["tiled"] + (["dense"] if n <= 16384 else [])
+            if args.device == "cuda":
+                providers = ["cuda"] + providers
+            for provider in providers:
+                reps = 3 if n >= 16384 else 5
+                record("B", provider, n, "8d", reps, run(provider, n, "8d", reps, args.device, args.threads, env,
+                                                         args.timeout))
+    path = Path(args.csv)
+    fields = ["date", "machine", "torch", "version", "benchmark", "provider", "loss", "n", "s", "dtype", "device",
+              "median_ms", "p20_ms", "p80_ms", "extra_mem_mib", "error"]
+    new = not path.exists()
+    if not new:
+        with open(path) as f:
+            header = next(csv.reader(f))
+        if "extra_mem_mib" not in header:  # extend an older header in place
+            with open(path) as f:
+                old = list(csv.DictReader(f))
+            new = True
+            rows = old + rows
+            path.unlink()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    by = {(r["benchmark"], r["provider"], r["n"], r["s"]): r.get("median_ms") for r in rows}
+    print("\nsummary:")
+    for (bench, prov, n, attr), t in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        print(f"  {bench:13s} {prov:16s} n={n:>8d} {attr:12s} {t if t is None else round(t, 2)} ms")
+
+
+if __name__ == "__main__":
+    main()
