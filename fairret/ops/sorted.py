@@ -62,43 +62,42 @@ def _group_start(keys: torch.Tensor) -> torch.Tensor:
     return _runs(_new_runs(keys))[0]
 
 
-def dominance_sums(ranks: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """``out[k] = sum_{j < k, ranks[j] < ranks[k]} f[j]`` for distinct ``ranks`` (positions are the x order).
+def dominance_sums(ranks: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Counts and sums ``out[k] = (#J_k, sum_{j in J_k} y_j)`` over ``J_k = {j < k : ranks[j] < ranks[k]}``.
 
     Args:
-        ranks: ``(n,)`` distinct integer ranks in ``[0, n)``.
-        f: ``(n, c)`` values.
+        ranks: ``(n,)`` a permutation of ``0..n-1`` (positions are the x order).
+        y: ``(n,)`` values.
+
+    Returns:
+        ``(n, 2)``: the count and the sum for every position.
     """
     n = ranks.shape[0]
-    out = torch.zeros_like(f)
+    out = torch.zeros(n, 2, dtype=y.dtype, device=y.device)
     if n < 2:
         return out
     levels = max(1, math.ceil(math.log2(n)))
-    perm = torch.arange(n, device=ranks.device)  # arrangement: grouped by high bits, x order within a group
-    zero_row = torch.zeros(1, f.shape[1], dtype=f.dtype, device=f.device)
+    idx = torch.arange(n, device=ranks.device)
+    # The arrangement (grouped by the high bits of the rank, x order within a group) carries its data along:
+    # columns (position, rank, y, count, sum), all exact in float64. Since the ranks are a permutation, the group
+    # of prefix v at level l holds exactly the ranks [v 2^(l+1), (v+1) 2^(l+1)): its start and its number of
+    # zero bits follow from the rank alone, without a scan.
+    state = torch.stack([idx.to(y.dtype), ranks.to(y.dtype), y, out[:, 0], out[:, 1]], 1)
+    zero = torch.zeros(1, 2, dtype=y.dtype, device=y.device)
     for lvl in range(levels - 1, -1, -1):
-        r = ranks[perm]
-        prefix = r >> (lvl + 1)
-        bit = (r >> lvl) & 1
-        start, group_end = _runs(_new_runs(prefix))
-        is0 = (bit == 0).to(f.dtype).unsqueeze(1)
-        fz = f[perm] * is0
-        cs = torch.cat([zero_row, torch.cumsum(fz, 0)])  # exclusive prefix sums: cs[i] = sum of the first i
-        contrib = cs[:-1] - cs[start]
-        ones = bit == 1
-        out.index_add_(0, perm[ones], contrib[ones])
-        # stable partition of every group by the bit: zeros first, then ones, x order kept
-        z = (bit == 0).long()
-        cz = torch.cat([torch.zeros(1, dtype=torch.long, device=z.device), torch.cumsum(z, 0)])
-        idx = torch.arange(n, device=z.device)
-        zeros_before = cz[idx] - cz[start]
-        zeros_in_group = cz[group_end] - cz[start]
-        ones_before = (idx - start) - zeros_before
-        new_pos = torch.where(bit == 0, start + zeros_before, start + zeros_in_group + ones_before)
-        nperm = torch.empty_like(perm)
-        nperm[new_pos] = perm
-        perm = nperm
-    return out
+        r = state[:, 1].long()
+        start = (r >> (lvl + 1)) << (lvl + 1)
+        bit = ((r >> lvl) & 1).to(y.dtype)
+        is0 = 1.0 - bit
+        # exclusive prefix sums of (1, y) over the zero-bit elements; before me in my group = minus the group start
+        c = torch.cat([zero, torch.cumsum(torch.stack([is0, state[:, 2] * is0], 1), 0)])
+        before = c[:-1] - c[start]
+        state[:, 3:5] += bit.unsqueeze(1) * before
+        zb = before[:, 0].long()
+        zeros_in_group = (n - start).clamp(max=1 << lvl)
+        new_pos = torch.where(bit == 0, start + zb, zeros_in_group + idx - zb)
+        state = torch.empty_like(state).index_copy_(0, new_pos, state)
+    return out.index_copy_(0, state[:, 0].long(), state[:, 3:])
 
 
 def _row_sums(v: torch.Tensor) -> torch.Tensor:
@@ -117,13 +116,20 @@ class _Prep:
 
     def __init__(self, x: torch.Tensor, y: Optional[torch.Tensor]):
         n = x.shape[0]
-        if y is not None:  # lexicographic (x ascending, y descending)
-            o1 = torch.argsort(-y, stable=True)
-            o2 = torch.argsort(x[o1], stable=True)
-            self.order = o1[o2]
-        else:
-            self.order = torch.argsort(x, stable=True)
-        xs = x[self.order]
+        xs, self.order = torch.sort(x, stable=True)
+        if y is not None and n > 1:
+            tied = torch.zeros(n, dtype=torch.bool, device=x.device)
+            eq = xs[1:] == xs[:-1]
+            tied[1:] |= eq
+            tied[:-1] |= eq
+            if bool(tied.any()):
+                # ties in x: order each tie group by y descending, re-sorting only the tied elements
+                pos = tied.nonzero().squeeze(1)
+                sub = self.order[pos]
+                o1 = torch.argsort(-y[sub], stable=True)
+                o2 = torch.argsort(xs[pos][o1], stable=True)
+                self.order = self.order.clone()
+                self.order[pos] = sub[o1[o2]]
         self.xs = xs
         self.n = n
         self.tstart, self.tend = _runs(_new_runs(xs))  # each x-tie group's start and end (in x order)
@@ -136,40 +142,43 @@ class _Prep:
         return cs[self.tstart], cs[-1] - cs[self.tend]
 
 
+def _sorted_row_sums(vs: torch.Tensor) -> torch.Tensor:
+    """``sum_j |v_i - v_j|`` for values already sorted ascending (in that order)."""
+    n = vs.shape[0]
+    cs = torch.cumsum(vs, 0)
+    i = torch.arange(1, n + 1, dtype=vs.dtype, device=vs.device)
+    return (2 * i - n) * vs + cs[-1] - 2 * cs
+
+
 def _continuous_parts(x: torch.Tensor, y: torch.Tensor):
-    """S_ab = sum_ij a_ij b_ij and, per sample (original order), T_k = sum_j sign(x_k - x_j) |y_k - y_j|."""
+    """Row sums and, per sample (original order), ``T_k = sum_j sign(x_k - x_j) |y_k - y_j|``.
+
+    Also ``S_ab = sum_ij a_ij b_ij = 2 sum_k x_k T_k`` (antisymmetry of the sign), so the dominance sums need only
+    the channels ``1`` and ``y``.
+    """
     pr = _Prep(x, y)
     o = pr.order
     xs, ys = pr.xs, y[o]
     n = pr.n
-    # distinct y-ranks in x order, ties broken by x-order position
-    yorder = torch.argsort(ys, stable=True)
-    ranks = torch.empty_like(yorder)
-    ranks[yorder] = torch.arange(n, device=x.device)
-    f = torch.stack([torch.ones_like(xs), ys, xs, xs * ys], 1)
-    dom = dominance_sums(ranks, f)
-    lo_c, lo_y, lo_x, lo_xy = dom.unbind(1)
-    cnt, _ = pr.strict_prefix(torch.ones_like(xs))
+    ysorted, yorder = torch.sort(ys, stable=True)  # distinct y-ranks in x order, ties broken by position
+    ranks = torch.empty_like(yorder).index_copy_(0, yorder, torch.arange(n, device=x.device))
+    lo_c, lo_y = dominance_sums(ranks, ys).unbind(1)
+    cnt = pr.less
     sy, _ = pr.strict_prefix(ys)
-    sx, _ = pr.strict_prefix(xs)
-    sxy, _ = pr.strict_prefix(xs * ys)
     before = ys * (2 * lo_c - cnt) - 2 * lo_y + sy
-    before_x = ys * (2 * lo_x - sx) - 2 * lo_xy + sxy
-    s_ab = 2 * (xs * before - before_x).sum()
     # within x-tie groups: sum of |y_k - y_j| (ys is descending inside a group, so use -ys ascending)
     w = -ys
     cs = torch.cat([w.new_zeros(1), torch.cumsum(w, 0)])
     idx = torch.arange(n, device=x.device)
     i_in = (idx - pr.tstart + 1).to(xs.dtype)
     m = (pr.tend - pr.tstart).to(xs.dtype)
-    s_i = cs[idx + 1] - cs[pr.tstart]
-    s_m = cs[pr.tend] - cs[pr.tstart]
-    tie = (2 * i_in - m) * w + s_m - 2 * s_i
-    b_row = _row_sums(ys)
-    t_sorted = 2 * before - b_row + tie
-    t = torch.empty_like(t_sorted)
-    t[o] = t_sorted
-    return s_ab, t, pr
+    tie = (2 * i_in - m) * w + (cs[pr.tend] - cs[pr.tstart]) - 2 * (cs[idx + 1] - cs[pr.tstart])
+    b_row_x = torch.empty_like(ys).index_copy_(0, yorder, _sorted_row_sums(ysorted))  # in x order
+    t_sorted = 2 * before - b_row_x + tie
+    s_ab = 2 * (xs * t_sorted).sum()
+    a_row_x = _sorted_row_sums(xs)
+    unsort = lambda v: torch.empty_like(v).index_copy_(0, o, v)  # noqa: E731
+    return s_ab, unsort(a_row_x), unsort(b_row_x), unsort(t_sorted), pr
 
 
 def is_categorical(y: torch.Tensor) -> bool:
@@ -186,9 +195,8 @@ def is_categorical(y: torch.Tensor) -> bool:
 def _t0_and_grad(x: torch.Tensor, y: torch.Tensor, unbiased: bool, want_grad: bool, categorical: bool):
     """T_0 for 1-D x against y (1-D or scaled one-hot), and dT_0/dx (in x's original order)."""
     n = x.shape[0]
-    a_row = _row_sums(x)
-    a_tot = a_row.sum()
     if categorical:
+        a_row = _row_sums(x)
         g = y.argmax(1)
         scale = y[0, g[0]].abs() * math.sqrt(2.0)  # distance between two one-hot rows of value v: v * sqrt(2)
         counts = torch.bincount(g, minlength=y.shape[1]).to(x.dtype)
@@ -203,11 +211,10 @@ def _t0_and_grad(x: torch.Tensor, y: torch.Tensor, unbiased: bool, want_grad: bo
         i_in = (idx - cstart + 1).to(x.dtype)
         m = (cend - cstart).to(x.dtype)
         within_row = (2 * i_in - m) * xs + (cs[cend] - cs[cstart]) - 2 * (cs[idx + 1] - cs[cstart])
-        s_ab = scale * (a_tot - within_row.sum())
+        s_ab = scale * (a_row.sum() - within_row.sum())
     else:
-        y1 = y[:, 0]
-        b_row = _row_sums(y1)
-        s_ab, t_cont, pr = _continuous_parts(x, y1)
+        s_ab, a_row, b_row, t_cont, pr = _continuous_parts(x, y[:, 0])
+    a_tot = a_row.sum()
     b_tot = b_row.sum()
     cross = (a_row * b_row).sum()
     if unbiased:
