@@ -6,7 +6,7 @@ over square tiles of the pair matrix (upper triangle only; off-diagonal tiles co
 
 1. a first sweep gives each variable's distance row sums (for 1-D variables exactly in O(n log n) by sorting and
    prefix sums: :math:`a_{(i)\cdot} = (2i - n) x_{(i)} + S_n - 2 S_i`);
-2. a second sweep evaluates the centred tiles, accumulating :math:`T_c` in float64 and, in the same sweep, the
+2. a second sweep evaluates the centred tiles, accumulating :math:`T_c` and, in the same sweep, the
    per-row gradient partials :math:`2 \sum_j G_{kj} u_{kj}` with :math:`G = -\hat P^{(m)}`, the centred product of
    the other variables' factors (centring moves from one factor to the other:
    :math:`\sum \hat A P = \sum a \hat P`). For more than two variables the row sums of :math:`P^{(m)}` need one
@@ -15,7 +15,8 @@ over square tiles of the pair matrix (upper triangle only; off-diagonal tiles co
 Backward returns the saved partials (O(n) memory). When a graph of the gradient is requested
 (``create_graph=True``, e.g. for Hessian-vector products), backward recomputes the gradient with differentiable
 torch operations instead, so second derivatives are exact (that graph holds O(n²) memory).
-Inputs are centred on their column means and tiles are evaluated in float64.
+Inputs are centred on their column means; tiles are evaluated in the inputs' dtype and every sum is accumulated
+in float64 (float32 inputs: float32 tiles, float64 accumulation; float64 inputs: float64 throughout).
 """
 from __future__ import annotations
 
@@ -28,15 +29,29 @@ __all__ = ["product_sum_tiled", "DEFAULT_TILE"]
 DEFAULT_TILE = 512
 
 
-def _dist(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Distances of a tile, summing squared coordinate differences column by column (no cancellation, unlike
-    the ``|x|^2 + |z|^2 - 2 x.z`` product form, which turns rounding noise at coincident points into 1e-8)."""
+#: Squared distances below this fraction of ``|x_i|^2 + |z_j|^2`` are recomputed coordinate by coordinate.
+_NEAR = 1e-4
+
+
+def _dist(x: torch.Tensor, z: torch.Tensor, nx: Optional[torch.Tensor] = None,
+          nz: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Euclidean distances of a tile.
+
+    One column: ``|x_i - z_j|``. Several: the product form ``|x|^2 + |z|^2 - 2 x.z`` (one matrix product), with
+    the entries whose squared distance is small against the norms (where rounding would dominate, e.g. near
+    coincident rows) recomputed exactly from coordinate differences. Zero distances have zero gradient.
+    """
     if x.shape[1] == 1:
         return (x - z.T).abs()
-    sq = None
-    for k in range(x.shape[1]):
-        diff = x[:, k:k + 1] - z[:, k].unsqueeze(0)
-        sq = diff * diff if sq is None else sq + diff * diff
+    nx = (x * x).sum(1) if nx is None else nx
+    nz = (z * z).sum(1) if nz is None else nz
+    scale = nx.unsqueeze(1) + nz.unsqueeze(0)
+    sq = scale - 2.0 * (x @ z.T)
+    near = (sq != 0) & (sq <= _NEAR * scale)
+    if bool(near.any()):
+        ii, jj = near.nonzero(as_tuple=True)
+        diff = x[ii] - z[jj]
+        sq = sq.index_put((ii, jj), (diff * diff).sum(1))
     pos = sq > 0
     return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
@@ -61,35 +76,41 @@ def _blocks(n: int, tile: int):
 
 
 def _row_sums(x: torch.Tensor, tile: int) -> torch.Tensor:
+    """Distance row sums in float64."""
     n = x.shape[0]
     if x.shape[1] == 1:
-        return _row_sums_1d(x)[:, 0]
+        return _row_sums_1d(x.to(torch.float64))[:, 0]
+    nx = (x * x).sum(1)
     parts: List[List[torch.Tensor]] = [[] for _ in range(0, n, tile)]
     for i0, i1, j0, j1 in _blocks(n, tile):
-        a = _dist(x[i0:i1], x[j0:j1])
-        parts[i0 // tile].append(a.sum(1))
+        a = _dist(x[i0:i1], x[j0:j1], nx[i0:i1], nx[j0:j1])
+        parts[i0 // tile].append(a.sum(1, dtype=torch.float64))
         if j0 != i0:
-            parts[j0 // tile].append(a.sum(0))
+            parts[j0 // tile].append(a.sum(0, dtype=torch.float64))
     return torch.cat([torch.stack(p).sum(0) for p in parts])
 
 
 class _Centring:
     """Centring constants of one variable: ``A_ij = a_ij - (r_i + r_j) * s + R * s2``."""
 
-    def __init__(self, r: torch.Tensor, n: int, unbiased: bool):
-        self.r = r
+    def __init__(self, r: torch.Tensor, n: int, unbiased: bool, dtype: torch.dtype):
         tot = r.sum()
         if unbiased:
-            self.s, self.tot = 1.0 / (n - 2), tot / ((n - 1) * (n - 2))
+            s, tot = 1.0 / (n - 2), tot / ((n - 1) * (n - 2))
         else:
-            self.s, self.tot = 1.0 / n, tot / (n * n)
+            s, tot = 1.0 / n, tot / (n * n)
+        self.r = (r * s).to(dtype)  # pre-scaled row terms, in the tiles' dtype
+        self.s = 1.0
+        self.tot = tot.to(dtype)
 
     def apply(self, a: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
-        return a - self.r[i0:i1, None] * self.s - self.r[None, j0:j1] * self.s + self.tot
+        return a - (self.r[i0:i1, None] - self.tot) - self.r[None, j0:j1]
 
 
 def _prepare(xs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    return [(x - x.mean(0, keepdim=True).detach()).to(torch.float64) for x in xs]
+    """Centre every variable on its column means (computed in float64); tiles keep the input dtype (float32 tiles
+    with float64 accumulation, or float64 throughout)."""
+    return [x - x.detach().to(torch.float64).mean(0, keepdim=True).to(x.dtype) for x in xs]
 
 
 def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_vars: Sequence[int],
@@ -100,20 +121,23 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
     Written with out-of-place operations only, so that it is differentiable when run with grad enabled.
     """
     n = xs[0].shape[0]
-    cents = [_Centring(_row_sums(x, tile), n, unbiased) for x in xs]
-    total = xs[0].new_zeros(())
+    dt = xs[0].dtype
+    cents = [_Centring(_row_sums(x, tile), n, unbiased, dt) for x in xs]
+    norms = [(x * x).sum(1) if x.shape[1] > 1 else None for x in xs]
+    total = torch.zeros((), dtype=torch.float64, device=xs[0].device)
     nblk = (n + tile - 1) // tile
     grads: dict = {m: [[] for _ in range(nblk)] for m in grad_vars}
     gc = {}
     for m in grad_vars:
         pr = p_rows[m]
         if unbiased:
-            gc[m] = (pr, 1.0 / (n - 2), pr.sum() / ((n - 1) * (n - 2)))
+            gc[m] = ((pr / (n - 2)).to(dt), (pr.sum() / ((n - 1) * (n - 2))).to(dt))
         else:
-            gc[m] = (pr, 1.0 / n, pr.sum() / (n * n))
+            gc[m] = ((pr / n).to(dt), (pr.sum() / (n * n)).to(dt))
     for i0, i1, j0, j1 in _blocks(n, tile):
         diag = i0 == j0
-        dists = [_dist(x[i0:i1], x[j0:j1]) for x in xs]
+        dists = [_dist(x[i0:i1], x[j0:j1], None if nn is None else nn[i0:i1], None if nn is None else nn[j0:j1])
+                 for x, nn in zip(xs, norms)]
         factors = [c - ct.apply(a, i0, i1, j0, j1) for a, ct in zip(dists, cents)]
         prod = factors[0]
         for f in factors[1:]:
@@ -122,24 +146,32 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
         if unbiased and diag:
             mask = torch.eye(i1 - i0, dtype=torch.bool, device=prod.device)
             prod = prod.masked_fill(mask, 0.0)
-        total = total + (prod.sum() if diag else 2.0 * prod.sum())
+        block = prod.sum(dtype=torch.float64)
+        total = total + (block if diag else 2.0 * block)
         for m in grad_vars:
             others = [f for k, f in enumerate(factors) if k != m]
             p = others[0] if others else torch.ones_like(prod)
             for f in others[1:]:
                 p = p * f
-            pr, s, tot = gc[m]
-            g = -(p - pr[i0:i1, None] * s - pr[None, j0:j1] * s + tot)  # dT/da_ij = -centred(P)_ij
+            pr, tot = gc[m]
+            g = (pr[i0:i1, None] - tot) + pr[None, j0:j1] - p  # dT/da_ij = -centred(P)_ij
+            if mask is not None:
+                g = g.masked_fill(mask, 0.0)
+            x = xs[m]
+            if x.shape[1] == 1:  # u_ij = sign(x_i - x_j); the transposed tile has the opposite sign
+                gs = g * torch.sign(x[i0:i1] - x[j0:j1].T)
+                grads[m][i0 // tile].append(2.0 * gs.sum(1, keepdim=True, dtype=torch.float64))
+                if not diag:
+                    grads[m][j0 // tile].append(-2.0 * gs.sum(0, dtype=torch.float64).unsqueeze(1))
+                continue
             a = dists[m]
             pos = a > 0
             w = torch.where(pos, g / torch.where(pos, a, torch.ones_like(a)), torch.zeros_like(a))
-            if mask is not None:
-                w = w.masked_fill(mask, 0.0)
-            x = xs[m]
             gi = 2.0 * (x[i0:i1] * w.sum(1, keepdim=True) - w @ x[j0:j1])
-            grads[m][i0 // tile].append(gi)
+            grads[m][i0 // tile].append(gi.to(torch.float64))
             if not diag:
-                grads[m][j0 // tile].append(2.0 * (x[j0:j1] * w.sum(0).unsqueeze(1) - w.T @ x[i0:i1]))
+                gj = 2.0 * (x[j0:j1] * w.sum(0).unsqueeze(1) - w.T @ x[i0:i1])
+                grads[m][j0 // tile].append(gj.to(torch.float64))
     out = [torch.cat([torch.stack(b).sum(0) for b in grads[m]]) for m in grad_vars]
     return total, out
 
@@ -150,9 +182,9 @@ def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, gra
     d = len(xs)
     count = n - 1 if unbiased else n
     if d <= 2:  # centred rows sum to zero: sum_j (c - A_ij) = count * c
-        return {m: xs[0].new_full((n,), count * c) if d == 2 else xs[0].new_full((n,), float(count))
-                for m in grad_vars}
-    cents = [_Centring(_row_sums(x, tile), n, unbiased) for x in xs]
+        full = float(count * c) if d == 2 else float(count)
+        return {m: torch.full((n,), full, dtype=torch.float64, device=xs[0].device) for m in grad_vars}
+    cents = [_Centring(_row_sums(x, tile), n, unbiased, xs[0].dtype) for x in xs]
     nblk = (n + tile - 1) // tile
     parts = {m: [[] for _ in range(nblk)] for m in grad_vars}
     for i0, i1, j0, j1 in _blocks(n, tile):
@@ -164,9 +196,9 @@ def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, gra
                 p = p * f
             if unbiased and i0 == j0:
                 p = p.masked_fill(torch.eye(i1 - i0, dtype=torch.bool, device=p.device), 0.0)
-            parts[m][i0 // tile].append(p.sum(1))
+            parts[m][i0 // tile].append(p.sum(1, dtype=torch.float64))
             if j0 != i0:
-                parts[m][j0 // tile].append(p.sum(0))
+                parts[m][j0 // tile].append(p.sum(0, dtype=torch.float64))
     return {m: torch.cat([torch.stack(b).sum(0) for b in parts[m]]) for m in grad_vars}
 
 
