@@ -46,12 +46,14 @@ def _dist(x: torch.Tensor, z: torch.Tensor, nx: Optional[torch.Tensor] = None,
     nx = (x * x).sum(1) if nx is None else nx
     nz = (z * z).sum(1) if nz is None else nz
     scale = nx.unsqueeze(1) + nz.unsqueeze(0)
-    sq = scale - 2.0 * (x @ z.T)
+    sq = torch.addmm(scale, x, z.T, alpha=-2.0)
     near = (sq != 0) & (sq <= _NEAR * scale)
     if bool(near.any()):
         ii, jj = near.nonzero(as_tuple=True)
         diff = x[ii] - z[jj]
         sq = sq.index_put((ii, jj), (diff * diff).sum(1))
+    if not torch.is_grad_enabled():
+        return sq.clamp_min_(0.0).sqrt_()
     pos = sq > 0
     return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
@@ -84,9 +86,9 @@ def _row_sums(x: torch.Tensor, tile: int) -> torch.Tensor:
     parts: List[List[torch.Tensor]] = [[] for _ in range(0, n, tile)]
     for i0, i1, j0, j1 in _blocks(n, tile):
         a = _dist(x[i0:i1], x[j0:j1], nx[i0:i1], nx[j0:j1])
-        parts[i0 // tile].append(a.sum(1, dtype=torch.float64))
+        parts[i0 // tile].append(a.sum(1).to(torch.float64))
         if j0 != i0:
-            parts[j0 // tile].append(a.sum(0, dtype=torch.float64))
+            parts[j0 // tile].append(a.sum(0).to(torch.float64))
     return torch.cat([torch.stack(p).sum(0) for p in parts])
 
 
@@ -146,7 +148,7 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
         if unbiased and diag:
             mask = torch.eye(i1 - i0, dtype=torch.bool, device=prod.device)
             prod = prod.masked_fill(mask, 0.0)
-        block = prod.sum(dtype=torch.float64)
+        block = prod.sum().to(torch.float64)
         total = total + (block if diag else 2.0 * block)
         for m in grad_vars:
             others = [f for k, f in enumerate(factors) if k != m]
@@ -160,9 +162,9 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
             x = xs[m]
             if x.shape[1] == 1:  # u_ij = sign(x_i - x_j); the transposed tile has the opposite sign
                 gs = g * torch.sign(x[i0:i1] - x[j0:j1].T)
-                grads[m][i0 // tile].append(2.0 * gs.sum(1, keepdim=True, dtype=torch.float64))
+                grads[m][i0 // tile].append(2.0 * gs.sum(1, keepdim=True).to(torch.float64))
                 if not diag:
-                    grads[m][j0 // tile].append(-2.0 * gs.sum(0, dtype=torch.float64).unsqueeze(1))
+                    grads[m][j0 // tile].append(-2.0 * gs.sum(0).to(torch.float64).unsqueeze(1))
                 continue
             a = dists[m]
             pos = a > 0
@@ -196,10 +198,61 @@ def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, gra
                 p = p * f
             if unbiased and i0 == j0:
                 p = p.masked_fill(torch.eye(i1 - i0, dtype=torch.bool, device=p.device), 0.0)
-            parts[m][i0 // tile].append(p.sum(1, dtype=torch.float64))
+            parts[m][i0 // tile].append(p.sum(1).to(torch.float64))
             if j0 != i0:
-                parts[m][j0 // tile].append(p.sum(0, dtype=torch.float64))
+                parts[m][j0 // tile].append(p.sum(0).to(torch.float64))
     return {m: torch.cat([torch.stack(b).sum(0) for b in parts[m]]) for m in grad_vars}
+
+
+def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want_grad: bool):
+    """``T_0`` of a 1-D ``x`` and a data variable ``y`` in one sweep over ``y``'s distances, and ``dT_0/dx``.
+
+    Centring moves to ``x``'s side (``sum A B = sum A b``, and likewise off the diagonal for U), whose row sums
+    come from a sort; the same sweep collects ``b``'s row sums and ``sum_j b_kj sign(x_k - x_j)``, from which the
+    gradient ``2 sum_j B_kj sign(x_k - x_j)`` follows with ranks and prefix sums of ``x`` (as in the sorted
+    backend).
+    """
+    from .sorted import _Prep
+
+    n = x.shape[0]
+    dt = x.dtype
+    cx = _Centring(_row_sums(x, tile), n, unbiased, dt)
+    ny = (y * y).sum(1) if y.shape[1] > 1 else None
+    nblk = (n + tile - 1) // tile
+    brow = [[] for _ in range(nblk)]
+    tb = [[] for _ in range(nblk)]
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i0, i1, j0, j1 in _blocks(n, tile):
+        diag = i0 == j0
+        d = x[i0:i1] - x[j0:j1].T
+        ahat = cx.apply(d.abs(), i0, i1, j0, j1)
+        if unbiased and diag:
+            ahat = ahat.masked_fill(torch.eye(i1 - i0, dtype=torch.bool, device=x.device), 0.0)
+        b = _dist(y[i0:i1], y[j0:j1], None if ny is None else ny[i0:i1], None if ny is None else ny[j0:j1])
+        blk = (ahat * b).sum().to(torch.float64)
+        total = total + (blk if diag else 2.0 * blk)
+        if want_grad:
+            bs = b * torch.sign(d)
+            brow[i0 // tile].append(b.sum(1).to(torch.float64))
+            tb[i0 // tile].append(bs.sum(1).to(torch.float64))
+            if not diag:
+                brow[j0 // tile].append(b.sum(0).to(torch.float64))
+                tb[j0 // tile].append(-bs.sum(0).to(torch.float64))
+    if not want_grad:
+        return total, None
+    b_row = torch.cat([torch.stack(p).sum(0) for p in brow])
+    t_b = torch.cat([torch.stack(p).sum(0) for p in tb])
+    pr = _Prep(x[:, 0].to(torch.float64), None)
+    o = pr.order
+    s_k = torch.empty(n, dtype=torch.float64, device=x.device).index_copy_(0, o, pr.less - pr.greater)
+    lo, hi = pr.strict_prefix(b_row[o])
+    q_k = torch.empty_like(s_k).index_copy_(0, o, lo - hi)
+    b_tot = b_row.sum()
+    if unbiased:
+        g = t_b - b_row * s_k / (n - 2) - q_k / (n - 2) + b_tot * s_k / ((n - 1) * (n - 2))
+    else:
+        g = t_b - b_row * s_k / n - q_k / n + b_tot * s_k / (n * n)
+    return total, (2.0 * g).unsqueeze(1)
 
 
 class _ProductSum(torch.autograd.Function):
@@ -208,8 +261,18 @@ class _ProductSum(torch.autograd.Function):
         grad_vars = [k for k, x in enumerate(xs) if x.requires_grad]
         with torch.no_grad():
             xp = _prepare(xs)
-            p_rows = _p_row_sums(xp, c, unbiased, tile, grad_vars) if grad_vars else None
-            total, grads = _sweep(xp, c, unbiased, tile, grad_vars, p_rows)
+            fast = None
+            if len(xs) == 2 and c == 0.0:
+                if xs[0].shape[1] == 1 and not xs[1].requires_grad:
+                    fast = 0
+                elif xs[1].shape[1] == 1 and not xs[0].requires_grad:
+                    fast = 1
+            if fast is not None:
+                total, g = _fast_pair(xp[fast], xp[1 - fast], unbiased, tile, bool(grad_vars))
+                grads = [g] if grad_vars else []
+            else:
+                p_rows = _p_row_sums(xp, c, unbiased, tile, grad_vars) if grad_vars else None
+                total, grads = _sweep(xp, c, unbiased, tile, grad_vars, p_rows)
         ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars = c, unbiased, tile, grad_vars
         ctx.save_for_backward(*xs, *grads)
         return total.to(xs[0].dtype)
