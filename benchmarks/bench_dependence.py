@@ -126,7 +126,7 @@ def main() -> None:
             if args.device == "cuda":
                 providers = ["cuda"] + providers
             for provider in providers:
-                reps = 3 if n >= 16384 else 5
+                reps = 1 if n >= 65536 else (3 if n >= 16384 else 5)
                 record("B", provider, n, "8d", reps, run(provider, n, "8d", reps, args.device, args.threads, env,
                                                          args.timeout))
     path = Path(args.csv)
@@ -147,10 +147,11 @@ def main() -> None:
         if new:
             w.writeheader()
         w.writerows(rows)
-    by = {(r["benchmark"], r["provider"], r["n"], r["s"]): r.get("median_ms") for r in rows}
+    by = {(r["benchmark"], r["provider"], int(r["n"]), str(r["s"])): r.get("median_ms") for r in rows
+          if str(r["benchmark"]).startswith("dependence")}
     print("\nsummary:")
     for (bench, prov, n, attr), t in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
-        print(f"  {bench:13s} {prov:16s} n={n:>8d} {attr:12s} {t if t is None else round(t, 2)} ms")
+        print(f"  {bench:13s} {prov:16s} n={n:>8d} {attr:12s} {t if t in (None, "") else round(float(t), 2)} ms")
 
 
 if __name__ == "__main__":

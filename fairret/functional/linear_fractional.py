@@ -222,20 +222,24 @@ def fixed_constraint(
         ``intercept`` of shape ``(K, C, S)`` and ``slope`` of shape ``(N, K, C, S)``; the constraint on column
         ``c`` of ``q`` reads ``intercept[k, c, s] + sum_n slope[n, k, c, s] * q[n, c] = 0``.
     """
-    n = like.shape[0]
-    tc0, tc1, td0, td1 = (_coef_tensor(c, like) for c in (c0, c1, d0, d1))
-    tgt = target.to(like.dtype).unsqueeze(0)  # (1, K, C)
-    a = (tc0 - tgt * td0).expand(n, -1, -1) if (tc0 - tgt * td0).shape[0] == 1 else tc0 - tgt * td0
-    b = tc1 - tgt * td1
-    b = b.expand(n, -1, -1) if b.shape[0] == 1 else b
+    a, b = _constraint_terms(target, c0, c1, d0, d1, like)
     s = sens.to(like.dtype)
-    k = max(a.shape[1], b.shape[1])
-    c = max(a.shape[2], b.shape[2], like.shape[1])
-    a = a.expand(n, k, c)
-    b = b.expand(n, k, c)
     intercept = torch.einsum("nkc,ns->kcs", a, s)
     slope = b.unsqueeze(-1) * s[:, None, None, :]
     return intercept, slope
+
+
+def _constraint_terms(target: torch.Tensor, c0: Coef, c1: Coef, d0: Coef, d1: Coef, like: torch.Tensor):
+    """Per-sample terms ``(c0 - c d0, c1 - c d1)`` of the constraint, both ``(N, K, C)``."""
+    n = like.shape[0]
+    tc0, tc1, td0, td1 = (_coef_tensor(c, like) for c in (c0, c1, d0, d1))
+    tgt = torch.as_tensor(target, dtype=like.dtype, device=like.device)
+    tgt = tgt.reshape(1, -1, 1) if tgt.ndim <= 1 else tgt.unsqueeze(0)  # (1, K, C)
+    a = tc0 - tgt * td0
+    b = tc1 - tgt * td1
+    k = max(a.shape[1], b.shape[1])
+    c = max(a.shape[2], b.shape[2], like.shape[1])
+    return a.expand(n, k, c), b.expand(n, k, c)
 
 
 def stack_coefficients(per_stat: Sequence[tuple[Coef, Coef, Coef, Coef]], like: torch.Tensor):

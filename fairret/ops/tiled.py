@@ -70,11 +70,33 @@ def _row_sums_1d(x: torch.Tensor) -> torch.Tensor:
     return out.scatter(0, order, sorted_sums).unsqueeze(1)
 
 
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or a no-op elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return lambda: libc.malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc platforms
+        return lambda: None
+
+
+_TRIM = _malloc_trim()
+_TRIM_EVERY = 16
+
+
 def _blocks(n: int, tile: int):
+    """Tiles of the upper triangle. Every few tiles freed memory is handed back to the system: glibc otherwise
+    raises its mmap threshold after the first tile-sized frees and keeps the churn of tile temporaries in a heap
+    that only grows (over 1 GB of resident memory at n = 16,384 instead of ~30 MB)."""
+    count = 0
     for i0 in range(0, n, tile):
         i1 = min(i0 + tile, n)
         for j0 in range(i0, n, tile):
             yield i0, i1, j0, min(j0 + tile, n)
+            count += 1
+            if count % _TRIM_EVERY == 0:
+                _TRIM()
 
 
 def _row_sums(x: torch.Tensor, tile: int) -> torch.Tensor:

@@ -86,10 +86,13 @@ def _prepare_arg(arg: Any, pred: torch.Tensor, name: str) -> Any:
         raise ValueError(f"Expected argument `{name}` to have N={n} rows like `pred`, but got {arg.shape[0]}")
     if arg.ndim == 1:
         if c > 1 and not arg.is_floating_point():
-            if bool(((arg < 0) | (arg >= c)).any()):
-                raise ValueError(f"Expected argument `{name}` to hold class indices in [0, {c}), but got values "
-                                 f"outside that range")
-            return torch.nn.functional.one_hot(arg.long(), c).to(pred.dtype)
+            # the range check reads values: only where that costs no device synchronisation
+            if arg.device.type == "cpu" and not torch.compiler.is_compiling():
+                if bool(((arg < 0) | (arg >= c)).any()):
+                    raise ValueError(f"Expected argument `{name}` to hold class indices in [0, {c}), but got values "
+                                     f"outside that range")
+            classes = torch.arange(c, device=arg.device)
+            return (arg.long().unsqueeze(1) == classes).to(pred.dtype)  # one-hot without a value check
         return arg.to(pred.dtype).unsqueeze(-1)
     if arg.ndim == 2 and arg.shape[1] not in (1, c):
         raise ValueError(f"Expected argument `{name}` to have 1 or C={c} columns like `pred`, but got {arg.shape[1]}")
@@ -214,13 +217,10 @@ class LinearFractionalStatistic(Statistic):
         """
         sens = prepare_sens(sens, sens.to(torch.float64) if not sens.is_floating_point() else sens)
         like = torch.zeros(sens.shape[0], 1, dtype=sens.dtype, device=sens.device)
-        c0, c1, d0, d1 = self.coefficients(like, *stat_args, **stat_kwargs)
-        target = torch.as_tensor(fix_value, dtype=like.dtype, device=like.device).reshape(1, -1, 1)
-        n = like.shape[0]
-        a = F._coef_tensor(c0, like) - target * F._coef_tensor(d0, like)
-        b = F._coef_tensor(c1, like) - target * F._coef_tensor(d1, like)
-        intercept = (a.expand(n, -1, -1).unsqueeze(-1) * sens[:, None, None, :]).flatten(1)
-        slope = (b.expand(n, -1, -1).unsqueeze(-1) * sens[:, None, None, :]).flatten(1)
+        coefs = self.coefficients(like, *stat_args, **stat_kwargs)
+        a, b = F._constraint_terms(fix_value, *coefs, like=like)
+        intercept = (a.unsqueeze(-1) * sens[:, None, None, :]).flatten(1)
+        slope = (b.unsqueeze(-1) * sens[:, None, None, :]).flatten(1)
         return intercept, slope
 
 
