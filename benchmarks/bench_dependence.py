@@ -151,7 +151,8 @@ def main() -> None:
           if str(r["benchmark"]).startswith("dependence")}
     print("\nsummary:")
     for (bench, prov, n, attr), t in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
-        print(f"  {bench:13s} {prov:16s} n={n:>8d} {attr:12s} {t if t in (None, "") else round(float(t), 2)} ms")
+        shown = "-" if t in (None, "") else round(float(t), 2)
+        print(f"  {bench:13s} {prov:16s} n={n:>8d} {attr:12s} {shown} ms")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 TIMER = r'''

@@ -1,5 +1,4 @@
 """Distance covariance family: dcor values, brute-force JdCov, invariances, gradients, errors."""
-import itertools
 
 import dcor
 import numpy as np

@@ -32,7 +32,6 @@ by :func:`projection_residual`.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import torch

@@ -82,7 +82,7 @@ def _malloc_trim():
 
 
 _TRIM = _malloc_trim()
-_TRIM_EVERY = 16
+_TRIM_EVERY = 8
 
 
 def _blocks(n: int, tile: int):
@@ -99,19 +99,44 @@ def _blocks(n: int, tile: int):
                 _TRIM()
 
 
+class _RowAcc:
+    """Per-row accumulator over tiles: in place (O(n) memory) when no graph is being built, otherwise a list of
+    contributions summed at the end (out-of-place, so differentiable)."""
+
+    def __init__(self, n: int, tile: int, device: torch.device, width: Optional[int] = None):
+        self.tile = tile
+        self.graph = torch.is_grad_enabled()
+        shape = (n,) if width is None else (n, width)
+        if self.graph:
+            self.parts: List[List[torch.Tensor]] = [[] for _ in range(0, n, tile)]
+        else:
+            self.acc = torch.zeros(shape, dtype=torch.float64, device=device)
+
+    def add(self, start: int, vec: torch.Tensor) -> None:
+        if self.graph:
+            self.parts[start // self.tile].append(vec.to(torch.float64))
+        else:
+            self.acc[start:start + vec.shape[0]] += vec.to(torch.float64)
+
+    def result(self) -> torch.Tensor:
+        if self.graph:
+            return torch.cat([torch.stack(p).sum(0) for p in self.parts])
+        return self.acc
+
+
 def _row_sums(x: torch.Tensor, tile: int) -> torch.Tensor:
     """Distance row sums in float64."""
     n = x.shape[0]
     if x.shape[1] == 1:
         return _row_sums_1d(x.to(torch.float64))[:, 0]
     nx = (x * x).sum(1)
-    parts: List[List[torch.Tensor]] = [[] for _ in range(0, n, tile)]
+    acc = _RowAcc(n, tile, x.device)
     for i0, i1, j0, j1 in _blocks(n, tile):
         a = _dist(x[i0:i1], x[j0:j1], nx[i0:i1], nx[j0:j1])
-        parts[i0 // tile].append(a.sum(1).to(torch.float64))
+        acc.add(i0, a.sum(1))
         if j0 != i0:
-            parts[j0 // tile].append(a.sum(0).to(torch.float64))
-    return torch.cat([torch.stack(p).sum(0) for p in parts])
+            acc.add(j0, a.sum(0))
+    return acc.result()
 
 
 class _Centring:
@@ -149,8 +174,7 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
     cents = [_Centring(_row_sums(x, tile), n, unbiased, dt) for x in xs]
     norms = [(x * x).sum(1) if x.shape[1] > 1 else None for x in xs]
     total = torch.zeros((), dtype=torch.float64, device=xs[0].device)
-    nblk = (n + tile - 1) // tile
-    grads: dict = {m: [[] for _ in range(nblk)] for m in grad_vars}
+    grads = {m: _RowAcc(n, tile, xs[0].device, xs[m].shape[1]) for m in grad_vars}
     gc = {}
     for m in grad_vars:
         pr = p_rows[m]
@@ -184,20 +208,18 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
             x = xs[m]
             if x.shape[1] == 1:  # u_ij = sign(x_i - x_j); the transposed tile has the opposite sign
                 gs = g * torch.sign(x[i0:i1] - x[j0:j1].T)
-                grads[m][i0 // tile].append(2.0 * gs.sum(1, keepdim=True).to(torch.float64))
+                grads[m].add(i0, 2.0 * gs.sum(1, keepdim=True))
                 if not diag:
-                    grads[m][j0 // tile].append(-2.0 * gs.sum(0).to(torch.float64).unsqueeze(1))
+                    grads[m].add(j0, -2.0 * gs.sum(0).unsqueeze(1))
                 continue
             a = dists[m]
             pos = a > 0
             w = torch.where(pos, g / torch.where(pos, a, torch.ones_like(a)), torch.zeros_like(a))
             gi = 2.0 * (x[i0:i1] * w.sum(1, keepdim=True) - w @ x[j0:j1])
-            grads[m][i0 // tile].append(gi.to(torch.float64))
+            grads[m].add(i0, gi)
             if not diag:
-                gj = 2.0 * (x[j0:j1] * w.sum(0).unsqueeze(1) - w.T @ x[i0:i1])
-                grads[m][j0 // tile].append(gj.to(torch.float64))
-    out = [torch.cat([torch.stack(b).sum(0) for b in grads[m]]) for m in grad_vars]
-    return total, out
+                grads[m].add(j0, 2.0 * (x[j0:j1] * w.sum(0).unsqueeze(1) - w.T @ x[i0:i1]))
+    return total, [grads[m].result() for m in grad_vars]
 
 
 def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_vars: Sequence[int]):
@@ -209,8 +231,7 @@ def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, gra
         full = float(count * c) if d == 2 else float(count)
         return {m: torch.full((n,), full, dtype=torch.float64, device=xs[0].device) for m in grad_vars}
     cents = [_Centring(_row_sums(x, tile), n, unbiased, xs[0].dtype) for x in xs]
-    nblk = (n + tile - 1) // tile
-    parts = {m: [[] for _ in range(nblk)] for m in grad_vars}
+    parts = {m: _RowAcc(n, tile, xs[0].device) for m in grad_vars}
     for i0, i1, j0, j1 in _blocks(n, tile):
         factors = [c - ct.apply(_dist(x[i0:i1], x[j0:j1]), i0, i1, j0, j1) for x, ct in zip(xs, cents)]
         for m in grad_vars:
@@ -220,10 +241,10 @@ def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, gra
                 p = p * f
             if unbiased and i0 == j0:
                 p = p.masked_fill(torch.eye(i1 - i0, dtype=torch.bool, device=p.device), 0.0)
-            parts[m][i0 // tile].append(p.sum(1).to(torch.float64))
+            parts[m].add(i0, p.sum(1))
             if j0 != i0:
-                parts[m][j0 // tile].append(p.sum(0).to(torch.float64))
-    return {m: torch.cat([torch.stack(b).sum(0) for b in parts[m]]) for m in grad_vars}
+                parts[m].add(j0, p.sum(0))
+    return {m: parts[m].result() for m in grad_vars}
 
 
 def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want_grad: bool):
@@ -240,9 +261,8 @@ def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want
     dt = x.dtype
     cx = _Centring(_row_sums(x, tile), n, unbiased, dt)
     ny = (y * y).sum(1) if y.shape[1] > 1 else None
-    nblk = (n + tile - 1) // tile
-    brow = [[] for _ in range(nblk)]
-    tb = [[] for _ in range(nblk)]
+    brow = _RowAcc(n, tile, x.device)
+    tb = _RowAcc(n, tile, x.device)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i0, i1, j0, j1 in _blocks(n, tile):
         diag = i0 == j0
@@ -255,15 +275,14 @@ def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want
         total = total + (blk if diag else 2.0 * blk)
         if want_grad:
             bs = b * torch.sign(d)
-            brow[i0 // tile].append(b.sum(1).to(torch.float64))
-            tb[i0 // tile].append(bs.sum(1).to(torch.float64))
+            brow.add(i0, b.sum(1))
+            tb.add(i0, bs.sum(1))
             if not diag:
-                brow[j0 // tile].append(b.sum(0).to(torch.float64))
-                tb[j0 // tile].append(-bs.sum(0).to(torch.float64))
+                brow.add(j0, b.sum(0))
+                tb.add(j0, -bs.sum(0))
     if not want_grad:
         return total, None
-    b_row = torch.cat([torch.stack(p).sum(0) for p in brow])
-    t_b = torch.cat([torch.stack(p).sum(0) for p in tb])
+    b_row, t_b = brow.result(), tb.result()
     pr = _Prep(x[:, 0].to(torch.float64), None)
     o = pr.order
     s_k = torch.empty(n, dtype=torch.float64, device=x.device).index_copy_(0, o, pr.less - pr.greater)
