@@ -78,26 +78,35 @@ def dominance_sums(ranks: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return out
     levels = max(1, math.ceil(math.log2(n)))
     idx = torch.arange(n, device=ranks.device)
-    # The arrangement (grouped by the high bits of the rank, x order within a group) carries its data along:
-    # columns (position, rank, y, count, sum), all exact in float64. Since the ranks are a permutation, the group
-    # of prefix v at level l holds exactly the ranks [v 2^(l+1), (v+1) 2^(l+1)): its start and its number of
-    # zero bits follow from the rank alone, without a scan.
-    state = torch.stack([idx.to(y.dtype), ranks.to(y.dtype), y, out[:, 0], out[:, 1]], 1)
-    zero = torch.zeros(1, 2, dtype=y.dtype, device=y.device)
+    # The arrangement (grouped by the high bits of the rank, x order within a group) carries its data along in
+    # contiguous arrays: rank, y, and the count and sum found so far (the count exact in int64).
+    # Since the ranks are a permutation, the group of prefix v at level l holds exactly the ranks
+    # [v 2^(l+1), (v+1) 2^(l+1)): its start and its number of zero bits follow from the rank, without a scan.
+    r, yv = ranks.long().clone(), y.clone()
+    cnt = torch.zeros(n, dtype=torch.long, device=y.device)
+    sm = torch.zeros_like(y)
+    cz = torch.zeros(n + 1, dtype=torch.long, device=y.device)  # exclusive prefix counts of zero bits
+    cy = torch.zeros(n + 1, dtype=y.dtype, device=y.device)  # exclusive prefix sums of y over zero bits
     for lvl in range(levels - 1, -1, -1):
-        r = state[:, 1].long()
         start = (r >> (lvl + 1)) << (lvl + 1)
-        bit = ((r >> lvl) & 1).to(y.dtype)
-        is0 = 1.0 - bit
-        # exclusive prefix sums of (1, y) over the zero-bit elements; before me in my group = minus the group start
-        c = torch.cat([zero, torch.cumsum(torch.stack([is0, state[:, 2] * is0], 1), 0)])
-        before = c[:-1] - c[start]
-        state[:, 3:5] += bit.unsqueeze(1) * before
-        zb = before[:, 0].long()
-        zeros_in_group = (n - start).clamp(max=1 << lvl)
-        new_pos = torch.where(bit == 0, start + zb, zeros_in_group + idx - zb)
-        state = torch.empty_like(state).index_copy_(0, new_pos, state)
-    return out.index_copy_(0, state[:, 0].long(), state[:, 3:])
+        bit = (r >> lvl) & 1
+        is0 = bit == 0
+        torch.cumsum(is0, 0, out=cz[1:])
+        torch.cumsum(torch.where(is0, yv, 0.0), 0, out=cy[1:])
+        zb = cz[:-1] - cz[start]  # zero bits before me in my group
+        cnt += zb * bit
+        sm += (cy[:-1] - cy[start]) * bit
+        # stable partition of every group by the bit: zeros first, then ones, x order kept
+        new_pos = torch.where(is0, start + zb, (n - start).clamp_(max=1 << lvl) + idx - zb)
+        r = torch.empty_like(r).index_copy_(0, new_pos, r)
+        yv = torch.empty_like(yv).index_copy_(0, new_pos, yv)
+        cnt = torch.empty_like(cnt).index_copy_(0, new_pos, cnt)
+        sm = torch.empty_like(sm).index_copy_(0, new_pos, sm)
+    # after the last level the arrangement is sorted by rank: slot i holds the element of rank i
+    pos = torch.empty_like(idx).index_copy_(0, ranks.long(), idx)
+    out[:, 0].index_copy_(0, pos, cnt.to(y.dtype))
+    out[:, 1].index_copy_(0, pos, sm)
+    return out
 
 
 def _row_sums(v: torch.Tensor) -> torch.Tensor:
@@ -116,7 +125,7 @@ class _Prep:
 
     def __init__(self, x: torch.Tensor, y: Optional[torch.Tensor]):
         n = x.shape[0]
-        xs, self.order = torch.sort(x, stable=True)
+        xs, self.order = torch.sort(x)  # ties are ordered below where it matters
         if y is not None and n > 1:
             tied = torch.zeros(n, dtype=torch.bool, device=x.device)
             eq = xs[1:] == xs[:-1]
@@ -160,7 +169,8 @@ def _continuous_parts(x: torch.Tensor, y: torch.Tensor):
     o = pr.order
     xs, ys = pr.xs, y[o]
     n = pr.n
-    ysorted, yorder = torch.sort(ys, stable=True)  # distinct y-ranks in x order, ties broken by position
+    # distinct y-ranks in x order; how y ties are broken does not matter (they add |y_k - y_j| = 0)
+    ysorted, yorder = torch.sort(ys)
     ranks = torch.empty_like(yorder).index_copy_(0, yorder, torch.arange(n, device=x.device))
     lo_c, lo_y = dominance_sums(ranks, ys).unbind(1)
     cnt = pr.less
