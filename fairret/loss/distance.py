@@ -71,23 +71,13 @@ class DistanceCovarianceLoss(_DependenceLoss):
 
     Args:
         unbiased: U-statistic instead of V.
-        backend: ``auto``, ``dense`` or ``tiled``.
+        backend: ``auto``, ``dense``, ``tiled`` or ``sorted`` (see :mod:`fairret.ops`).
         categorical: encoding of categorical blocks of a SensitiveAttributes (``onehot`` or ``discrete``).
         validate_args: check inputs for NaN/inf (synchronises).
+        sync_dist: gather the global batch under ``torch.distributed``.
     """
 
-    def __init__(self, unbiased: bool = False, backend: str = "auto", **kwargs):
-        super().__init__(unbiased=unbiased, backend=backend, **kwargs)
-
-    def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
-        p = _pred(pred, pred_as_logit, self.sync_dist)
-        z = torch.cat(_attributes(sens, self.categorical, pred, self.sync_dist), dim=1)
-        return D.distance_covariance_sqr(p, z, unbiased=self.unbiased, backend=self.backend,
-                                         validate_args=self.validate_args)
-
-
-class DistanceCorrelationLoss(_DependenceLoss):
-    """dCor² between the predictions and all attributes concatenated (bias-corrected when ``unbiased``)."""
+    _measure = staticmethod(D.distance_covariance_sqr)
 
     def __init__(self, unbiased: bool = False, backend: str = "auto", **kwargs):
         super().__init__(unbiased=unbiased, backend=backend, **kwargs)
@@ -95,8 +85,16 @@ class DistanceCorrelationLoss(_DependenceLoss):
     def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
         p = _pred(pred, pred_as_logit, self.sync_dist)
         z = torch.cat(_attributes(sens, self.categorical, pred, self.sync_dist), dim=1)
-        return D.distance_correlation_sqr(p, z, unbiased=self.unbiased, backend=self.backend,
-                                          validate_args=self.validate_args)
+        return self._measure(p, z, unbiased=self.unbiased, backend=self.backend, validate_args=self.validate_args)
+
+
+class DistanceCorrelationLoss(DistanceCovarianceLoss):
+    """dCor² between the predictions and all attributes concatenated (bias-corrected when ``unbiased``).
+
+    Arguments as :class:`DistanceCovarianceLoss`.
+    """
+
+    _measure = staticmethod(D.distance_correlation_sqr)
 
 
 class JdCovLoss(_DependenceLoss):
