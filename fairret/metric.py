@@ -103,13 +103,15 @@ class LinearFractionalParity(torchmetrics.Metric):
                              f"{tuple(num.shape)} as (K, C, S)") from None
 
     def compute_per_group(self) -> torch.Tensor:
-        """Per-group statistic values over everything seen; NaN for groups with a zero denominator."""
-        vals, valid = F._lf_compute(self.num, self.denom)
+        """Per-group statistic values over everything seen (all ranks); NaN for groups with a zero denominator."""
+        with self.sync_context(should_sync=not self._is_synced, should_unsync=not self._is_synced):
+            vals, valid = F._lf_compute(self.num, self.denom)
         return torch.where(valid, vals, torch.full_like(vals, float("nan"))).to(torch.get_default_dtype())
 
     def compute_overall(self) -> torch.Tensor:
-        """The overall statistic, shape ``(*stat_shape[:-1], 1)``."""
-        return F._lf_compute(self.overall_num, self.overall_denom)[0].to(torch.get_default_dtype())
+        """The overall statistic over everything seen (all ranks), shape ``(*stat_shape[:-1], 1)``."""
+        with self.sync_context(should_sync=not self._is_synced, should_unsync=not self._is_synced):
+            return F._lf_compute(self.overall_num, self.overall_denom)[0].to(torch.get_default_dtype())
 
     def compute(self) -> torch.Tensor:
         """``gap_fn(per_group, overall)`` over the groups with a defined statistic."""

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fairret.metric import DistanceCorrelation, LinearFractionalParity
 from fairret.loss import CCdCovLoss, DistanceCorrelationLoss, JdCovLoss, KLProjectionLoss, NormLoss
 from fairret.statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
 
@@ -51,6 +52,12 @@ def worker(rank, port, outdir):
         val = loss(xx, s[sl], y[sl]) if uses_label else loss(xx, s[sl])
         (g,) = torch.autograd.grad(val, xx)
         out[name] = (val.detach(), g)
+    # epoch metrics: each rank sees its shard, compute() syncs the concatenated / summed states
+    m_cor, m_lf = DistanceCorrelation(), LinearFractionalParity(PositiveRate(), 3)
+    m_cor.update(x[sl], s[sl])
+    m_lf.update(torch.sigmoid(x[sl]), s[sl])
+    out["metric_dcor"] = (m_cor.compute(), None)
+    out["metric_parity"] = (m_lf.compute_per_group(), None)
     torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
@@ -66,6 +73,14 @@ def test_two_ranks_equal_full_batch(tmp_path):
     mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     results = {r: torch.load(tmp_path / f"rank{r}.pt") for r in range(2)}
     ref = single_process()
+    x, _, s = data()
+    want_dcor = DistanceCorrelation()
+    want_dcor.update(x, s)
+    want_lf = LinearFractionalParity(PositiveRate(), 3)
+    want_lf.update(torch.sigmoid(x), s)
+    for rank in (0, 1):
+        torch.testing.assert_close(results[rank]["metric_dcor"][0], want_dcor.compute(), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(results[rank]["metric_parity"][0], want_lf.compute_per_group())
     for name, (val, grad) in ref.items():
         for rank, sl in ((0, slice(0, 17)), (1, slice(17, 40))):
             rval, rgrad = results[rank][name]
