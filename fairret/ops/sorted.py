@@ -109,15 +109,18 @@ def dominance_sums(ranks: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _row_sums(v: torch.Tensor) -> torch.Tensor:
-    """``sum_j |v_i - v_j|`` in O(n log n)."""
-    n = v.shape[0]
-    vs, order = torch.sort(v)
+def _sorted_row_sums(vs: torch.Tensor) -> torch.Tensor:
+    """``sum_j |v_i - v_j|`` for values already sorted ascending: :math:`(2i - n) v_{(i)} + S_n - 2 S_i`."""
+    n = vs.shape[0]
     cs = torch.cumsum(vs, 0)
-    i = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
-    out = torch.empty_like(v)
-    out[order] = (2 * i - n) * vs + cs[-1] - 2 * cs
-    return out
+    i = torch.arange(1, n + 1, dtype=vs.dtype, device=vs.device)
+    return (2 * i - n) * vs + cs[-1] - 2 * cs
+
+
+def _row_sums(v: torch.Tensor) -> torch.Tensor:
+    """``sum_j |v_i - v_j|`` of a 1-D tensor in O(n log n) (out-of-place, so differentiable)."""
+    vs, order = torch.sort(v)
+    return torch.zeros_like(v).scatter(0, order, _sorted_row_sums(vs))
 
 
 class _Prep:
@@ -149,14 +152,6 @@ class _Prep:
         """(sum over x_j < x_k, sum over x_j > x_k) of values given in x order."""
         cs = torch.cat([v_sorted.new_zeros(1), torch.cumsum(v_sorted, 0)])
         return cs[self.tstart], cs[-1] - cs[self.tend]
-
-
-def _sorted_row_sums(vs: torch.Tensor) -> torch.Tensor:
-    """``sum_j |v_i - v_j|`` for values already sorted ascending (in that order)."""
-    n = vs.shape[0]
-    cs = torch.cumsum(vs, 0)
-    i = torch.arange(1, n + 1, dtype=vs.dtype, device=vs.device)
-    return (2 * i - n) * vs + cs[-1] - 2 * cs
 
 
 def _continuous_parts(x: torch.Tensor, y: torch.Tensor):

@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from .sorted import _row_sums as _row_sums_sorted
+
 __all__ = ["product_sum_tiled", "DEFAULT_TILE"]
 
 DEFAULT_TILE = 512
@@ -56,18 +58,6 @@ def _dist(x: torch.Tensor, z: torch.Tensor, nx: Optional[torch.Tensor] = None,
         return sq.clamp_min_(0.0).sqrt_()
     pos = sq > 0
     return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
-
-
-def _row_sums_1d(x: torch.Tensor) -> torch.Tensor:
-    """Exact ``sum_j |x_i - x_j|`` for a ``(n, 1)`` column in O(n log n)."""
-    v = x[:, 0]
-    n = v.shape[0]
-    xs, order = torch.sort(v)
-    csum = torch.cumsum(xs, 0)
-    i = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
-    sorted_sums = (2 * i - n) * xs + csum[-1] - 2 * csum
-    out = torch.empty_like(v)
-    return out.scatter(0, order, sorted_sums).unsqueeze(1)
 
 
 def _malloc_trim():
@@ -128,7 +118,7 @@ def _row_sums(x: torch.Tensor, tile: int) -> torch.Tensor:
     """Distance row sums in float64."""
     n = x.shape[0]
     if x.shape[1] == 1:
-        return _row_sums_1d(x.to(torch.float64))[:, 0]
+        return _row_sums_sorted(x[:, 0].to(torch.float64))
     nx = (x * x).sum(1)
     acc = _RowAcc(n, tile, x.device)
     for i0, i1, j0, j1 in _blocks(n, tile):
