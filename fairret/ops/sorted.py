@@ -57,11 +57,6 @@ def _new_runs(*keys: torch.Tensor) -> torch.Tensor:
     return new
 
 
-def _group_start(keys: torch.Tensor) -> torch.Tensor:
-    """For sorted ``keys``, the index of the first element of each element's run of equal keys."""
-    return _runs(_new_runs(keys))[0]
-
-
 def dominance_sums(ranks: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Counts and sums ``out[k] = (#J_k, sum_{j in J_k} y_j)`` over ``J_k = {j < k : ranks[j] < ranks[k]}``.
 
@@ -275,12 +270,10 @@ class _SortedProductSum(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         x, y, gx, gy = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the tiled backend's differentiable recomputation
-            from .tiled import _p_row_sums, _prepare, _sweep
+            from .tiled import DEFAULT_TILE, differentiable_grads
 
             grad_vars = [k for k, v in enumerate((x, y)) if v.requires_grad]
-            xp = _prepare((x, y))
-            p_rows = _p_row_sums(xp, 0.0, ctx.unbiased, 512, grad_vars)
-            _, grads = _sweep(xp, 0.0, ctx.unbiased, 512, grad_vars, p_rows)
+            grads = differentiable_grads((x, y), 0.0, ctx.unbiased, DEFAULT_TILE, grad_vars)
             out = {m: gr for m, gr in zip(grad_vars, grads)}
             gxx = None if 0 not in out else (grad_out * out[0]).to(x.dtype)
             gyy = None if 1 not in out else (grad_out * out[1]).to(y.dtype)

@@ -286,6 +286,15 @@ def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want
     return total, (2.0 * g).unsqueeze(1)
 
 
+def differentiable_grads(xs: Sequence[torch.Tensor], c: float, unbiased: bool, tile: int,
+                         grad_vars: Sequence[int]) -> List[torch.Tensor]:
+    """``dT_c/dx`` for the variables in ``grad_vars``, computed with differentiable torch operations (the route
+    of every backend's backward when a graph of the gradient is requested)."""
+    xp = _prepare(xs)
+    p_rows = _p_row_sums(xp, c, unbiased, tile, grad_vars)
+    return _sweep(xp, c, unbiased, tile, grad_vars, p_rows)[1]
+
+
 class _ProductSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, c: float, unbiased: bool, tile: int, *xs: torch.Tensor) -> torch.Tensor:
@@ -314,9 +323,7 @@ class _ProductSum(torch.autograd.Function):
         d = len(saved) - len(ctx.grad_vars)
         xs, grads = saved[:d], saved[d:]
         if torch.is_grad_enabled():  # create_graph=True: recompute with differentiable operations
-            xp = _prepare(xs)
-            p_rows = _p_row_sums(xp, ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars)
-            _, grads = _sweep(xp, ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars, p_rows)
+            grads = differentiable_grads(xs, ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars)
         out: List[Optional[torch.Tensor]] = [None, None, None] + [None] * d
         for g, m in zip(grads, ctx.grad_vars):
             out[3 + m] = (grad_out * g).to(xs[m].dtype)
