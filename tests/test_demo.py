@@ -57,3 +57,24 @@ def test_dominance_and_auc_helpers():
     sens = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     assert demo.diffdp(logits, sens).item() == pytest.approx(0.0, abs=1e-4)
     assert demo.diffdp(torch.tensor([[10.0], [10.0], [-10.0], [-10.0]]), sens).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_sensitive_features_append_sex_and_race_columns(data_dir):
+    import torch
+
+    from fairret.lightning.examples import TabularDataModule
+
+    plain = TabularDataModule("compas", str(data_dir), val_fraction=0.0, seed=0)
+    with_sens = TabularDataModule("compas", str(data_dir), val_fraction=0.0, seed=0, sensitive_features=True)
+    plain.setup("fit")
+    with_sens.setup("fit")
+    x0, x1 = plain.splits["train"].tensors["x"], with_sens.splits["train"].tensors["x"]
+    # 2 sex and 6 race columns (the raw races: the merged "Other" only concerns the protected groups)
+    assert with_sens.num_features == plain.num_features + 8 == x1.shape[1]
+    torch.testing.assert_close(x1[:, : x0.shape[1]], x0)
+    # the appended columns are the standardised one-hot sex: two columns that are exact opposites
+    sex = x1[:, plain.num_features: plain.num_features + 2]
+    torch.testing.assert_close(sex[:, 0], -sex[:, 1])
+    assert demo.DATASETS["compas"][3] and not demo.DATASETS["adult"][3]
+    with pytest.raises(ValueError, match="sensitive_features"):
+        TabularDataModule("synthetic", sensitive_features=True)

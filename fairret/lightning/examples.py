@@ -114,12 +114,15 @@ class TabularDataModule(pl.LightningDataModule):
         shuffle_seed: seed of the training shuffle (vary it across runs on one fixed split).
         target: ``label`` (the binary label) or, for COMPAS, ``decile_score`` (the COMPAS score 1-10, a regression
             target, standardised on the training rows).
+        sensitive_features: also give the model sex and race (one-hot) among the features ``x`` (COMPAS, Adult), so
+            that it can use them directly and a regularizer has to remove that use too.
     """
 
     def __init__(self, dataset: str = "compas", data_dir: Optional[str] = None,
                  groups: Sequence[str] = ("race", "sex"), batch_size: int = 256, val_fraction: float = 0.2,
                  test_fraction: float = 0.3, subsample: Optional[int] = None, n_synthetic: int = 2000,
-                 seed: int = 0, num_workers: int = 0, shuffle_seed: Optional[int] = None, target: str = "label"):
+                 seed: int = 0, num_workers: int = 0, shuffle_seed: Optional[int] = None, target: str = "label",
+                 sensitive_features: bool = False):
         super().__init__()
         if dataset not in ("compas", "adult", "synthetic"):
             raise ValueError(f"Expected argument `dataset` to be 'compas', 'adult' or 'synthetic', but got {dataset!r}")
@@ -135,7 +138,9 @@ class TabularDataModule(pl.LightningDataModule):
         self.dataset, self.data_dir, self.groups = dataset, data_dir, tuple(groups)
         self.batch_size, self.val_fraction, self.test_fraction = batch_size, val_fraction, test_fraction
         self.subsample, self.n_synthetic, self.seed, self.num_workers = subsample, n_synthetic, seed, num_workers
-        self.shuffle_seed, self.target = shuffle_seed, target
+        if sensitive_features and dataset == "synthetic":
+            raise ValueError("Argument `sensitive_features` applies to 'compas' and 'adult', not the synthetic data set")
+        self.shuffle_seed, self.target, self.sensitive_features = shuffle_seed, target, bool(sensitive_features)
         self.splits: Dict[str, _DictDataset] = {}
         self.num_features: Optional[int] = None
         self.num_groups: Optional[int] = None
@@ -145,11 +150,11 @@ class TabularDataModule(pl.LightningDataModule):
         if self.dataset == "synthetic":
             ds = synthetic_dataset(self.n_synthetic, self.seed)
         elif self.dataset == "compas":
-            ds = load_compas(self.data_dir)
+            ds = load_compas(self.data_dir, include_sensitive_in_features=self.sensitive_features)
             race = ds.sensitive["race"]
             ds.sensitive["race"] = np.where(np.isin(race, _COMPAS_RACES), race, "Other")
         else:
-            ds = load_adult(self.data_dir)
+            ds = load_adult(self.data_dir, include_sensitive_in_features=self.sensitive_features)
         rng = np.random.default_rng(self.seed)
         if self.dataset == "adult":
             is_test = ds.extra["split"] == "test"
