@@ -69,19 +69,26 @@ def noise_generator(seed: int, step: int, device: torch.device) -> torch.Generat
     return gen
 
 
-def gradient_std(p: torch.nn.Parameter) -> float:
-    """Standard deviation of a parameter's gradient (0 without one or with fewer than two entries)."""
+def gradient_std(p: torch.nn.Parameter) -> Optional[torch.Tensor]:
+    """Standard deviation of a parameter's gradient as a 0-d tensor on its device (no host synchronisation);
+    ``None`` without a gradient or with fewer than two entries."""
     g = p.grad
-    return float(g.float().std()) if g is not None and g.numel() >= 2 else 0.0
+    return g.std() if g is not None and g.numel() >= 2 else None
 
 
 def add_gradient_noise(params: Iterable[torch.nn.Parameter], generator: torch.Generator,
-                       stds: Optional[Mapping[int, float]] = None) -> None:
-    """Add ``N(0, s^2)`` to every gradient tensor in place, ``s`` = ``stds[id(p)]`` or the gradient's own std."""
+                       stds: Optional[Mapping[int, Optional[torch.Tensor]]] = None) -> None:
+    """Add ``N(0, s^2)`` to every gradient tensor in place, ``s`` = ``stds[id(p)]`` or the gradient's own std.
+
+    One standard normal draw per gradient entry from ``generator`` (in the order of ``params``; tensors without
+    a std are skipped), scaled on the device: no host synchronisation, so it stays cheap on GPUs.
+    """
     for p in params:
         g = p.grad
         if g is None:
             continue
-        std = stds.get(id(p), 0.0) if stds is not None else gradient_std(p)
-        if std > 0:
-            g.add_(torch.empty_like(g).normal_(0.0, std, generator=generator))
+        std = stds.get(id(p)) if stds is not None else gradient_std(p)
+        if std is None:
+            continue
+        noise = torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
+        g.addcmul_(noise, std.to(g.dtype))
