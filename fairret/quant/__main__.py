@@ -43,6 +43,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     ap.add_argument("--calib-fraction", type=float, default=0.5, help="share of the pairs used for calibration")
     ap.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs (quick runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--position-pairs", action="store_true",
+                    help="pair differences position by position instead of between aligned tokens")
     ap.add_argument("--out", default=None, help="write the Fair-GPTQ model here (GPTQ-v1 checkpoint)")
     args = ap.parse_args(argv)
     path = args.model or _default_model()
@@ -62,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if args.max_pairs:
         items = items[: args.max_pairs]
     cal, ev = split_pairs(items, args.calib_fraction, args.seed)
-    batches = pair_batches(tok, cal, batch_size=32, max_length=48)
+    batches = pair_batches(tok, cal, batch_size=32, max_length=48, align=not args.position_pairs)
     unrelated = [it.unrelated for it in ev]
 
     def measure(m):

@@ -118,13 +118,20 @@ class GPTQResult:
     act_order: bool
 
 
-def _prepare_hessian(W: torch.Tensor, H: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def _damped_hessian(H: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ's ``H`` (float64 copy): dead columns get ``H_jj = 1``, then ``damp * mean(diag H)`` on the diagonal.
+    Returns ``(H, dead)``."""
     H = H.to(torch.float64).clone()
-    W = W.to(torch.float64).clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
+    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
+    return H, dead
+
+
+def _prepare_hessian(W: torch.Tensor, H: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    H, dead = _damped_hessian(H, damp)
+    W = W.to(torch.float64).clone()
     W[:, dead] = 0.0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     return W, H
 
 
@@ -210,19 +217,36 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
 
 
 def fair_shift(W: torch.Tensor, H: torch.Tensor, H_delta: torch.Tensor, alpha: float,
-               first_order: bool = False, damp: float = 0.01) -> torch.Tensor:
+               first_order: bool = False, damp: float = 0.01,
+               compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     r"""Fair-GPTQ's weights before rounding: :math:`W H (H + \alpha H_\Delta)^{-1}` (or the first-order
-    :math:`W (I - \alpha H_\Delta H^{-1})`), with :math:`H` damped as in GPTQ; float64; ``alpha = 0`` returns ``W``."""
+    :math:`W (I - \alpha H_\Delta H^{-1})`), with :math:`H` damped as in GPTQ; ``alpha = 0`` returns ``W``.
+
+    Computed as the correction :math:`W^* = W - \alpha\,(A^{-1} H_\Delta W^\top)^\top` with the Cholesky factor of
+    the symmetric positive definite :math:`A = H + \alpha H_\Delta` (first order: :math:`A = H`): one
+    factorisation, one product and two triangular solves. The correction is computed in ``compute_dtype``
+    (float32 by default, twice as fast as float64 on CPUs and far faster on most GPUs, like the reference GPTQ
+    code; float64 when the factorisation fails in float32) and subtracted from ``W`` in float64; the result is
+    float64.
+    """
     alpha = check_number(alpha, "alpha")
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"Expected argument `compute_dtype` to be torch.float32 or torch.float64, but got "
+                         f"{compute_dtype!r}")
     W64 = W.to(torch.float64)
     if alpha == 0:
         return W64.clone()
-    _, Hd = _prepare_hessian(W64, H, damp)
+    A, _ = _damped_hessian(H, damp)
     Hdelta = H_delta.to(torch.float64)
-    if first_order:
-        return W64 - alpha * torch.linalg.solve(Hd, (W64 @ Hdelta).T).T  # W - a W H_d H^-1 (H symmetric)
-    A = Hd + alpha * Hdelta
-    return torch.linalg.solve(A, (W64 @ Hd).T).T  # A symmetric: (W H A^-1)^T = A^-1 H W^T
+    if not first_order:
+        A.add_(Hdelta, alpha=alpha)
+    for dtype in dict.fromkeys((compute_dtype, torch.float64)):
+        L, info = torch.linalg.cholesky_ex(A.to(dtype))
+        if int(info) == 0:
+            corr = torch.cholesky_solve(Hdelta.to(dtype) @ W.to(dtype).T, L)
+            return W64 - alpha * corr.T
+    raise ValueError("The damped Hessian plus alpha * H_delta is not positive definite; check `H` and `H_delta` "
+                     "(symmetric positive semi-definite) or raise `damp`")
 
 
 def fair_objective(W_new: torch.Tensor, W: torch.Tensor, H: torch.Tensor, H_delta: torch.Tensor,
@@ -235,8 +259,9 @@ def fair_objective(W_new: torch.Tensor, W: torch.Tensor, H: torch.Tensor, H_delt
 
 
 def fair_gptq_quantize(W: torch.Tensor, H: torch.Tensor, H_delta: torch.Tensor, alpha: float,
-                       first_order: bool = False, **gptq_kwargs) -> GPTQResult:
-    """Fair-GPTQ for one layer: :func:`fair_shift` then the GPTQ rounding loop with the same damped ``H``
-    (``alpha = 0`` is exactly :func:`gptq_quantize`)."""
+                       first_order: bool = False, compute_dtype: torch.dtype = torch.float32,
+                       **gptq_kwargs) -> GPTQResult:
+    """Fair-GPTQ for one layer: :func:`fair_shift` (its correction in ``compute_dtype``) then the GPTQ rounding loop
+    with the same damped ``H`` (``alpha = 0`` is exactly :func:`gptq_quantize`)."""
     damp = gptq_kwargs.get("damp", 0.01)
-    return gptq_quantize(fair_shift(W, H, H_delta, alpha, first_order, damp), H, **gptq_kwargs)
+    return gptq_quantize(fair_shift(W, H, H_delta, alpha, first_order, damp, compute_dtype), H, **gptq_kwargs)

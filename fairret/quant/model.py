@@ -6,7 +6,8 @@ r"""Layer-sequential (Fair-)GPTQ of Hugging Face transformer models, one block a
    (``nn.Linear`` and transformers' ``Conv1D``) accumulate :math:`H` over every real token (attention mask 1) and,
    for the layers selected for the fair term, :math:`H_\Delta` from the paired rows of each batch (the first
    ``pairs`` rows are the stereotype sentences, the next ``pairs`` rows their anti-stereotype counterparts,
-   padded to one length; a position counts only where both sentences have a token); every layer is quantized
+   padded to one length; differences between aligned tokens when the batch carries an alignment from
+   :func:`pair_batches`, else position by position where both sentences have a token); every layer is quantized
    (:func:`fair_gptq_quantize`, α = 0 outside the selection), its weight replaced by the dequantized one (with the
    float16 scales a checkpoint stores), and the block is run again to give the next block's inputs.
 
@@ -79,17 +80,26 @@ def _set_weight(m: torch.nn.Module, w: torch.Tensor) -> None:
         m.weight.copy_((w.T if type(m).__name__ == "Conv1D" else w).to(m.weight.dtype))
 
 
-def pair_batches(tokenizer: Any, pairs: Sequence, batch_size: int = 16, max_length: int = 64
-                 ) -> List[Dict[str, Any]]:
+def pair_batches(tokenizer: Any, pairs: Sequence, batch_size: int = 16, max_length: int = 64,
+                 align: bool = True) -> List[Dict[str, Any]]:
     """Tokenized calibration batches: each holds ``k`` stereotype sentences then their ``k`` anti-stereotype
-    counterparts, padded together (``{"input_ids", "attention_mask", "pairs": k}``)."""
+    counterparts, padded together (``{"input_ids", "attention_mask", "pairs": k}``). With ``align`` (default) the
+    batch also carries the token alignment of its pairs (``"aligned"``, ``"spans"``, see
+    :func:`fairret.quant.pairs.align_pairs`) and the differences are taken between aligned tokens; without it,
+    position by position where both sentences have a real token."""
+    from .pairs import align_pairs
+
     pairs = check_pairs(pairs)
     out = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         enc = tokenizer([p.stereotype for p in chunk] + [p.anti_stereotype for p in chunk], padding=True,
                         truncation=True, max_length=max_length, return_tensors="pt")
-        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "pairs": len(chunk)})
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "pairs": len(chunk)}
+        if align:
+            k, ids, m = len(chunk), enc["input_ids"], enc["attention_mask"]
+            batch["aligned"], batch["spans"] = align_pairs(ids[:k], ids[k:], m[:k], m[k:])
+        out.append(batch)
     return out
 
 
@@ -157,7 +167,8 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
     Args:
         model: a Hugging Face model (causal LM or encoder).
         batches: calibration batches ``{"input_ids", "attention_mask", "pairs"}`` (see :func:`pair_batches`);
-            ``pairs = 0`` for a batch without pairs (it only adds to ``H``).
+            ``pairs = 0`` for a batch without pairs (it only adds to ``H``). With ``"aligned"`` (and ``"spans"``)
+            the pair differences are taken between aligned tokens, else position by position.
         bits, group_size, sym, act_order, static_groups, damp: GPTQ settings (``group_size=-1``: per channel).
         alpha: weight of the fair term (0: plain GPTQ).
         fair_layers: regular expression on the layer name inside a block selecting the layers with the fair term.
@@ -213,13 +224,16 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
                 accs[name].add(x, m)
                 k = current["pairs"]
                 if name in deltas and k:
-                    deltas[name].add(x[:k], x[k:2 * k], m[:k], m[k:2 * k])
+                    if current["aligned"] is not None:
+                        deltas[name].add_aligned(x[:k], x[k:2 * k], current["aligned"], current["spans"])
+                    else:
+                        deltas[name].add(x[:k], x[k:2 * k], m[:k], m[k:2 * k])
             return hook
 
         handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
         try:
             for (args, kwargs), h, m, b in zip(inputs, hidden, masks, batches):
-                current.update(mask=m, pairs=int(b.get("pairs", 0)))
+                current.update(mask=m, pairs=int(b.get("pairs", 0)), aligned=b.get("aligned"), spans=b.get("spans"))
                 a, kw = _with_hidden(args, kwargs, h)
                 block(*a, **kw)
         finally:

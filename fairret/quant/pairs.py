@@ -6,6 +6,12 @@ difference :math:`\delta_t = x^{(0)}_t - x^{(1)}_t` of a layer's inputs is taken
 *both* sentences have a real token (both attention masks are 1):
 :math:`H_\Delta = \frac{2}{n}\sum \delta\delta^\top` over those positions.
 
+Position by position is right only while the two token sequences stay in step. When the differing words have
+different token counts ("a nurse" / "an engineer"), every later position compares unrelated tokens. With
+:func:`align_pairs` the differences are taken between *aligned* tokens instead: the common prefix position by
+position, the common suffix counted from each sentence's end, the differing spans position by position when they
+have the same length, else one difference of the spans' mean inputs.
+
 Example:
     >>> import torch
     >>> acc = PairDeltaAccumulator(3)
@@ -23,7 +29,7 @@ import torch
 
 from .gptq import HessianAccumulator
 
-__all__ = ["SentencePair", "check_pairs", "PairDeltaAccumulator", "split_pairs"]
+__all__ = ["SentencePair", "check_pairs", "PairDeltaAccumulator", "split_pairs", "align_pairs"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,47 @@ def split_pairs(pairs: Sequence[SentencePair], fraction: float = 0.5, seed: int 
     return [pairs[i] for i in order[:cut]], [pairs[i] for i in order[cut:]]
 
 
+def _real(ids: torch.Tensor, mask: Optional[torch.Tensor]) -> List[int]:
+    pos = range(ids.shape[0]) if mask is None else torch.nonzero(mask.bool()).flatten().tolist()
+    return list(pos)
+
+
+def align_pairs(ids0: torch.Tensor, ids1: torch.Tensor, mask0: Optional[torch.Tensor] = None,
+                mask1: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token alignment of each pair (row ``b`` of ``ids0`` with row ``b`` of ``ids1``, both ``(B, T)``).
+
+    Returns ``(aligned, spans)``: ``aligned`` ``(M, 3)`` rows ``(b, t0, t1)`` of positions holding corresponding
+    tokens (common prefix, common suffix, and equal-length differing spans), ``spans`` ``(S, 5)`` rows
+    ``(b, start0, end0, start1, end1)`` of differing spans of unequal length (compared by their mean input).
+    Padding (mask 0) is skipped, so left and right padding both work.
+    """
+    if ids0.shape != ids1.shape or ids0.ndim != 2:
+        raise ValueError(f"Expected `ids0` and `ids1` of one shape (B, T), but got {tuple(ids0.shape)} and "
+                         f"{tuple(ids1.shape)}")
+    aligned: List[Tuple[int, int, int]] = []
+    spans: List[Tuple[int, int, int, int, int]] = []
+    for b in range(ids0.shape[0]):
+        r0 = _real(ids0[b], None if mask0 is None else mask0[b])
+        r1 = _real(ids1[b], None if mask1 is None else mask1[b])
+        t0, t1 = ids0[b, r0].tolist(), ids1[b, r1].tolist()
+        n = min(len(t0), len(t1))
+        p = 0
+        while p < n and t0[p] == t1[p]:
+            p += 1
+        q = 0
+        while q < n - p and t0[len(t0) - 1 - q] == t1[len(t1) - 1 - q]:
+            q += 1
+        aligned += [(b, r0[i], r1[i]) for i in range(p)]
+        aligned += [(b, r0[len(t0) - q + j], r1[len(t1) - q + j]) for j in range(q)]
+        m0, m1 = len(t0) - p - q, len(t1) - p - q
+        if m0 == m1:
+            aligned += [(b, r0[p + j], r1[p + j]) for j in range(m0)]
+        elif m0 > 0 and m1 > 0:
+            spans.append((b, r0[p], r0[p + m0 - 1] + 1, r1[p], r1[p + m1 - 1] + 1))
+    return (torch.tensor(aligned, dtype=torch.long).reshape(-1, 3),
+            torch.tensor(spans, dtype=torch.long).reshape(-1, 5))
+
+
 class PairDeltaAccumulator(HessianAccumulator):
     """:math:`H_\\Delta` from the layer inputs of the two sentences of each pair (``(B, T, d)`` each)."""
 
@@ -90,3 +137,19 @@ class PairDeltaAccumulator(HessianAccumulator):
         if not both.any():
             raise ValueError("No position is a real token in both sentences of any pair in this batch")
         super().add(x0 - x1, mask=both)
+
+    def add_aligned(self, x0: torch.Tensor, x1: torch.Tensor, aligned: torch.Tensor,
+                    spans: Optional[torch.Tensor] = None) -> None:
+        """Add a batch of pairs by token alignment (see :func:`align_pairs`): one difference per aligned position
+        and one per unequal differing span (mean input of each side's span)."""
+        if x0.ndim != 3 or x1.ndim != 3 or x0.shape[0] != x1.shape[0] or x0.shape[2] != x1.shape[2]:
+            raise ValueError(f"Expected layer inputs (B, T, d) with one B and d for both sentences, but got "
+                             f"{tuple(x0.shape)} and {tuple(x1.shape)}")
+        aligned = aligned.to(x0.device)
+        rows = [x0[aligned[:, 0], aligned[:, 1]] - x1[aligned[:, 0], aligned[:, 2]]]
+        for b, s0, e0, s1, e1 in ([] if spans is None else spans.tolist()):
+            rows.append((x0[b, s0:e0].mean(0) - x1[b, s1:e1].mean(0)).unsqueeze(0))
+        delta = torch.cat(rows)
+        if delta.shape[0] == 0:
+            raise ValueError("No aligned position or differing span in this batch of pairs")
+        super().add(delta)
