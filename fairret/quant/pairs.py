@@ -86,8 +86,9 @@ def align_pairs(ids0: torch.Tensor, ids1: torch.Tensor, mask0: Optional[torch.Te
 
     Returns ``(aligned, spans)``: ``aligned`` ``(M, 3)`` rows ``(b, t0, t1)`` of positions holding corresponding
     tokens (common prefix, common suffix, and equal-length differing spans), ``spans`` ``(S, 5)`` rows
-    ``(b, start0, end0, start1, end1)`` of differing spans of unequal length (compared by their mean input).
-    Padding (mask 0) is skipped, so left and right padding both work.
+    ``(b, start0, end0, start1, end1)`` of differing spans of unequal length (compared by their mean input); a
+    pure insertion (a differing span empty on one side) adds no row. Padding (mask 0) is skipped, so left and
+    right padding both work.
     """
     if ids0.shape != ids1.shape or ids0.ndim != 2:
         raise ValueError(f"Expected `ids0` and `ids1` of one shape (B, T), but got {tuple(ids0.shape)} and "
