@@ -69,12 +69,13 @@ def test_sensitive_features_append_sex_and_race_columns(data_dir):
     plain.setup("fit")
     with_sens.setup("fit")
     x0, x1 = plain.splits["train"].tensors["x"], with_sens.splits["train"].tensors["x"]
-    # 2 sex and 6 race columns (the raw races: the merged "Other" only concerns the protected groups)
-    assert with_sens.num_features == plain.num_features + 8 == x1.shape[1]
+    # 2 sex and 4 race columns (African-American, Caucasian, Hispanic, Other), 0/1, after the original features
+    assert with_sens.num_features == plain.num_features + 6 == x1.shape[1]
     torch.testing.assert_close(x1[:, : x0.shape[1]], x0)
-    # the appended columns are the standardised one-hot sex: two columns that are exact opposites
-    sex = x1[:, plain.num_features: plain.num_features + 2]
-    torch.testing.assert_close(sex[:, 0], -sex[:, 1])
+    t = with_sens.splits["train"].tensors
+    torch.testing.assert_close(x1[:, x0.shape[1]:], torch.cat([t["sex"], t["race"]], dim=1))
+    assert set(x1[:, x0.shape[1]:].unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(x1[:, x0.shape[1]:].sum(1), torch.full((x1.shape[0],), 2.0))
     assert demo.DATASETS["compas"][3] and not demo.DATASETS["adult"][3]
     with pytest.raises(ValueError, match="sensitive_features"):
         TabularDataModule("synthetic", sensitive_features=True)

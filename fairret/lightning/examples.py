@@ -114,8 +114,10 @@ class TabularDataModule(pl.LightningDataModule):
         shuffle_seed: seed of the training shuffle (vary it across runs on one fixed split).
         target: ``label`` (the binary label) or, for COMPAS, ``decile_score`` (the COMPAS score 1-10, a regression
             target, standardised on the training rows).
-        sensitive_features: also give the model sex and race (one-hot) among the features ``x`` (COMPAS, Adult), so
-            that it can use them directly and a regularizer has to remove that use too.
+        sensitive_features: also give the model sex and race among the features ``x`` (COMPAS, Adult): their 0/1
+            one-hot columns (the ``sex`` and ``race`` entries, COMPAS races merged as for the groups), appended
+            unstandardised after the standardised features, so that the model can use them directly and a
+            regularizer has to remove that use too.
     """
 
     def __init__(self, dataset: str = "compas", data_dir: Optional[str] = None,
@@ -150,11 +152,11 @@ class TabularDataModule(pl.LightningDataModule):
         if self.dataset == "synthetic":
             ds = synthetic_dataset(self.n_synthetic, self.seed)
         elif self.dataset == "compas":
-            ds = load_compas(self.data_dir, include_sensitive_in_features=self.sensitive_features)
+            ds = load_compas(self.data_dir)
             race = ds.sensitive["race"]
             ds.sensitive["race"] = np.where(np.isin(race, _COMPAS_RACES), race, "Other")
         else:
-            ds = load_adult(self.data_dir, include_sensitive_in_features=self.sensitive_features)
+            ds = load_adult(self.data_dir)
         rng = np.random.default_rng(self.seed)
         if self.dataset == "adult":
             is_test = ds.extra["split"] == "test"
@@ -200,11 +202,13 @@ class TabularDataModule(pl.LightningDataModule):
                        "cells": enc_rows.group_ids[cell_key]}
             for k in ("sex", "race", "age"):
                 tensors[k] = attrs.columns_of(k)
+            if self.sensitive_features:  # 0/1 columns: standardising a rare category would blow it up
+                tensors["x"] = torch.cat([tensors["x"], tensors["sex"], tensors["race"]], dim=1)
             self.splits[split] = _DictDataset(tensors)
             if split == "train":
                 self.group_names = [n for b in marg for n in enc_rows.column_names[b.columns]]
                 self.num_groups = sens.shape[1]
-        self.num_features = ds.features.shape[1]
+        self.num_features = self.splits["train"].tensors["x"].shape[1]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.splits[split]
