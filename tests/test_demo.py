@@ -30,8 +30,12 @@ def test_demo_quick_path_on_a_subsample(data_dir, tmp_path, capsys):
         base = one(ds, "baseline (BCE)")
         assert 55 < base["acc"] < 90
         # the strongest weight of each loss is fairer than the baseline on the measure it targets
-        assert one(ds, "NormLoss DP")["dp_gap"] < base["dp_gap"]
         assert one(ds, "CCdCov")["dcor"] < base["dcor"]
+    # DP: Adult's two sex groups; COMPAS's gap across ten race x sex cells is no measure on this subsample's 450
+    # test rows (cells of one to three people: +-16-24 points between two seeds), its probabilities' JSD across
+    # the same cells is
+    assert one("adult", "NormLoss DP")["dp_gap"] < one("adult", "baseline (BCE)")["dp_gap"]
+    assert one("compas", "NormLoss DP")["jsd"] < one("compas", "baseline (BCE)")["jsd"]
     assert one("compas", "CCdCov")["jsd"] < one("compas", "baseline (BCE)")["jsd"]
     reg = res["regression"]
     rbase = next(a for a in reg if a["setting"] == "baseline (MSE)")
