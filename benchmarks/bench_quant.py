@@ -53,11 +53,11 @@ def minilm(bits_list, alphas, out: Path, align: bool = True) -> None:
     batches = pair_batches(tok, cal, batch_size=32, max_length=48, align=align)
     unrelated = [it.unrelated for it in ev]
 
-    def row(name, m, fid):
+    def row(name: str, m, fid: str):
         sc = encoder_stereotype_score(m, tok, ev)
         mg = encoder_stereotype_margin(m, tok, ev)["overall"]
         return sc, (f"| {name} | " + " | ".join(f"{sc[t]:.2f}" for t in sc) +
-                    f" | {abs(sc['overall'] - 50):.2f} | {mg:.3f} | {fid if isinstance(fid, str) else f'{fid:.4f}'} |")
+                    f" | {abs(sc['overall'] - 50):.2f} | {mg:.3f} | {fid} |")
 
     fp, first = row("FP32", model, "1")
     types = list(fp)
@@ -70,7 +70,7 @@ def minilm(bits_list, alphas, out: Path, align: bool = True) -> None:
                                progress=False)
             fid = embedding_fidelity(q.model, model, tok, unrelated)
             name = f"GPTQ {bits}-bit" if alpha == 0 else f"Fair-GPTQ {bits}-bit α={alpha:g}"
-            lines.append(row(name, q.model, fid)[1])
+            lines.append(row(name, q.model, f"{fid:.4f}")[1])
             print(lines[-1], flush=True)
     head = (f"# bench_quant.py --part minilm ({datetime.date.today().isoformat()}, torch {torch.__version__}): "
             f"{len(cal)} calibration / {len(ev)} evaluation StereoSet intrasentence pairs; pair differences "

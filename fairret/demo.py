@@ -326,6 +326,15 @@ def target_checks(aggs: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(aggs: List[Dict[str, Any]], out: Path) -> List[Path]:
     """Pareto fronts per data set, the JSD-vs-λ calibration plot and the regression plot (needs matplotlib)."""
     try:
@@ -351,11 +360,7 @@ def plots(aggs: List[Dict[str, Any]], out: Path) -> List[Path]:
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{ds}: accuracy vs gaps (mean over seeds, each curve over λ)")
-        fig.tight_layout()
-        path = out / f"pareto_{ds}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / f"pareto_{ds}.png"))
     dep = [a for a in aggs if a["family"] == "dependence" and a["task"] == "classification"]
     if dep:
         fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -370,11 +375,7 @@ def plots(aggs: List[Dict[str, Any]], out: Path) -> List[Path]:
         ax.set_ylabel("test JSD across race × sex cells (bits)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / "calibration.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "calibration.png"))
     reg = [a for a in aggs if a["task"] == "regression"]
     if reg:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
@@ -388,11 +389,7 @@ def plots(aggs: List[Dict[str, Any]], out: Path) -> List[Path]:
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.suptitle("COMPAS decile score regression")
-        fig.tight_layout()
-        path = out / "regression.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "regression.png"))
     return written
 
 

@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .._distributed import is_distributed
+from .._distributed import all_reduce_sum, is_distributed
 from .._state import load_module_state
 from .apply import HeadSlice, add_gradient_noise, gradient_std, noise_generator, scale_parameter_gradients
 from .rules import OGMGE, BalanceRule, BalGrad, MMPareto
@@ -85,10 +85,8 @@ class ModalityBalancer:
 
     def coefficients(self) -> Dict[str, float]:
         """Pool (and all-reduce) this step's statistics and return the coefficients, without touching gradients."""
-        if self.sync_dist and is_distributed() and self.rule.stats.numel():
-            stats = self.rule.stats.clone()
-            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-            self.rule.stats = stats
+        if self.sync_dist and self.rule.stats.numel():
+            self.rule.stats = all_reduce_sum(self.rule.stats)  # a copy; the statistics carry no gradient
         k = self.rule.coefficients(self.step)
         return {name: float(v) for name, v in zip(self.modalities, k.tolist())}
 

@@ -75,9 +75,9 @@ def split_pairs(pairs: Sequence[SentencePair], fraction: float = 0.5, seed: int 
     return [pairs[i] for i in order[:cut]], [pairs[i] for i in order[cut:]]
 
 
-def _real(ids: torch.Tensor, mask: Optional[torch.Tensor]) -> List[int]:
-    pos = range(ids.shape[0]) if mask is None else torch.nonzero(mask.bool()).flatten().tolist()
-    return list(pos)
+def _real(length: int, mask: Optional[torch.Tensor]) -> List[int]:
+    """Positions of the real tokens of one row (all ``length`` of them without a mask)."""
+    return list(range(length)) if mask is None else torch.nonzero(mask.bool()).flatten().tolist()
 
 
 def align_pairs(ids0: torch.Tensor, ids1: torch.Tensor, mask0: Optional[torch.Tensor] = None,
@@ -96,8 +96,8 @@ def align_pairs(ids0: torch.Tensor, ids1: torch.Tensor, mask0: Optional[torch.Te
     aligned: List[Tuple[int, int, int]] = []
     spans: List[Tuple[int, int, int, int, int]] = []
     for b in range(ids0.shape[0]):
-        r0 = _real(ids0[b], None if mask0 is None else mask0[b])
-        r1 = _real(ids1[b], None if mask1 is None else mask1[b])
+        r0 = _real(ids0.shape[1], None if mask0 is None else mask0[b])
+        r1 = _real(ids1.shape[1], None if mask1 is None else mask1[b])
         t0, t1 = ids0[b, r0].tolist(), ids1[b, r1].tolist()
         n = min(len(t0), len(t1))
         p = 0
