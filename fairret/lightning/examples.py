@@ -312,11 +312,13 @@ class TabularRegressor(TabularClassifier):
 
 def shortcut_data(n: int, seed: int, shortcut_p: float = 0.9, broken: bool = False):
     """Two modalities: ``a`` (8-D) carries the label with probability ``shortcut_p`` (a shortcut; independent of it
-    when ``broken``), ``b`` (16-D) determines it through a noisy nonlinear rule. Returns ``(a, b, y)``."""
+    when ``broken``), ``b`` (16-D, four informative coordinates) determines it through a noisy nonlinear rule,
+    ``cos(2 b_0) + cos(2 b_1) + b_2 b_3`` plus Gaussian noise (sd 0.4), whose features a network learns slowly: the
+    situation in which joint training leaves the weak modality under-fitted. Returns ``(a, b, y)``."""
     g = torch.Generator().manual_seed(seed)
     b = torch.randn(n, 16, generator=g)
-    score = torch.tanh(b[:, :4]).sum(1) + 0.5 * b[:, 4] * b[:, 5]
-    y = (score + 0.6 * torch.randn(n, generator=g) > 0).long()
+    score = torch.cos(2 * b[:, 0]) + torch.cos(2 * b[:, 1]) + b[:, 2] * b[:, 3]
+    y = (score + 0.4 * torch.randn(n, generator=g) > 0).long()
     if broken:
         t = torch.randint(0, 2, (n,), generator=g)
     else:
