@@ -418,7 +418,7 @@ def test_callback_configuration_errors():
         ModalityBalance(OGMGE(), encoders={"a": "a", "b": "b"}, head="h", widths={"a": 1})
     bad = ModalityBalance(OGMGE(), encoders={"audio": "audio", "video": "vision"}, head="head",
                           widths={"audio": 5, "video": 5}, labels=2)
-    with pytest.raises(ValueError, match=r"`encoders\['video'\]` names 'vision', which is no submodule"):
+    with pytest.raises(ValueError, match=r"`encoders\['video'\]`='vision' names no submodule"):
         _fit([bad])
     wrong = ModalityBalance(OGMGE(), encoders={"audio": "audio", "video": "video"}, head="head",
                             widths={"audio": 4, "video": 5}, labels=2)

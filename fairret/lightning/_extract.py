@@ -29,7 +29,8 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["Selector", "select", "check_selector", "statistic_takes_labels", "peek_train_batch", "PredictionCapture"]
+__all__ = ["Selector", "select", "check_selector", "statistic_takes_labels", "peek_train_batch", "PredictionCapture",
+           "find_submodule"]
 
 Selector = Union[None, str, int, Sequence[Union[str, int]], Callable[[Any], Any]]
 
@@ -111,6 +112,18 @@ def select(batch: Any, selector: Selector, name: str) -> Any:
     return selector(batch)
 
 
+def find_submodule(root: torch.nn.Module, name: str, arg: str, strict: bool = True) -> Optional[torch.nn.Module]:
+    """``root``'s submodule with the dotted ``name``; an unknown name raises an error that names the argument
+    ``arg`` and lists candidates (or returns None when not ``strict``)."""
+    mods = dict(root.named_modules())
+    if name in mods:
+        return mods[name]
+    if not strict:
+        return None
+    raise ValueError(f"Argument `{arg}`={name!r} names no submodule of {type(root).__name__}; its submodules "
+                     f"include {[n for n in mods if n][:20]}")
+
+
 class PredictionCapture:
     """Records the output of a (sub)module while active, through a forward hook.
 
@@ -144,14 +157,9 @@ class PredictionCapture:
         """
         self.detach()
         if self.module_name:
-            mods = dict(root.named_modules())
-            if self.module_name not in mods:
-                if not strict:
-                    return False
-                names = [n for n in mods if n][:20]
-                raise ValueError(f"Argument `prediction_module`={self.module_name!r} names no submodule of "
-                                 f"{type(root).__name__}; its submodules include {names}")
-            target = mods[self.module_name]
+            target = find_submodule(root, self.module_name, "prediction_module", strict)
+            if target is None:
+                return False
         else:
             target = root
         self._handle = target.register_forward_hook(self._hook)

@@ -34,7 +34,7 @@ import torch
 from ..modality.balancer import ModalityBalancer
 from ..modality.rules import BalanceRule
 from ..modality.scores import linear_head_slices
-from ._extract import Selector, check_selector, select
+from ._extract import Selector, check_selector, find_submodule, select
 
 __all__ = ["ModalityBalance"]
 
@@ -101,11 +101,7 @@ class ModalityBalance(pl.Callback):
         return self._generate_state_key(log_prefix=self.log_prefix)
 
     def _module(self, pl_module: pl.LightningModule, name: str, arg: str) -> torch.nn.Module:
-        mods = dict(pl_module.named_modules())
-        if name not in mods:
-            raise ValueError(f"Argument `{arg}` names {name!r}, which is no submodule of {type(pl_module).__name__}; "
-                             f"its submodules include {[n for n in mods if n][:20]}")
-        return mods[name]
+        return find_submodule(pl_module, name, arg)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
