@@ -100,17 +100,14 @@ class ModalityBalance(pl.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(log_prefix=self.log_prefix)
 
-    def _module(self, pl_module: pl.LightningModule, name: str, arg: str) -> torch.nn.Module:
-        return find_submodule(pl_module, name, arg)
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        groups = {m: list(self._module(pl_module, n, f"encoders[{m!r}]").parameters())
+        groups = {m: list(find_submodule(pl_module, n, f"encoders[{m!r}]").parameters())
                   for m, n in self.encoders.items()}
         slices = None
         if self.head is not None:
-            head = self._module(pl_module, self.head, "head")
+            head = find_submodule(pl_module, self.head, "head")
             if not isinstance(head, torch.nn.Linear):
                 raise ValueError(f"Argument `head` must name an nn.Linear fusion head, but {self.head!r} is a "
                                  f"{type(head).__name__}")
