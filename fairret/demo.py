@@ -114,8 +114,8 @@ DATASETS = {
     #              sex and race among the model's inputs)
     # COMPAS gives the model race and sex (0/1 columns): the unconstrained model then uses them directly (test JSD
     # 0.083 instead of 0.055 without them) and CCdCov removes that use at a better absolute operating point
-    # (measured, 3 and 5 seeds: lower JSD at higher accuracy than without them). On Adult they moved no loss's frontier past DP <= 1 at
-    # better accuracy, so Adult keeps the usual feature set.
+    # (measured, 3 and 5 seeds: lower JSD at higher accuracy than without them). On Adult they moved no loss's
+    # frontier past DP <= 1 at better accuracy, so Adult keeps the usual feature set.
     "compas": (("race", "sex"), (20, 40), 256, True),
     "adult": (("sex",), (20, 40), 1024, False),
 }
