@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fairret.modality import (AGM, OGMGE, BalGrad, MMPareto, ModalityBalancer, balgrad_backward,
                               linear_head_slices, min_norm_weights, mmpareto_backward, noise_generator, scale_grad,
                               shapley_contributions)
+from fairret.modality.apply import gradient_std, gradient_stds
 
 
 # --- scores ---------------------------------------------------------------------------------------------------------
@@ -233,6 +236,31 @@ def test_balancer_noise_is_the_seeded_draw_with_the_pre_modulation_std():
             g0 = before[f"{name}.{n}"]
             noise = torch.randn(g0.shape, generator=gen) * g0.std()
             torch.testing.assert_close(p.grad, g0 * k[name] + noise)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 5000), mean=st.floats(-30, 30), scale=st.floats(1e-6, 1e3), seed=st.integers(0, 2 ** 16))
+def test_gradient_stds_match_a_float64_std(n, mean, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.nn.Parameter(torch.zeros(n))
+    p.grad = ((torch.randn(n, generator=g, dtype=torch.float64) + mean) * scale).float()
+    ref = p.grad.double().std()
+    got = gradient_stds([p])[id(p)]
+    assert got.dtype == torch.float32 and got.ndim == 0
+    # sum and sum of squares in float32: the variance is off by at most ~1e-5 of the second moment
+    second_moment = p.grad.double().pow(2).mean()
+    assert abs(got.double() ** 2 - ref ** 2) <= 1e-5 * second_moment
+
+
+def test_gradient_stds_skip_missing_and_single_entries_and_stay_finite_on_constants():
+    a, b, c, d = (torch.nn.Parameter(torch.zeros(s)) for s in (3, 1, 4, 1000))
+    a.grad, b.grad, d.grad = torch.tensor([1.0, 2.0, 4.0]), torch.ones(1), torch.full((1000,), 0.37)
+    out = gradient_stds([a, b, c, d])
+    assert set(out) == {id(a), id(d)}  # b has one entry, c no gradient
+    torch.testing.assert_close(out[id(a)], torch.tensor([1.0, 2.0, 4.0]).std())
+    assert torch.isfinite(out[id(d)]) and 0 <= out[id(d)] <= 1e-3 * 0.37
+    assert gradient_std(b) is None and gradient_std(c) is None
+    torch.testing.assert_close(gradient_std(a), out[id(a)])
 
 
 def test_surgery_helpers_write_combined_gradients():

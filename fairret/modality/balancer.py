@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from .._distributed import all_reduce_sum, is_distributed
 from .._state import load_module_state
-from .apply import HeadSlice, add_gradient_noise, gradient_std, noise_generator, scale_parameter_gradients
+from .apply import HeadSlice, add_gradient_noise, gradient_stds, noise_generator, scale_parameter_gradients
 from .rules import OGMGE, BalanceRule, BalGrad, MMPareto
 
 __all__ = ["ModalityBalancer", "mmpareto_backward", "balgrad_backward", "average_gradients"]
@@ -95,7 +95,7 @@ class ModalityBalancer:
         coeffs = self.coefficients()
         noisy = isinstance(self.rule, OGMGE) and self.rule.noise and self.rule.in_window(self.step)
         # OGM-GE: g <- k g + N(0, std(g)^2), the std of the gradient before modulation, on every encoder
-        stds = {id(p): gradient_std(p) for ps in self.groups.values() for p in ps} if noisy else None
+        stds = gradient_stds(p for ps in self.groups.values() for p in ps) if noisy else None
         scale_parameter_gradients(self.groups, coeffs, self.head_slices)
         if noisy:
             for i, (name, params) in enumerate(self.groups.items()):
