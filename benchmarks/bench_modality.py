@@ -282,19 +282,21 @@ def overhead(steps: int, reps: int, kind: str = "mlp") -> Dict[str, float]:
         return ModalityBalance(OGMGE(alpha=0.5), encoders={"a": "m.enc_a", "b": "m.enc_b"}, head="m.head",
                                widths={"a": width, "b": width}, labels=2)
 
+    n = bs * (2 * steps + 5)  # enough batches for the longest run; shorter runs stop early
+    if kind == "mlp":
+        a, b, y = make_data(n, 0)
+    else:
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, 1, 32, 32, generator=g), torch.randn(n, 1, 32, 32, generator=g)
+        y = torch.randint(0, 2, (n,), generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(a, b, y), batch_size=bs)
+
     def run(callbacks, n_steps):
-        n = bs * (n_steps + 1)
-        if kind == "mlp":
-            a, b, y = make_data(n, 0)
-        else:
-            g = torch.Generator().manual_seed(0)
-            a, b = torch.randn(n, 1, 32, 32, generator=g), torch.randn(n, 1, 32, 32, generator=g)
-            y = torch.randint(0, 2, (n,), generator=g)
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(a, b, y), batch_size=bs)
         clock = StepClock()
         torch.manual_seed(0)
-        t = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                       enable_model_summary=False, accelerator="cpu", devices=1, callbacks=[clock] + callbacks)
+        t = pl.Trainer(max_epochs=1, limit_train_batches=n_steps + 1, logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                       callbacks=[clock] + callbacks)
         t.fit(LM(), loader)
         return np.diff(clock.starts)  # step k's time, hooks of step k included
 

@@ -26,7 +26,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -37,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fairret  # noqa: E402
 from _results import append_rows  # noqa: E402
 from fairret.quant import HessianAccumulator, fair_gptq_quantize, gptq_quantize  # noqa: E402
+from fairret.quant.model import FAIR_LAYERS  # noqa: E402
 
 
-def minilm(bits_list, alphas, out: Path, align: bool = True, fair_layers: Optional[str] = None) -> None:
+def minilm(bits_list, alphas, out: Path, align: bool = True, fair_layers: str = FAIR_LAYERS) -> None:
     import importlib.util
 
     import transformers as T
@@ -70,7 +70,7 @@ def minilm(bits_list, alphas, out: Path, align: bool = True, fair_layers: Option
     for bits in bits_list:
         for alpha in [0.0] + list(alphas):
             q = quantize_model(model, batches, bits=bits, group_size=128 if bits >= 4 else 64, alpha=alpha,
-                               progress=False, **({} if fair_layers is None else {"fair_layers": fair_layers}))
+                               progress=False, fair_layers=fair_layers)
             fid = embedding_fidelity(q.model, model, tok, unrelated)
             name = f"GPTQ {bits}-bit" if alpha == 0 else f"Fair-GPTQ {bits}-bit α={alpha:g}"
             lines.append(row(name, q.model, f"{fid:.4f}")[1])
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.3])
     ap.add_argument("--position-pairs", action="store_true", help="pair differences position by position")
-    ap.add_argument("--fair-layers", default=None,
+    ap.add_argument("--fair-layers", default=FAIR_LAYERS,
                     help="regular expression of the layers given the fair term (default: attention output and MLP "
                          "down projections; '.*': every linear layer)")
     ap.add_argument("--dim", type=int, default=4096)
