@@ -1,6 +1,6 @@
 """Fair-GPTQ against plain GPTQ (ours): time per layer, and bias/fidelity on the real MiniLM.
 
-    python benchmarks/bench_quant.py --part time [--dim 4096] [--tokens 8192] [--reps 3] [--device cpu|cuda]
+    python benchmarks/bench_quant.py --part time [--dim 4096] [--pairs 1053] [--seq 12] [--reps 3] [--device cpu|cuda]
     python benchmarks/bench_quant.py --part minilm [--bits 4 3] [--alphas 0.02 0.05 0.1 0.3] [--position-pairs]
                                      [--fair-layers REGEX]
 
@@ -10,11 +10,15 @@ on the other half: the encoder stereotype score (50 = neutral), its continuous m
 fidelity (cosine to FP32 embeddings of the evaluation items' unrelated sentences), for FP32, GPTQ and Fair-GPTQ at
 each α; a table on stdout and in ``benchmarks/quant_minilm.md``.
 
-Part ``time``:
-A ``dim x dim`` weight, ``H`` from ``tokens`` random correlated inputs, ``H_Δ`` from as many pair differences;
-4-bit, group size 128, act-order with static groups. Reports the median seconds of ``gptq_quantize`` and of
-``fair_gptq_quantize`` (the shift, its correction in float32 by default, plus the same float64 rounding loop),
-interleaved, and the overhead; appends rows to ``benchmarks/results.csv``.
+Part ``time``: one ``dim x dim`` layer, as the model driver meets it: its inputs for ``pairs`` calibration pairs of
+``seq`` tokens a sentence (default: the 1,053 pairs of the StereoSet calibration half, 11.5 real tokens a sentence
+with MiniLM's tokenizer), random and correlated, in batches of ``batch-pairs`` pairs; 4-bit, group size 128,
+act-order with static groups. Each variant, interleaved, ``reps`` times: accumulate ``H`` (and ``H_Δ``), then
+quantize. ``gptq``: ``HessianAccumulator.add`` and ``gptq_quantize``; ``fair-gptq``: ``add_pair_batch`` (one Gram
+matrix of the pair differences serves ``H`` and ``H_Δ``) and ``fair_gptq_quantize`` (the shift, its correction in
+float32, plus the same float64 rounding loop); ``fair-gptq (H_delta apart)``: ``H`` as for GPTQ plus a
+separate ``H_Δ`` pass. Prints the medians and the overheads of the quantize step and of the whole layer; appends
+rows to ``benchmarks/results.csv``.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fairret  # noqa: E402
 from _results import append_rows  # noqa: E402
 from fairret.quant import HessianAccumulator, fair_gptq_quantize, gptq_quantize  # noqa: E402
+from fairret.quant.pairs import PairDeltaAccumulator, add_pair_batch  # noqa: E402
 from fairret.quant.model import FAIR_LAYERS  # noqa: E402
 
 
@@ -93,7 +98,9 @@ def main() -> None:
                     help="regular expression of the layers given the fair term (default: attention output and MLP "
                          "down projections; '.*': every linear layer)")
     ap.add_argument("--dim", type=int, default=4096)
-    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--pairs", type=int, default=1053, help="calibration pairs (default: the StereoSet half)")
+    ap.add_argument("--seq", type=int, default=12, help="tokens a sentence")
+    ap.add_argument("--batch-pairs", type=int, default=32, help="pairs a calibration batch")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--alpha", type=float, default=0.1)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -103,47 +110,83 @@ def main() -> None:
         minilm(args.bits, args.alphas, Path(args.csv).with_name("quant_minilm.md"), align=not args.position_pairs,
                fair_layers=args.fair_layers)
         return
+    layer_time(args)
+
+
+def layer_time(args) -> None:
+    """Part ``time`` (see the module docstring)."""
     dev = torch.device(args.device)
     g = torch.Generator(device="cpu").manual_seed(0)
-    d = args.dim
+    d, k = args.dim, args.batch_pairs
     W = torch.randn(d, d, generator=g).to(dev)
     mix = torch.randn(d, d, generator=g) / d ** 0.5
-    H, Hd = HessianAccumulator(d, dev), HessianAccumulator(d, dev)
-    for i in range(0, args.tokens, 1024):
-        x = (torch.randn(1024, d, generator=g) @ mix + 0.1 * torch.randn(1024, d, generator=g)).to(dev)
-        H.add(x)
-        Hd.add(x[:512] - x[512:])
+    batches = []  # layer inputs of the calibration batches: k stereotype rows, then their k anti-stereotype rows
+    for start in range(0, args.pairs, k):
+        b = min(k, args.pairs - start)
+        x0 = torch.randn(b * args.seq, d, generator=g) @ mix + 0.1 * torch.randn(b * args.seq, d, generator=g)
+        x1 = x0 + 0.3 * torch.randn(b * args.seq, d, generator=g) @ mix
+        x = torch.cat([x0, x1]).reshape(2 * b, args.seq, d).to(dev)
+        batches.append((x, torch.ones(2 * b, args.seq, dtype=torch.bool, device=dev), b))
     kw = dict(bits=4, group_size=128, act_order=True, static_groups=True)
-    times = {"gptq": [], "fair-gptq": []}
+    names = ["gptq", "fair-gptq", "fair-gptq (H_delta apart)"]
+    acc_t: dict = {n: [] for n in names}
+    q_t: dict = {n: [] for n in names}
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
     for _ in range(args.reps):
-        for name in times:
+        for name in names:
             sync()
             t0 = time.perf_counter()
-            if name == "gptq":
-                gptq_quantize(W, H.H, **kw)
-            else:
-                fair_gptq_quantize(W, H.H, Hd.H, args.alpha, **kw)
+            h, hd = HessianAccumulator(d, dev), PairDeltaAccumulator(d, dev)
+            for x, mask, b in batches:
+                if name == "gptq":
+                    h.add(x, mask)
+                elif name == "fair-gptq":
+                    add_pair_batch(h, hd, x, mask, b)
+                else:
+                    h.add(x, mask)
+                    hd.add(x[:b], x[b:], mask[:b], mask[b:])
             sync()
-            times[name].append(time.perf_counter() - t0)
-            print(name, round(times[name][-1], 3), "s", flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    over = 100.0 * (med["fair-gptq"] / med["gptq"] - 1)
-    print(f"median: gptq {med['gptq']:.3f} s, fair-gptq {med['fair-gptq']:.3f} s, overhead {over:.1f}%")
+            t1 = time.perf_counter()
+            if name == "gptq":
+                gptq_quantize(W, h.H, **kw)
+            else:
+                fair_gptq_quantize(W, h.H, hd.H, args.alpha, **kw)
+            sync()
+            acc_t[name].append(t1 - t0)
+            q_t[name].append(time.perf_counter() - t1)
+            print(f"{name}: accumulate {acc_t[name][-1]:.2f} s, quantize {q_t[name][-1]:.2f} s", flush=True)
+    med = {n: (statistics.median(acc_t[n]), statistics.median(q_t[n]),
+               statistics.median([a + q for a, q in zip(acc_t[n], q_t[n])])) for n in names}
+    base_q, base_layer = med["gptq"][1], med["gptq"][2]
+    over_q = 100.0 * (med["fair-gptq"][1] / base_q - 1)
+    print(f"calibration: {args.pairs} pairs x {args.seq} tokens a sentence ({2 * args.pairs * args.seq} rows)")
+    for n in names:
+        a, q, tot = med[n]
+        print(f"{n}: accumulate {a:.2f} s, quantize {q:.2f} s, layer {tot:.2f} s "
+              f"(overhead: quantize {100 * (q / base_q - 1):+.1f}%, layer {100 * (tot / base_layer - 1):+.1f}%)")
     machine = torch.cuda.get_device_name(0) if dev.type == "cuda" else f"{platform.machine()} {os.cpu_count()} cores"
-    rows = [{"date": datetime.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
-             "version": fairret.__version__, "benchmark": "quant_layer", "provider": k,
-             "loss": f"4-bit g128 act-order alpha={args.alpha}", "n": d, "s": f"{args.tokens} tokens",
-             "dtype": "float64" if k == "gptq" else "float64+float32 shift", "device": args.device,
-             "median_ms": round(1e3 * v, 1),
-             "p20_ms": round(1e3 * min(times[k]), 1), "p80_ms": round(1e3 * max(times[k]), 1),
-             "error": f"overhead {over:.1f}%" if k == "fair-gptq" else ""} for k, v in med.items()]
+    rows = []
+    for n in names:
+        for what, col in (("quantize", 1), ("layer", 2)):
+            times = q_t[n] if col == 1 else [a + q for a, q in zip(acc_t[n], q_t[n])]
+            base = base_q if col == 1 else base_layer
+            rows.append({
+                "date": datetime.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
+                "version": fairret.__version__, "provider": n,
+                "benchmark": "quant_step" if what == "quantize" else "quant_layer_calib",
+                "loss": f"4-bit g128 act-order alpha={args.alpha}", "n": d,
+                "s": f"{args.pairs} pairs x {args.seq} tokens", "device": args.device,
+                "dtype": "float64" if n == "gptq" else "float64+float32 shift",
+                "median_ms": round(1e3 * med[n][col], 1), "p20_ms": round(1e3 * min(times), 1),
+                "p80_ms": round(1e3 * max(times), 1),
+                "error": "" if n == "gptq" else f"overhead {100 * (med[n][col] / base - 1):.1f}%"})
+    print(f"Fair-GPTQ overhead: quantize step {over_q:.1f}%, whole layer "
+          f"{100 * (med['fair-gptq'][2] / base_layer - 1):.1f}%")
     append_rows(Path(args.csv), rows)
-
 
 if __name__ == "__main__":
     main()

@@ -248,6 +248,41 @@ def test_token_alignment_pairs_corresponding_tokens_and_spans():
         acc.add_aligned(x0, x1, torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 5, dtype=torch.long))
 
 
+@pytest.mark.parametrize("with_alignment", [True, False])
+def test_add_pair_batch_equals_separate_h_and_h_delta(with_alignment):
+    """The shared Gram of sums and differences gives the H of every real token and the H_delta of the pairs,
+    including unaligned span tokens, padding, unpaired rows and a second batch (running means)."""
+    from fairret.quant.pairs import PairDeltaAccumulator, add_pair_batch, align_pairs
+
+    g = torch.Generator().manual_seed(3)
+    ids0 = torch.tensor([[1, 5, 7, 9, 2, 0], [1, 5, 8, 8, 9, 2]])
+    ids1 = torch.tensor([[1, 5, 3, 9, 2, 0], [1, 5, 3, 9, 2, 0]])
+    extra = torch.tensor([[1, 6, 6, 2, 0, 0]])  # an unpaired sentence in the same batch
+    mask = torch.cat([ids0, ids1, extra]).ne(0)
+    aligned, spans = align_pairs(ids0, ids1, mask[:2], mask[2:4]) if with_alignment else (None, None)
+    h, hd = HessianAccumulator(4), PairDeltaAccumulator(4)
+    h_ref, hd_ref = HessianAccumulator(4), PairDeltaAccumulator(4)
+    for _ in range(2):
+        x = 3 * torch.randn(5, 6, 4, generator=g) + 1
+        add_pair_batch(h, hd, x, mask, 2, aligned, spans)
+        h_ref.add(x, mask)
+        if with_alignment:
+            hd_ref.add_aligned(x[:2], x[2:4], aligned, spans)
+        else:
+            hd_ref.add(x[:2], x[2:4], mask[:2], mask[2:4])
+        assert h.n == h_ref.n and hd.n == hd_ref.n
+    torch.testing.assert_close(h.H, h_ref.H, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hd.H, hd_ref.H, rtol=1e-12, atol=1e-12)
+    assert h.n == 2 * mask.sum().item()
+    with pytest.raises(ValueError, match="2 \\* pairs <= B"):
+        add_pair_batch(h, hd, x, mask, 3)
+    with pytest.raises(ValueError, match="`mask` \\(B, T\\)"):
+        add_pair_batch(h, hd, x, mask[:, :4], 2)
+    if with_alignment:
+        with pytest.raises(ValueError, match="`aligned` to pair real tokens only"):
+            add_pair_batch(h, hd, x, mask, 2, torch.tensor([[0, 5, 5]]), spans)
+
+
 def test_bad_pairs_give_clear_errors():
     from fairret.quant.pairs import PairDeltaAccumulator, SentencePair, check_pairs, split_pairs
 

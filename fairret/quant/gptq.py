@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -92,13 +92,30 @@ class HessianAccumulator:
         x = x.reshape(-1, x.shape[-1]).to(torch.float64)
         if mask is not None:
             x = x[mask.reshape(-1).bool()]
-        m = x.shape[0]
-        if m == 0:
+        self.add_terms(x.shape[0], rows=[(x, 1.0)])
+
+    def add_terms(self, count: int, rows: Sequence[Tuple[torch.Tensor, float]] = (),
+                  grams: Sequence[Tuple[torch.Tensor, float]] = ()) -> None:
+        """Add the outer products of ``count`` rows given as weighted terms: ``(X, w)`` in ``rows`` adds
+        :math:`w X^\\top X`, ``(G, w)`` in ``grams`` adds :math:`w G` (a Gram matrix computed once and shared, as
+        :func:`fairret.quant.pairs.add_pair_batch` does). Updated in place (``addmm_``), with no ``d_in x d_in``
+        temporaries: on CPUs a fresh matrix of that size costs as much as a quarter of the product."""
+        if count <= 0:
             return
-        total = self.n + m
-        self.H.mul_(self.n / total)
-        x = x * math.sqrt(2.0 / total)
-        self.H.add_(x.T @ x)
+        total = self.n + count
+        beta, scale = self.n / total, 2.0 / total
+        for X, w in rows:
+            if X.shape[0]:
+                X = X.to(self.H.dtype)
+                self.H.addmm_(X.T, X, beta=beta, alpha=scale * w)
+                beta = 1.0
+        for G, w in grams:
+            if beta != 1.0:
+                self.H.mul_(beta)
+                beta = 1.0
+            self.H.add_(G.to(self.H.dtype), alpha=scale * w)
+        if beta != 1.0:
+            self.H.mul_(beta)
         self.n = total
 
 
@@ -130,7 +147,7 @@ def _damped_hessian(H: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.T
 
 def _prepare_hessian(W: torch.Tensor, H: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
     H, dead = _damped_hessian(H, damp)
-    W = W.to(torch.float64).clone()
+    W = W.to(torch.float64, copy=True)
     W[:, dead] = 0.0
     return W, H
 
@@ -222,9 +239,9 @@ def fair_shift(W: torch.Tensor, H: torch.Tensor, H_delta: torch.Tensor, alpha: f
     r"""Fair-GPTQ's weights before rounding: :math:`W H (H + \alpha H_\Delta)^{-1}` (or the first-order
     :math:`W (I - \alpha H_\Delta H^{-1})`), with :math:`H` damped as in GPTQ; ``alpha = 0`` returns ``W``.
 
-    Computed as the correction :math:`W^* = W - \alpha\,(A^{-1} H_\Delta W^\top)^\top` with the Cholesky factor of
-    the symmetric positive definite :math:`A = H + \alpha H_\Delta` (first order: :math:`A = H`): one
-    factorisation, one product and two triangular solves. The correction is computed in ``compute_dtype``
+    Computed as the correction :math:`W^* = W - \alpha\,W H_\Delta A^{-1}` with the Cholesky factor of the symmetric
+    positive definite :math:`A = H + \alpha H_\Delta` (first order: :math:`A = H`): one factorisation, one product
+    and two triangular solves from the right (no transposed copies). The correction is computed in ``compute_dtype``
     (float32 by default, twice as fast as float64 on CPUs and far faster on most GPUs, like the reference GPTQ
     code; float64 when the factorisation fails in float32) and subtracted from ``W`` in float64; the result is
     float64.
@@ -233,18 +250,19 @@ def fair_shift(W: torch.Tensor, H: torch.Tensor, H_delta: torch.Tensor, alpha: f
     if compute_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"Expected argument `compute_dtype` to be torch.float32 or torch.float64, but got "
                          f"{compute_dtype!r}")
-    W64 = W.to(torch.float64)
+    W64 = W.to(torch.float64, copy=True)
     if alpha == 0:
-        return W64.clone()
+        return W64
     A, _ = _damped_hessian(H, damp)
     Hdelta = H_delta.to(torch.float64)
     if not first_order:
         A.add_(Hdelta, alpha=alpha)
     for dtype in dict.fromkeys((compute_dtype, torch.float64)):
         L, info = torch.linalg.cholesky_ex(A.to(dtype))
-        if int(info) == 0:
-            corr = torch.cholesky_solve(Hdelta.to(dtype) @ W.to(dtype).T, L)
-            return W64 - alpha * corr.T
+        if int(info) == 0:  # C L L^T = W H_delta, by two triangular solves from the right
+            corr = torch.linalg.solve_triangular(L.mT, W.to(dtype) @ Hdelta.to(dtype), upper=True, left=False)
+            corr = torch.linalg.solve_triangular(L, corr, upper=False, left=False)
+            return W64.sub_(corr, alpha=alpha)
     raise ValueError("The damped Hessian plus alpha * H_delta is not positive definite; check `H` and `H_delta` "
                      "(symmetric positive semi-definite) or raise `damp`")
 

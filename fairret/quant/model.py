@@ -7,9 +7,10 @@ r"""Layer-sequential (Fair-)GPTQ of Hugging Face transformer models, one block a
    for the layers selected for the fair term, :math:`H_\Delta` from the paired rows of each batch (the first
    ``pairs`` rows are the stereotype sentences, the next ``pairs`` rows their anti-stereotype counterparts,
    padded to one length; differences between aligned tokens when the batch carries an alignment from
-   :func:`pair_batches`, else position by position where both sentences have a token); every layer is quantized
-   (:func:`fair_gptq_quantize`, α = 0 outside the selection), its weight replaced by the dequantized one (with the
-   float16 scales a checkpoint stores), and the block is run again to give the next block's inputs.
+   :func:`pair_batches`, else position by position where both sentences have a token), sharing one Gram matrix
+   with :math:`H` (:func:`~fairret.quant.pairs.add_pair_batch`: no more work than :math:`H` alone); every layer
+   is quantized (:func:`fair_gptq_quantize`, α = 0 outside the selection), its weight replaced by the dequantized
+   one (with the float16 scales a checkpoint stores), and the block is run again to give the next block's inputs.
 
 The original model is left untouched unless ``inplace=True``. Layers of a block all see the unquantized block's
 inputs (GPTQ without "true sequential" ordering inside a block).
@@ -28,7 +29,7 @@ import torch
 
 from .export import dequantize, pack_layer
 from .gptq import HessianAccumulator, fair_gptq_quantize
-from .pairs import PairDeltaAccumulator, check_pairs
+from .pairs import PairDeltaAccumulator, add_pair_batch, check_pairs
 
 __all__ = ["FAIR_LAYERS", "find_blocks", "select_blocks", "linear_layers", "pair_batches", "QuantizedModel",
            "quantize_model", "save_quantized", "load_quantized"]
@@ -221,13 +222,11 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
                 m = current["mask"]
                 if x.shape[:-1] != m.shape:  # some blocks (OPT's MLP) flatten (B, T, d) to (B*T, d)
                     x = x.reshape(*m.shape, x.shape[-1])
-                accs[name].add(x, m)
-                k = current["pairs"]
-                if name in deltas and k:
-                    if current["aligned"] is not None:
-                        deltas[name].add_aligned(x[:k], x[k:2 * k], current["aligned"], current["spans"])
-                    else:
-                        deltas[name].add(x[:k], x[k:2 * k], m[:k], m[k:2 * k])
+                if name in deltas and current["pairs"]:
+                    add_pair_batch(accs[name], deltas[name], x, m, current["pairs"], current["aligned"],
+                                   current["spans"])
+                else:
+                    accs[name].add(x, m)
             return hook
 
         handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]

@@ -29,7 +29,8 @@ import torch
 
 from .gptq import HessianAccumulator
 
-__all__ = ["SentencePair", "check_pairs", "PairDeltaAccumulator", "split_pairs", "align_pairs"]
+__all__ = ["SentencePair", "check_pairs", "PairDeltaAccumulator", "add_pair_batch", "split_pairs",
+           "align_pairs"]
 
 
 @dataclass(frozen=True)
@@ -117,40 +118,92 @@ def align_pairs(ids0: torch.Tensor, ids1: torch.Tensor, mask0: Optional[torch.Te
             torch.tensor(spans, dtype=torch.long).reshape(-1, 5))
 
 
+def _both_real(x0: torch.Tensor, x1: torch.Tensor, mask0: Optional[torch.Tensor],
+               mask1: Optional[torch.Tensor]) -> torch.Tensor:
+    """Position-by-position alignment ``(M, 3)`` rows ``(b, t, t)`` where both sentences have a real token."""
+    if x0.shape != x1.shape:
+        raise ValueError(f"Expected the stereotype and anti-stereotype inputs of a batch of pairs to have the same "
+                         f"shape (pad both to one length), but got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    if x0.ndim != 3:
+        raise ValueError(f"Expected layer inputs of shape (B, T, d), but got {tuple(x0.shape)}")
+    b, t, _ = x0.shape
+    both = torch.ones(b, t, dtype=torch.bool, device=x0.device)
+    for name, m in (("mask0", mask0), ("mask1", mask1)):
+        if m is not None:
+            if tuple(m.shape) != (b, t):
+                raise ValueError(f"Expected `{name}` of shape {(b, t)}, but got {tuple(m.shape)}")
+            both &= m.to(x0.device).bool()
+    if not both.any():
+        raise ValueError("No position is a real token in both sentences of any pair in this batch")
+    idx = torch.nonzero(both)
+    return torch.stack([idx[:, 0], idx[:, 1], idx[:, 1]], dim=1)
+
+
+def _pair_rows(x0: torch.Tensor, x1: torch.Tensor, aligned: torch.Tensor, spans: Optional[torch.Tensor]
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float64 ``(a0, a1, span_delta)``: the inputs at the aligned positions of each side, and one difference of
+    mean inputs per unequal differing span."""
+    if x0.ndim != 3 or x1.ndim != 3 or x0.shape[0] != x1.shape[0] or x0.shape[2] != x1.shape[2]:
+        raise ValueError(f"Expected layer inputs (B, T, d) with one B and d for both sentences, but got "
+                         f"{tuple(x0.shape)} and {tuple(x1.shape)}")
+    aligned = aligned.to(x0.device)
+    a0 = x0[aligned[:, 0], aligned[:, 1]].to(torch.float64)
+    a1 = x1[aligned[:, 0], aligned[:, 2]].to(torch.float64)
+    span = [(x0[b, s0:e0].mean(0) - x1[b, s1:e1].mean(0)).unsqueeze(0)
+            for b, s0, e0, s1, e1 in ([] if spans is None else spans.tolist())]
+    span_delta = torch.cat(span).to(torch.float64) if span else a0.new_zeros(0, x0.shape[2])
+    if a0.shape[0] + span_delta.shape[0] == 0:
+        raise ValueError("No aligned position or differing span in this batch of pairs")
+    return a0, a1, span_delta
+
+
 class PairDeltaAccumulator(HessianAccumulator):
     """:math:`H_\\Delta` from the layer inputs of the two sentences of each pair (``(B, T, d)`` each)."""
 
     def add(self, x0: torch.Tensor, x1: torch.Tensor, mask0: Optional[torch.Tensor] = None,  # type: ignore[override]
             mask1: Optional[torch.Tensor] = None) -> None:
         """Add a batch of pairs: row ``b`` of ``x0`` and row ``b`` of ``x1`` are the two sentences of one pair."""
-        if x0.shape != x1.shape:
-            raise ValueError(f"Expected the stereotype and anti-stereotype inputs of a batch of pairs to have the same "
-                             f"shape (pad both to one length), but got {tuple(x0.shape)} and {tuple(x1.shape)}")
-        if x0.ndim != 3:
-            raise ValueError(f"Expected layer inputs of shape (B, T, d), but got {tuple(x0.shape)}")
-        b, t, _ = x0.shape
-        both = torch.ones(b, t, dtype=torch.bool, device=x0.device)
-        for name, m in (("mask0", mask0), ("mask1", mask1)):
-            if m is not None:
-                if tuple(m.shape) != (b, t):
-                    raise ValueError(f"Expected `{name}` of shape {(b, t)}, but got {tuple(m.shape)}")
-                both &= m.bool()
-        if not both.any():
-            raise ValueError("No position is a real token in both sentences of any pair in this batch")
-        super().add(x0 - x1, mask=both)
+        self.add_aligned(x0, x1, _both_real(x0, x1, mask0, mask1))
 
     def add_aligned(self, x0: torch.Tensor, x1: torch.Tensor, aligned: torch.Tensor,
                     spans: Optional[torch.Tensor] = None) -> None:
         """Add a batch of pairs by token alignment (see :func:`align_pairs`): one difference per aligned position
         and one per unequal differing span (mean input of each side's span)."""
-        if x0.ndim != 3 or x1.ndim != 3 or x0.shape[0] != x1.shape[0] or x0.shape[2] != x1.shape[2]:
-            raise ValueError(f"Expected layer inputs (B, T, d) with one B and d for both sentences, but got "
-                             f"{tuple(x0.shape)} and {tuple(x1.shape)}")
-        aligned = aligned.to(x0.device)
-        rows = [x0[aligned[:, 0], aligned[:, 1]] - x1[aligned[:, 0], aligned[:, 2]]]
-        for b, s0, e0, s1, e1 in ([] if spans is None else spans.tolist()):
-            rows.append((x0[b, s0:e0].mean(0) - x1[b, s1:e1].mean(0)).unsqueeze(0))
-        delta = torch.cat(rows)
-        if delta.shape[0] == 0:
-            raise ValueError("No aligned position or differing span in this batch of pairs")
-        super().add(delta)
+        a0, a1, span_delta = _pair_rows(x0, x1, aligned, spans)
+        HessianAccumulator.add(self, torch.cat([a0 - a1, span_delta]))
+
+
+def add_pair_batch(h: HessianAccumulator, h_delta: PairDeltaAccumulator, x: torch.Tensor, mask: torch.Tensor,
+                   pairs: int, aligned: Optional[torch.Tensor] = None, spans: Optional[torch.Tensor] = None) -> None:
+    r"""Add a calibration batch's layer inputs to :math:`H` and its pairs' differences to :math:`H_\Delta` at the cost
+    of :math:`H` alone.
+
+    ``x`` ``(B, T, d)`` holds the ``pairs`` stereotype rows, then their anti-stereotype rows, then any unpaired rows;
+    ``mask`` ``(B, T)`` marks the real tokens. For two aligned inputs :math:`x_0, x_1` with sum :math:`\sigma` and
+    difference :math:`\delta`, :math:`x_0x_0^\top + x_1x_1^\top = (\sigma\sigma^\top + \delta\delta^\top)/2`, so the
+    Gram matrix of the differences serves both statistics and the sums take the place of the two sentences' rows:
+    the same number of rows as :math:`H` alone needs. Real tokens outside the alignment enter :math:`H` directly.
+    Equal (in float64 rounding) to ``h.add(x, mask)`` followed by ``h_delta.add_aligned(...)`` (or ``add`` by
+    position without ``aligned``).
+    """
+    k = int(pairs)
+    if x.ndim != 3 or tuple(mask.shape) != tuple(x.shape[:2]) or not 0 < 2 * k <= x.shape[0]:
+        raise ValueError(f"Expected `x` (B, T, d) with 2 * pairs <= B and `mask` (B, T), but got {tuple(x.shape)}, "
+                         f"{tuple(mask.shape)} and pairs={pairs!r}")
+    mask = mask.to(x.device).bool()
+    x0, x1 = x[:k], x[k:2 * k]
+    if aligned is None:
+        aligned = _both_real(x0, x1, mask[:k], mask[k:2 * k])
+    aligned = aligned.to(x.device)
+    if not (mask[aligned[:, 0], aligned[:, 1]].all() and mask[k + aligned[:, 0], aligned[:, 2]].all()):
+        raise ValueError("Expected `aligned` to pair real tokens only (mask 1 on both sides), but it holds a padded "
+                         "position")
+    a0, a1, span_delta = _pair_rows(x0, x1, aligned, spans)
+    delta, sigma = a0 - a1, a0 + a1
+    gram_delta = delta.T @ delta
+    rest = mask.clone()
+    rest[aligned[:, 0], aligned[:, 1]] = False
+    rest[k + aligned[:, 0], aligned[:, 2]] = False
+    rows = x[rest].to(torch.float64)
+    h.add_terms(2 * a0.shape[0] + rows.shape[0], rows=[(sigma, 0.5), (rows, 1.0)], grams=[(gram_delta, 0.5)])
+    h_delta.add_terms(delta.shape[0] + span_delta.shape[0], rows=[(span_delta, 1.0)], grams=[(gram_delta, 1.0)])
