@@ -175,8 +175,8 @@ class PairDeltaAccumulator(HessianAccumulator):
 
 def add_pair_batch(h: HessianAccumulator, h_delta: PairDeltaAccumulator, x: torch.Tensor, mask: torch.Tensor,
                    pairs: int, aligned: Optional[torch.Tensor] = None, spans: Optional[torch.Tensor] = None) -> None:
-    r"""Add a calibration batch's layer inputs to :math:`H` and its pairs' differences to :math:`H_\Delta` at the cost
-    of :math:`H` alone.
+    r"""Add a calibration batch's layer inputs to :math:`H` and its pairs' differences to :math:`H_\Delta` with the
+    matrix products of :math:`H` alone.
 
     ``x`` ``(B, T, d)`` holds the ``pairs`` stereotype rows, then their anti-stereotype rows, then any unpaired rows;
     ``mask`` ``(B, T)`` marks the real tokens. For two aligned inputs :math:`x_0, x_1` with sum :math:`\sigma` and
