@@ -198,11 +198,12 @@ def layer_time(args) -> None:
             sync()
             t0 = time.perf_counter()
             h, hd = HessianAccumulator(d, dev), PairDeltaAccumulator(d, dev)
+            scratch = torch.empty(d, d, dtype=torch.float64, device=dev) if name == "fair-gptq" else None
             for x, mask, b in batches:
                 if name == "gptq":
                     h.add(x, mask)
                 elif name == "fair-gptq":
-                    add_pair_batch(h, hd, x, mask, b)
+                    add_pair_batch(h, hd, x, mask, b, scratch=scratch)
                 else:
                     h.add(x, mask)
                     hd.add(x[:b], x[b:], mask[:b], mask[b:])
@@ -244,6 +245,7 @@ def layer_time(args) -> None:
     print(f"Fair-GPTQ overhead: quantize step {over_q:.1f}%, whole layer "
           f"{100 * (med['fair-gptq'][2] / base_layer - 1):.1f}%")
     append_rows(Path(args.csv), rows)
+
 
 if __name__ == "__main__":
     main()

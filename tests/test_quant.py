@@ -262,9 +262,10 @@ def test_add_pair_batch_equals_separate_h_and_h_delta(with_alignment):
     aligned, spans = align_pairs(ids0, ids1, mask[:2], mask[2:4]) if with_alignment else (None, None)
     h, hd = HessianAccumulator(4), PairDeltaAccumulator(4)
     h_ref, hd_ref = HessianAccumulator(4), PairDeltaAccumulator(4)
+    scratch = torch.empty(4, 4, dtype=torch.float64) if with_alignment else None  # a reused Gram buffer, or none
     for _ in range(2):
         x = 3 * torch.randn(5, 6, 4, generator=g) + 1
-        add_pair_batch(h, hd, x, mask, 2, aligned, spans)
+        add_pair_batch(h, hd, x, mask, 2, aligned, spans, scratch=scratch)
         h_ref.add(x, mask)
         if with_alignment:
             hd_ref.add_aligned(x[:2], x[2:4], aligned, spans)
@@ -278,6 +279,8 @@ def test_add_pair_batch_equals_separate_h_and_h_delta(with_alignment):
         add_pair_batch(h, hd, x, mask, 3)
     with pytest.raises(ValueError, match="`mask` \\(B, T\\)"):
         add_pair_batch(h, hd, x, mask[:, :4], 2)
+    with pytest.raises(ValueError, match="`scratch` to be a float64 tensor of shape \\(4, 4\\)"):
+        add_pair_batch(h, hd, x, mask, 2, scratch=torch.empty(4, 4))
     if with_alignment:
         with pytest.raises(ValueError, match="`aligned` to pair real tokens only"):
             add_pair_batch(h, hd, x, mask, 2, torch.tensor([[0, 5, 5]]), spans)

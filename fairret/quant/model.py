@@ -215,6 +215,7 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
         accs = {n: HessianAccumulator(_weight(m).shape[1], device) for n, m in layers.items()}
         deltas = {n: PairDeltaAccumulator(_weight(layers[n]).shape[1], device) for n in fair_names}
         current: Dict[str, Any] = {}
+        scratch: Dict[int, torch.Tensor] = {}
 
         def make_hook(name):
             def hook(module, args, output):
@@ -223,8 +224,11 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
                 if x.shape[:-1] != m.shape:  # some blocks (OPT's MLP) flatten (B, T, d) to (B*T, d)
                     x = x.reshape(*m.shape, x.shape[-1])
                 if name in deltas and current["pairs"]:
+                    d = x.shape[-1]
+                    if d not in scratch:  # one Gram buffer per input width, reused by the block's fair layers
+                        scratch[d] = torch.empty(d, d, dtype=torch.float64, device=x.device)
                     add_pair_batch(accs[name], deltas[name], x, m, current["pairs"], current["aligned"],
-                                   current["spans"])
+                                   current["spans"], scratch[d])
                 else:
                     accs[name].add(x, m)
             return hook
