@@ -92,7 +92,8 @@ def minilm(bits_list, alphas, out: Path, csv_path: Path, align: bool = True, fai
         if len(seeds) > 1:
             text.append(f"### Split seed {seed}\n")
         text.append("\n".join(lines) + "\n")
-        append_rows(csv_path, minilm_rows(lines[2:], len(cal), align, fair_layers, seed))
+        append_rows(csv_path, minilm_rows({k: v[-1] for k, v in summary.items()}, len(cal), align, fair_layers,
+                                          seed))
     if len(seeds) > 1:
         text.append(_split_summary(summary, seeds))
         print(text[-1], flush=True)
@@ -124,21 +125,21 @@ def _split_summary(summary: Dict[str, List[Tuple[float, ...]]], seeds: Sequence[
     return "\n".join(lines) + "\n"
 
 
-def minilm_rows(table: List[str], n_cal: int, align: bool, fair_layers: str, seed: int = 0) -> List[Dict]:
-    """``results.csv`` rows for the MiniLM table's lines (``| model | overall | ... | margin | fidelity |``): the
+def minilm_rows(results: Dict[str, Tuple[float, ...]], n_cal: int, align: bool, fair_layers: str,
+                seed: int = 0) -> List[Dict]:
+    """``results.csv`` rows for one split's models (name -> ``(overall, distance to 50, margin, fidelity)``): the
     stereotype score, margin and fidelity go in the free-text ``error`` column (no timing columns)."""
     rows = []
-    for line in table:
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    for name, (overall, dist, margin, fid) in results.items():
         rows.append({"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} "
                      f"cores", "torch": torch.__version__, "version": fairret.__version__,
-                     "benchmark": "quant_minilm", "provider": cells[0],
+                     "benchmark": "quant_minilm", "provider": name,
                      "loss": "encoder stereotype score (evaluation half)", "n": n_cal,
                      "s": f"split seed {seed}; {'aligned' if align else 'position'} pairs; fair layers "
                           f"{'default' if fair_layers == FAIR_LAYERS else fair_layers}",
                      "dtype": "float64", "device": "cpu",
-                     "error": f"score {cells[1]}; distance to 50 {cells[-3]}; margin {cells[-2]}; "
-                              f"fidelity {cells[-1]}"})
+                     "error": f"score {overall:.2f}; distance to 50 {dist:.2f}; margin {margin:.3f}; "
+                              f"fidelity {fid:.4g}"})
     return rows
 
 
