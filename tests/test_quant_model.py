@@ -1,4 +1,4 @@
-"""Layer-sequential (Fair-)GPTQ of tiny random Llama, OPT, GPT-2 and BERT models built from configs (offline)."""
+"""Layer-sequential (Fair-)GPTQ of tiny random Llama, Mistral, OPT, GPT-2 and BERT models built from configs (offline)."""
 from __future__ import annotations
 
 import pytest
@@ -15,6 +15,10 @@ def tiny(kind: str):
     if kind == "llama":
         cfg = T.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    elif kind == "mistral":
+        cfg = T.MistralConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                              sliding_window=4)
     elif kind == "opt":
         cfg = T.OPTConfig(vocab_size=100, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
                           max_position_embeddings=64, word_embed_proj_dim=32)
@@ -35,11 +39,11 @@ def batches(n_pairs=3, t=10, seed=0):
     return [{"input_ids": ids, "attention_mask": mask, "pairs": n_pairs}]
 
 
-FAIR = {"llama": ("self_attn.o_proj", "mlp.down_proj"), "opt": ("self_attn.out_proj", "fc2"),
+FAIR = {"llama": ("self_attn.o_proj", "mlp.down_proj"), "mistral": ("self_attn.o_proj", "mlp.down_proj"), "opt": ("self_attn.out_proj", "fc2"),
         "gpt2": ("attn.c_proj", "mlp.c_proj"), "bert": ("attention.output.dense", "output.dense")}
 
 
-@pytest.mark.parametrize("kind", ["llama", "opt", "gpt2", "bert"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "opt", "gpt2", "bert"])
 def test_quantize_export_load_round_trip(kind, tmp_path):
     model = tiny(kind)
     before = {k: v.clone() for k, v in model.state_dict().items()}
