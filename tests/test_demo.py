@@ -83,3 +83,51 @@ def test_sensitive_features_append_sex_and_race_columns(data_dir):
     assert demo.DATASETS["compas"][3] and not demo.DATASETS["adult"][3]
     with pytest.raises(ValueError, match="sensitive_features"):
         TabularDataModule("synthetic", sensitive_features=True)
+
+
+def _best_common_share_by_brute_force(prob, y, groups):
+    """Accuracy of the best rule 'the round(r * n_g) highest scores of each group are positive' over r = k / N, by
+    explicit loops in plain Python."""
+    p, t, g = prob.tolist(), y.tolist(), groups.tolist()
+    n = len(p)
+    best = -1
+    for k in range(n + 1):
+        right = 0
+        for grp in set(g):
+            rows = sorted((i for i in range(n) if g[i] == grp), key=lambda i: -p[i])
+            top = round(k / n * len(rows))
+            right += sum(t[i] == 1 for i in rows[:top]) + sum(t[i] == 0 for i in rows[top:])
+        best = max(best, right)
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_group_thresholds_reach_the_best_equal_share_rule(seed):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    groups = torch.randint(0, 3, (60,), generator=g)
+    y = (torch.rand(60, generator=g) < 0.3 + 0.2 * groups).double()
+    prob = torch.sigmoid(2 * y - 1 + groups + torch.randn(60, generator=g))  # a group-dependent shift
+    th = demo.group_thresholds(prob, y, groups)
+    hard = prob > torch.tensor([th[int(v)] for v in groups])
+    assert int((hard.double() == y).sum()) == _best_common_share_by_brute_force(prob, y, groups)
+    # every group gets the same share of positives up to rounding of share * group size
+    sizes = torch.bincount(groups).double()
+    shares = torch.bincount(groups, weights=hard.double()) / sizes
+    assert float(shares.max() - shares.min()) <= float((1 / sizes).max()) + 1e-12
+
+
+def test_group_thresholds_edges_and_errors():
+    import torch
+
+    # everyone negative is best: the threshold lies above every score; everyone positive: below every score
+    prob, groups = torch.tensor([0.9, 0.2, 0.7, 0.1]), torch.tensor([0, 0, 1, 1])
+    th = demo.group_thresholds(prob, torch.zeros(4), groups)
+    assert all(not bool((prob[groups == k] > v).any()) for k, v in th.items())
+    th = demo.group_thresholds(prob, torch.ones(4), groups)
+    assert all(bool((prob[groups == k] > v).all()) for k, v in th.items())
+    with pytest.raises(ValueError, match="of one non-empty shape"):
+        demo.group_thresholds(prob, torch.ones(3), groups)
+    with pytest.raises(ValueError, match="labels 0 and 1"):
+        demo.group_thresholds(prob, torch.tensor([0.0, 2.0, 1.0, 0.0]), groups)
