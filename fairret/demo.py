@@ -268,11 +268,12 @@ def evaluate_regressor(pred: torch.Tensor, y: torch.Tensor, cells: torch.Tensor,
 
 def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     """Train one model (Lightning, with the FairnessRegularizer for a penalised setting) and evaluate it."""
-    _quiet()
     import lightning.pytorch as pl
 
     from .lightning import FairnessRegularizer
     from .lightning.examples import TabularClassifier, TabularRegressor
+
+    _quiet()  # after the import: importing lightning sets its loggers' level (the first run of a worker printed)
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
