@@ -176,8 +176,9 @@ def group_thresholds(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) 
 
     For a common share ``r`` each group's ``round(r * n_g)`` highest scores are positive; all shares ``k / N`` of
     the ``N`` rows are tried (in float64, exactly: the accuracy of a group's top-``k`` rule is a cumulative sum over
-    its sorted scores). Each threshold lies halfway between the last positive and the first negative score, so
-    ``prob > threshold`` reproduces the chosen rule on these rows (up to tied scores).
+    its sorted scores). Each threshold lies halfway between the last positive and the first negative score (or
+    between the extreme score and 1 or 0 when a group gets no or only positives), so ``prob > threshold`` reproduces
+    the chosen rule on these rows up to tied scores.
 
     Args:
         prob: ``(N,)`` predicted probabilities (or any scores) on the rows that choose the thresholds.
