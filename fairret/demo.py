@@ -204,8 +204,9 @@ def group_thresholds(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) 
     correct = torch.zeros_like(share)
     ranked = {}
     for g in groups.unique().tolist():
-        order = torch.argsort(prob[groups == g], descending=True)
-        p, t = prob[groups == g][order], y[groups == g][order]
+        rows = groups == g
+        order = torch.argsort(prob[rows], descending=True)
+        p, t = prob[rows][order], y[rows][order]
         hits = torch.cat([t.new_zeros(1), torch.cumsum(t, 0)])  # positives among the top k, k = 0..n_g
         k = torch.round(share * p.numel()).long()
         correct += hits[k] + (p.numel() - k) - (hits[-1] - hits[k])  # true positives + true negatives
@@ -301,13 +302,18 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     if task == "regression":
         metrics = evaluate_regressor(out, test["y"], cells, attrs)
     else:
-        groups = test["cells"] if dm.groups == ("race", "sex") else test["sex"].argmax(1)
+        groups = _gap_groups(dm, test)
         prob = torch.sigmoid(out)
         if setting.family == "postprocess":
             prob = _post_process(model, dm, prob, groups)
         metrics = evaluate_classifier(prob, test["y"], groups, cells, attrs)
     return {**{k: job[k] for k in ("dataset", "task", "setting", "lam", "seed")},
             "family": setting.family, **metrics, "seconds": time.perf_counter() - t0}
+
+
+def _gap_groups(dm, tensors: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The groups of the DP/EO gaps for a split's tensors: race x sex cells on COMPAS, sex on Adult."""
+    return tensors["cells"] if dm.groups == ("race", "sex") else tensors["sex"].argmax(1)
 
 
 def _post_process(model, dm, prob: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -317,8 +323,7 @@ def _post_process(model, dm, prob: torch.Tensor, groups: torch.Tensor) -> torch.
     train = dm.splits["train"].tensors
     with torch.no_grad():
         p_train = torch.sigmoid(model(train["x"]).squeeze(1))
-    g_train = train["cells"] if dm.groups == ("race", "sex") else train["sex"].argmax(1)
-    thresholds = group_thresholds(p_train, train["y"], g_train)
+    thresholds = group_thresholds(p_train, train["y"], _gap_groups(dm, train))
     t = torch.tensor([thresholds.get(int(g), 0.5) for g in groups.tolist()], dtype=torch.float64)
     return torch.sigmoid(torch.logit(prob.double(), eps=1e-12) - torch.logit(t, eps=1e-12))
 
@@ -427,8 +432,9 @@ def plots(aggs: List[Dict[str, Any]], out: Path) -> List[Path]:
             for name in dict.fromkeys(a["setting"] for a in rows):
                 pts = sorted((a for a in rows if a["setting"] == name), key=lambda a: a["lam"])
                 fam = pts[0]["family"]
-                style = dict(marker={"baseline": "*", "postprocess": "X"}[fam], markersize=12, linestyle="none") \
-                    if fam in ("baseline", "postprocess") else dict(marker="o", linestyle="--" if fam == "diffdp" else "-")
+                single = {"baseline": "*", "postprocess": "X"}  # one point each: a marker, no line
+                style = dict(marker=single[fam], markersize=12, linestyle="none") if fam in single else \
+                    dict(marker="o", linestyle="--" if fam == "diffdp" else "-")
                 ax.plot([a[m] for a in pts], [a["acc"] for a in pts], label=name, **style)
             ax.set_xlabel(label)
             ax.set_ylabel("test accuracy (%)")

@@ -1,4 +1,5 @@
-"""Layer-sequential (Fair-)GPTQ of tiny random Llama, Mistral, OPT, GPT-2 and BERT models built from configs (offline)."""
+"""Layer-sequential (Fair-)GPTQ of tiny random Llama, Mistral, OPT, GPT-2 and BERT models built from configs
+(offline)."""
 from __future__ import annotations
 
 import pytest
@@ -39,7 +40,8 @@ def batches(n_pairs=3, t=10, seed=0):
     return [{"input_ids": ids, "attention_mask": mask, "pairs": n_pairs}]
 
 
-FAIR = {"llama": ("self_attn.o_proj", "mlp.down_proj"), "mistral": ("self_attn.o_proj", "mlp.down_proj"), "opt": ("self_attn.out_proj", "fc2"),
+FAIR = {"llama": ("self_attn.o_proj", "mlp.down_proj"), "mistral": ("self_attn.o_proj", "mlp.down_proj"),
+        "opt": ("self_attn.out_proj", "fc2"),
         "gpt2": ("attn.c_proj", "mlp.c_proj"), "bert": ("attention.output.dense", "output.dense")}
 
 
