@@ -16,8 +16,8 @@ Part ``time``: one ``dim x dim`` layer, as the model driver meets it: its inputs
 ``seq`` tokens a sentence (default: the 1,053 pairs of the StereoSet calibration half, 11.5 real tokens a sentence
 with MiniLM's tokenizer), random and correlated, in batches of ``batch-pairs`` pairs; 4-bit, group size 128,
 act-order with static groups. Each variant, interleaved, ``reps`` times: accumulate ``H`` (and ``H_Δ``), then
-quantize. ``gptq``: ``HessianAccumulator.add`` and ``gptq_quantize``; ``fair-gptq``: ``add_pair_batch`` (one Gram
-matrix of the pair differences serves ``H`` and ``H_Δ``) and ``fair_gptq_quantize`` (the shift, its correction in
+quantize. ``gptq``: ``HessianAccumulator.add`` and ``gptq_quantize``; ``fair-gptq``: ``PairHessians`` (one sum of the
+pair differences' outer products serves ``H`` and ``H_Δ``) and ``fair_gptq_quantize`` (the shift, its correction in
 float32, plus the same float64 rounding loop); ``fair-gptq (H_delta apart)``: ``H`` as for GPTQ plus a
 separate ``H_Δ`` pass. Prints the medians and the overheads of the quantize step and of the whole layer; appends
 rows to ``benchmarks/results.csv``.
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fairret  # noqa: E402
 from _results import append_rows  # noqa: E402
 from fairret.quant import HessianAccumulator, fair_gptq_quantize, gptq_quantize  # noqa: E402
-from fairret.quant.pairs import PairDeltaAccumulator, add_pair_batch  # noqa: E402
+from fairret.quant.pairs import PairDeltaAccumulator, PairHessians  # noqa: E402
 from fairret.quant.model import FAIR_LAYERS  # noqa: E402
 
 
@@ -198,20 +198,22 @@ def layer_time(args) -> None:
         for name in names:
             sync()
             t0 = time.perf_counter()
-            h, hd = HessianAccumulator(d, dev), PairDeltaAccumulator(d, dev)
-            scratch = torch.empty(d, d, dtype=torch.float64, device=dev) if name == "fair-gptq" else None
+            shared = PairHessians(d, dev) if name == "fair-gptq" else None
+            h = HessianAccumulator(d, dev) if shared is None else None
+            hd = PairDeltaAccumulator(d, dev) if name == "fair-gptq (H_delta apart)" else None
             for x, mask, b in batches:
-                if name == "gptq":
-                    h.add(x, mask)
-                elif name == "fair-gptq":
-                    add_pair_batch(h, hd, x, mask, b, scratch=scratch)
+                if shared is not None:
+                    shared.add_batch(x, mask, b)
                 else:
                     h.add(x, mask)
-                    hd.add(x[:b], x[b:], mask[:b], mask[b:])
+                    if hd is not None:
+                        hd.add(x[:b], x[b:], mask[:b], mask[b:])
             sync()
             t1 = time.perf_counter()
             if name == "gptq":
                 gptq_quantize(W, h.H, **kw)
+            elif shared is not None:
+                fair_gptq_quantize(W, shared.H, shared.H_delta, args.alpha, **kw)
             else:
                 fair_gptq_quantize(W, h.H, hd.H, args.alpha, **kw)
             sync()

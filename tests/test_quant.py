@@ -147,6 +147,22 @@ def test_alpha_zero_is_plain_gptq_and_shift_minimises_the_penalised_objective():
     assert (f32 - ref).abs().max() < 1e-5 * W.abs().max()
 
 
+def test_fair_shift_falls_back_to_float64_when_float32_factorisation_fails():
+    g = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    eig = torch.ones(12, dtype=torch.float64)
+    eig[-3:] = 1e-12  # three near-null directions: positive definite in float64, not after rounding to float32
+    H = Q @ torch.diag(eig) @ Q.T
+    D = torch.randn(3, 12, generator=g, dtype=torch.float64)
+    H_delta = D.T @ D * 1e-14  # positive semi-definite, too small to lift them
+    assert torch.linalg.cholesky_ex((H + 0.1 * H_delta).float())[1] > 0  # the float32 path does fail here
+    W = torch.randn(4, 12, generator=g, dtype=torch.float64)
+    got = fair_shift(W, H, H_delta, 0.1, damp=0.0)
+    assert torch.isfinite(got).all()
+    assert torch.equal(got, fair_shift(W, H, H_delta, 0.1, damp=0.0, compute_dtype=torch.float64))
+    assert not torch.equal(got, W)  # a correction was applied
+
+
 def test_bad_arguments():
     W, H, _ = _layer()
     with pytest.raises(ValueError, match="`group_size` to be -1 or a positive int"):
@@ -249,10 +265,10 @@ def test_token_alignment_pairs_corresponding_tokens_and_spans():
 
 
 @pytest.mark.parametrize("with_alignment", [True, False])
-def test_add_pair_batch_equals_separate_h_and_h_delta(with_alignment):
-    """The shared Gram of sums and differences gives the H of every real token and the H_delta of the pairs,
-    including unaligned span tokens, padding, unpaired rows and a second batch (running means)."""
-    from fairret.quant.pairs import PairDeltaAccumulator, add_pair_batch, align_pairs
+def test_pair_hessians_equal_separate_h_and_h_delta(with_alignment):
+    """The shared sum of the differences' outer products gives the H of every real token and the H_delta of the
+    pairs, including unaligned span tokens, padding, unpaired rows, a second batch and a batch without pairs."""
+    from fairret.quant.pairs import PairDeltaAccumulator, PairHessians, align_pairs
 
     g = torch.Generator().manual_seed(3)
     ids0 = torch.tensor([[1, 5, 7, 9, 2, 0], [1, 5, 8, 8, 9, 2]])
@@ -260,30 +276,40 @@ def test_add_pair_batch_equals_separate_h_and_h_delta(with_alignment):
     extra = torch.tensor([[1, 6, 6, 2, 0, 0]])  # an unpaired sentence in the same batch
     mask = torch.cat([ids0, ids1, extra]).ne(0)
     aligned, spans = align_pairs(ids0, ids1, mask[:2], mask[2:4]) if with_alignment else (None, None)
-    h, hd = HessianAccumulator(4), PairDeltaAccumulator(4)
+    acc = PairHessians(4)
+    assert acc.H.abs().sum() == 0 and acc.H_delta.abs().sum() == 0
     h_ref, hd_ref = HessianAccumulator(4), PairDeltaAccumulator(4)
-    scratch = torch.empty(4, 4, dtype=torch.float64) if with_alignment else None  # a reused Gram buffer, or none
+    xs = []
     for _ in range(2):
         x = 3 * torch.randn(5, 6, 4, generator=g) + 1
-        add_pair_batch(h, hd, x, mask, 2, aligned, spans, scratch=scratch)
+        xs.append(x)
+        acc.add_batch(x, mask, 2, aligned, spans)
         h_ref.add(x, mask)
         if with_alignment:
             hd_ref.add_aligned(x[:2], x[2:4], aligned, spans)
         else:
             hd_ref.add(x[:2], x[2:4], mask[:2], mask[2:4])
-        assert h.n == h_ref.n and hd.n == hd_ref.n
-    torch.testing.assert_close(h.H, h_ref.H, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(hd.H, hd_ref.H, rtol=1e-12, atol=1e-12)
-    assert h.n == 2 * mask.sum().item()
+        assert acc.n == h_ref.n
+    x = torch.randn(5, 6, 4, generator=g)
+    acc.add(x, mask)
+    h_ref.add(x, mask)
+    torch.testing.assert_close(acc.H, h_ref.H, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(acc.H_delta, hd_ref.H, rtol=1e-12, atol=1e-12)
+    assert acc.n == 3 * mask.sum().item()
+    # a float64 brute force of both statistics, independent of the accumulators
+    real = torch.cat([xb.double()[mask] for xb in xs + [x]])
+    torch.testing.assert_close(acc.H, 2.0 / len(real) * real.T @ real, rtol=1e-12, atol=1e-12)
+    if not with_alignment:
+        both = mask[:2] & mask[2:4]
+        dlt = torch.cat([(xb[:2].double() - xb[2:4].double())[both] for xb in xs])
+        torch.testing.assert_close(acc.H_delta, 2.0 / len(dlt) * dlt.T @ dlt, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="2 \\* pairs <= B"):
-        add_pair_batch(h, hd, x, mask, 3)
+        acc.add_batch(x, mask, 3)
     with pytest.raises(ValueError, match="`mask` \\(B, T\\)"):
-        add_pair_batch(h, hd, x, mask[:, :4], 2)
-    with pytest.raises(ValueError, match="`scratch` to be a float64 tensor of shape \\(4, 4\\)"):
-        add_pair_batch(h, hd, x, mask, 2, scratch=torch.empty(4, 4))
+        acc.add_batch(x, mask[:, :4], 2)
     if with_alignment:
         with pytest.raises(ValueError, match="`aligned` to pair real tokens only"):
-            add_pair_batch(h, hd, x, mask, 2, torch.tensor([[0, 5, 5]]), spans)
+            acc.add_batch(x, mask, 2, torch.tensor([[0, 5, 5]]), spans)
 
 
 def test_bad_pairs_give_clear_errors():

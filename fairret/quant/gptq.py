@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -81,10 +81,14 @@ class Quantizer:
 
 
 class HessianAccumulator:
-    """Running :math:`H = \\frac{2}{n}\\sum x x^\\top` over calibration rows (float64), optionally masked."""
+    """:math:`H = \\frac{2}{n}\\sum x x^\\top` over calibration rows, optionally masked.
+
+    Kept as the float64 sum ``S`` of the outer products (one in-place ``addmm_`` a batch, no rescaling and no
+    ``d_in x d_in`` temporaries: on CPUs a fresh matrix of that size costs as much as a quarter of the product) and
+    the row count ``n``; :attr:`H` normalises on reading."""
 
     def __init__(self, columns: int, device: Optional[torch.device] = None):
-        self.H = torch.zeros(columns, columns, dtype=torch.float64, device=device)
+        self.S = torch.zeros(columns, columns, dtype=torch.float64, device=device)
         self.n = 0
 
     def add(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> None:
@@ -92,31 +96,19 @@ class HessianAccumulator:
         x = x.reshape(-1, x.shape[-1]).to(torch.float64)
         if mask is not None:
             x = x[mask.reshape(-1).bool()]
-        self.add_terms(x.shape[0], rows=[(x, 1.0)])
+        self.add_rows(x)
 
-    def add_terms(self, count: int, rows: Sequence[Tuple[torch.Tensor, float]] = (),
-                  grams: Sequence[Tuple[torch.Tensor, float]] = ()) -> None:
-        """Add the outer products of ``count`` rows given as weighted terms: ``(X, w)`` in ``rows`` adds
-        :math:`w X^\\top X`, ``(G, w)`` in ``grams`` adds :math:`w G` (a Gram matrix computed once and shared, as
-        :func:`fairret.quant.pairs.add_pair_batch` does). Updated in place (``addmm_``), with no ``d_in x d_in``
-        temporaries: on CPUs a fresh matrix of that size costs as much as a quarter of the product."""
-        if count <= 0:
-            return
-        total = self.n + count
-        beta, scale = self.n / total, 2.0 / total
-        for X, w in rows:
-            if X.shape[0]:
-                X = X.to(self.H.dtype)
-                self.H.addmm_(X.T, X, beta=beta, alpha=scale * w)
-                beta = 1.0
-        for G, w in grams:
-            if beta != 1.0:
-                self.H.mul_(beta)
-                beta = 1.0
-            self.H.add_(G.to(self.H.dtype), alpha=scale * w)
-        if beta != 1.0:
-            self.H.mul_(beta)
-        self.n = total
+    def add_rows(self, X: torch.Tensor, weight: float = 1.0, count: Optional[int] = None) -> None:
+        """Add ``weight * X^T X`` to the sum and ``count`` rows to ``n`` (default: the rows of ``X``)."""
+        if X.shape[0]:
+            X = X.to(self.S.dtype)
+            self.S.addmm_(X.T, X, alpha=weight)
+        self.n += X.shape[0] if count is None else int(count)
+
+    @property
+    def H(self) -> torch.Tensor:
+        """:math:`\\frac{2}{n} S` (a new tensor; zeros before any row)."""
+        return self.S * (2.0 / self.n) if self.n else torch.zeros_like(self.S)
 
 
 @dataclass
@@ -135,10 +127,11 @@ class GPTQResult:
     act_order: bool
 
 
-def _damped_hessian(H: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """GPTQ's ``H`` (float64 copy): dead columns get ``H_jj = 1``, then ``damp * mean(diag H)`` on the diagonal.
-    Returns ``(H, dead)``."""
-    H = H.to(torch.float64).clone()
+def _damped_hessian(H: torch.Tensor, damp: float, dtype: torch.dtype = torch.float64
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ's ``H`` (a copy in ``dtype``): dead columns get ``H_jj = 1``, then ``damp * mean(diag H)`` on the
+    diagonal. Returns ``(H, dead)``."""
+    H = H.to(dtype, copy=True)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))
@@ -253,14 +246,14 @@ def fair_shift(W: torch.Tensor, H: torch.Tensor, H_delta: torch.Tensor, alpha: f
     W64 = W.to(torch.float64, copy=True)
     if alpha == 0:
         return W64
-    A, _ = _damped_hessian(H, damp)
-    Hdelta = H_delta.to(torch.float64)
-    if not first_order:
-        A.add_(Hdelta, alpha=alpha)
-    for dtype in dict.fromkeys((compute_dtype, torch.float64)):
-        L, info = torch.linalg.cholesky_ex(A.to(dtype))
+    for dtype in dict.fromkeys((compute_dtype, torch.float64)):  # A built in dtype: no float64 copies to cast
+        A, _ = _damped_hessian(H, damp, dtype)
+        Hdelta = H_delta.to(dtype)
+        if not first_order:
+            A.add_(Hdelta, alpha=alpha)
+        L, info = torch.linalg.cholesky_ex(A)
         if int(info) == 0:  # C L L^T = W H_delta, by two triangular solves from the right
-            corr = torch.linalg.solve_triangular(L.mT, W.to(dtype) @ Hdelta.to(dtype), upper=True, left=False)
+            corr = torch.linalg.solve_triangular(L.mT, W.to(dtype) @ Hdelta, upper=True, left=False)
             corr = torch.linalg.solve_triangular(L, corr, upper=False, left=False)
             return W64.sub_(corr, alpha=alpha)
     raise ValueError("The damped Hessian plus alpha * H_delta is not positive definite; check `H` and `H_delta` "

@@ -7,10 +7,11 @@ r"""Layer-sequential (Fair-)GPTQ of Hugging Face transformer models, one block a
    for the layers selected for the fair term, :math:`H_\Delta` from the paired rows of each batch (the first
    ``pairs`` rows are the stereotype sentences, the next ``pairs`` rows their anti-stereotype counterparts,
    padded to one length; differences between aligned tokens when the batch carries an alignment from
-   :func:`pair_batches`, else position by position where both sentences have a token), sharing one Gram matrix
-   with :math:`H` (:func:`~fairret.quant.pairs.add_pair_batch`: no more work than :math:`H` alone); every layer
-   is quantized (:func:`fair_gptq_quantize`, α = 0 outside the selection), its weight replaced by the dequantized
-   one (with the float16 scales a checkpoint stores), and the block is run again to give the next block's inputs.
+   :func:`pair_batches`, else position by position where both sentences have a token), sharing the sum of the
+   differences' outer products with :math:`H` (:class:`~fairret.quant.pairs.PairHessians`: no more work than
+   :math:`H` alone); every layer is quantized (:func:`fair_gptq_quantize`, α = 0 outside the selection), its weight
+   replaced by the dequantized one (with the float16 scales a checkpoint stores), and the block is run again to
+   give the next block's inputs.
 
 The original model is left untouched unless ``inplace=True``. Layers of a block all see the unquantized block's
 inputs (GPTQ without "true sequential" ordering inside a block).
@@ -29,7 +30,7 @@ import torch
 
 from .export import dequantize, pack_layer
 from .gptq import HessianAccumulator, fair_gptq_quantize
-from .pairs import PairDeltaAccumulator, add_pair_batch, check_pairs
+from .pairs import PairHessians, check_pairs
 
 __all__ = ["FAIR_LAYERS", "find_blocks", "select_blocks", "linear_layers", "pair_batches", "QuantizedModel",
            "quantize_model", "save_quantized", "load_quantized"]
@@ -212,10 +213,9 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
         block.to(device)
         layers = linear_layers(block)
         fair_names = [n for n in layers if bi in fair_idx and pattern.search(n)]
-        accs = {n: HessianAccumulator(_weight(m).shape[1], device) for n, m in layers.items()}
-        deltas = {n: PairDeltaAccumulator(_weight(layers[n]).shape[1], device) for n in fair_names}
+        accs: Dict[str, Any] = {n: (PairHessians if n in fair_names else HessianAccumulator)(
+            _weight(m).shape[1], device) for n, m in layers.items()}
         current: Dict[str, Any] = {}
-        scratch: Dict[int, torch.Tensor] = {}
 
         def make_hook(name):
             def hook(module, args, output):
@@ -223,12 +223,8 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
                 m = current["mask"]
                 if x.shape[:-1] != m.shape:  # some blocks (OPT's MLP) flatten (B, T, d) to (B*T, d)
                     x = x.reshape(*m.shape, x.shape[-1])
-                if name in deltas and current["pairs"]:
-                    d = x.shape[-1]
-                    if d not in scratch:  # one Gram buffer per input width, reused by the block's fair layers
-                        scratch[d] = torch.empty(d, d, dtype=torch.float64, device=x.device)
-                    add_pair_batch(accs[name], deltas[name], x, m, current["pairs"], current["aligned"],
-                                   current["spans"], scratch[d])
+                if name in fair_names and current["pairs"]:
+                    accs[name].add_batch(x, m, current["pairs"], current["aligned"], current["spans"])
                 else:
                     accs[name].add(x, m)
             return hook
@@ -244,18 +240,18 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
                 hd.remove()
         for name, layer in layers.items():
             W = _weight(layer).detach()
-            a = alpha if name in deltas else 0.0
-            hdelta = deltas[name].H if name in deltas else torch.zeros_like(accs[name].H)
-            res = fair_gptq_quantize(W, accs[name].H, hdelta, a, first_order=first_order, bits=bits,
-                                     group_size=group_size, sym=sym, act_order=act_order,
-                                     static_groups=static_groups, damp=damp)
+            fair = name in fair_names
+            H = accs[name].H
+            res = fair_gptq_quantize(W, H, accs[name].H_delta if fair else H, alpha if fair else 0.0,  # 0: plain
+                                     first_order=first_order, bits=bits, group_size=group_size, sym=sym,
+                                     act_order=act_order, static_groups=static_groups, damp=damp)
             full = f"{prefix}.{bi}.{name}"
             try:  # GPTQ-v1 holds 2/3/4/8 bits with whole 32-bit words along both dimensions
                 packed[full] = pack_layer(res)
             except ValueError:
                 packed[full] = {}
             _set_weight(layer, dequantize(res.qweight, res.zeros, res.scales, res.g_idx, torch.float64))
-            if name in deltas:
+            if fair:
                 chosen.append(full)
         nxt = []
         for (args, kwargs), h in zip(inputs, hidden):

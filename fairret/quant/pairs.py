@@ -29,7 +29,7 @@ import torch
 
 from .gptq import HessianAccumulator
 
-__all__ = ["SentencePair", "check_pairs", "PairDeltaAccumulator", "add_pair_batch", "split_pairs",
+__all__ = ["SentencePair", "check_pairs", "PairDeltaAccumulator", "PairHessians", "split_pairs",
            "align_pairs"]
 
 
@@ -170,46 +170,85 @@ class PairDeltaAccumulator(HessianAccumulator):
         """Add a batch of pairs by token alignment (see :func:`align_pairs`): one difference per aligned position
         and one per unequal differing span (mean input of each side's span)."""
         a0, a1, span_delta = _pair_rows(x0, x1, aligned, spans)
-        HessianAccumulator.add(self, torch.cat([a0 - a1, span_delta]))
+        self.add_rows(torch.cat([a0 - a1, span_delta]))
 
 
-def add_pair_batch(h: HessianAccumulator, h_delta: PairDeltaAccumulator, x: torch.Tensor, mask: torch.Tensor,
-                   pairs: int, aligned: Optional[torch.Tensor] = None, spans: Optional[torch.Tensor] = None,
-                   scratch: Optional[torch.Tensor] = None) -> None:
-    r"""Add a calibration batch's layer inputs to :math:`H` and its pairs' differences to :math:`H_\Delta` with the
-    matrix products of :math:`H` alone.
+class PairHessians:
+    r""":math:`H` (every real token) and :math:`H_\Delta` (the pairs' differences) of one layer from calibration
+    batches that hold pairs, with the matrix products of :math:`H` alone.
 
-    ``x`` ``(B, T, d)`` holds the ``pairs`` stereotype rows, then their anti-stereotype rows, then any unpaired rows;
-    ``mask`` ``(B, T)`` marks the real tokens. For two aligned inputs :math:`x_0, x_1` with sum :math:`\sigma` and
-    difference :math:`\delta`, :math:`x_0x_0^\top + x_1x_1^\top = (\sigma\sigma^\top + \delta\delta^\top)/2`, so the
-    Gram matrix of the differences serves both statistics and the sums take the place of the two sentences' rows:
-    the same number of rows as :math:`H` alone needs. Real tokens outside the alignment enter :math:`H` directly.
-    Equal (in float64 rounding) to ``h.add(x, mask)`` followed by ``h_delta.add_aligned(...)`` (or ``add`` by
-    position without ``aligned``). ``scratch``: an optional float64 ``(d, d)`` tensor on ``x``'s device that receives
-    the Gram matrix of the differences, reused across batches (on CPUs a fresh one per batch costs a sixth of the
-    accumulation).
+    For two aligned inputs :math:`x_0, x_1` with sum :math:`\sigma` and difference :math:`\delta`,
+    :math:`x_0x_0^\top + x_1x_1^\top = (\sigma\sigma^\top + \delta\delta^\top)/2`. So the sum of outer products of
+    the differences (:math:`H_\Delta`'s) also serves :math:`H`: a batch costs one product over the sums (plus the
+    real tokens outside the alignment) and one over the differences, the rows :math:`H` alone needs, and nothing is
+    added twice; :attr:`H` combines the two sums on reading. Equal (in float64 rounding) to
+    :class:`~fairret.quant.gptq.HessianAccumulator` over every real token plus
+    :meth:`PairDeltaAccumulator.add_aligned` (or ``add`` by position without an alignment).
+
+    Example:
+        >>> import torch
+        >>> acc = PairHessians(3)
+        >>> x = torch.stack([torch.ones(2, 3), torch.zeros(2, 3)])  # one pair of 2 tokens: stereotype, then anti
+        >>> acc.add_batch(x, torch.ones(2, 2, dtype=torch.bool), pairs=1)
+        >>> acc.H[0, 0].item(), acc.H_delta[0, 0].item()
+        (1.0, 2.0)
     """
-    k = int(pairs)
-    if x.ndim != 3 or tuple(mask.shape) != tuple(x.shape[:2]) or not 0 < 2 * k <= x.shape[0]:
-        raise ValueError(f"Expected `x` (B, T, d) with 2 * pairs <= B and `mask` (B, T), but got {tuple(x.shape)}, "
-                         f"{tuple(mask.shape)} and pairs={pairs!r}")
-    mask = mask.to(x.device).bool()
-    x0, x1 = x[:k], x[k:2 * k]
-    if aligned is None:
-        aligned = _both_real(x0, x1, mask[:k], mask[k:2 * k])
-    aligned = aligned.to(x.device)
-    if not (mask[aligned[:, 0], aligned[:, 1]].all() and mask[k + aligned[:, 0], aligned[:, 2]].all()):
-        raise ValueError("Expected `aligned` to pair real tokens only (mask 1 on both sides), but it holds a padded "
-                         "position")
-    a0, a1, span_delta = _pair_rows(x0, x1, aligned, spans)
-    delta, sigma = a0 - a1, a0 + a1
-    if scratch is not None and (scratch.shape != (x.shape[2], x.shape[2]) or scratch.dtype != torch.float64):
-        raise ValueError(f"Expected `scratch` to be a float64 tensor of shape {(x.shape[2], x.shape[2])}, but got "
-                         f"{scratch.dtype} {tuple(scratch.shape)}")
-    gram_delta = delta.T @ delta if scratch is None else torch.mm(delta.T, delta, out=scratch)
-    rest = mask.clone()
-    rest[aligned[:, 0], aligned[:, 1]] = False
-    rest[k + aligned[:, 0], aligned[:, 2]] = False
-    rows = x[rest].to(torch.float64)
-    h.add_terms(2 * a0.shape[0] + rows.shape[0], rows=[(sigma, 0.5), (rows, 1.0)], grams=[(gram_delta, 0.5)])
-    h_delta.add_terms(delta.shape[0] + span_delta.shape[0], rows=[(span_delta, 1.0)], grams=[(gram_delta, 1.0)])
+
+    def __init__(self, columns: int, device: Optional[torch.device] = None):
+        self._h = HessianAccumulator(columns, device)  # sums / 2, unaligned tokens, minus spans / 2; n of H
+        self._delta = PairDeltaAccumulator(columns, device)
+
+    @property
+    def n(self) -> int:
+        """Rows (real tokens) in :math:`H`."""
+        return self._h.n
+
+    @property
+    def H(self) -> torch.Tensor:
+        """:math:`H` over every real token added (a new tensor)."""
+        if not self._h.n:
+            return torch.zeros_like(self._h.S)
+        return torch.add(self._h.S, self._delta.S, alpha=0.5).mul_(2.0 / self._h.n)
+
+    @property
+    def H_delta(self) -> torch.Tensor:
+        r""":math:`H_\Delta` over the pairs' differences added (a new tensor)."""
+        return self._delta.H
+
+    def add(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> None:
+        """Add a batch without pairs to :math:`H` only (see :meth:`HessianAccumulator.add`)."""
+        self._h.add(x, mask)
+
+    def add_batch(self, x: torch.Tensor, mask: torch.Tensor, pairs: int, aligned: Optional[torch.Tensor] = None,
+                  spans: Optional[torch.Tensor] = None) -> None:
+        """Add a calibration batch's layer inputs.
+
+        Args:
+            x: ``(B, T, d)``: the ``pairs`` stereotype rows, then their anti-stereotype rows, then any unpaired rows.
+            mask: ``(B, T)``, true at real tokens.
+            pairs: the number of pairs at the top of the batch (``2 * pairs <= B``).
+            aligned: ``(M, 3)`` rows ``(pair, t0, t1)`` of aligned real tokens (:func:`align_pairs`); default:
+                position by position where both sentences have a real token.
+            spans: ``(S, 5)`` unequal differing spans from :func:`align_pairs` (one difference of mean inputs each).
+        """
+        k = int(pairs)
+        if x.ndim != 3 or tuple(mask.shape) != tuple(x.shape[:2]) or not 0 < 2 * k <= x.shape[0]:
+            raise ValueError(f"Expected `x` (B, T, d) with 2 * pairs <= B and `mask` (B, T), but got "
+                             f"{tuple(x.shape)}, {tuple(mask.shape)} and pairs={pairs!r}")
+        mask = mask.to(x.device).bool()
+        x0, x1 = x[:k], x[k:2 * k]
+        if aligned is None:
+            aligned = _both_real(x0, x1, mask[:k], mask[k:2 * k])
+        aligned = aligned.to(x.device)
+        if not (mask[aligned[:, 0], aligned[:, 1]].all() and mask[k + aligned[:, 0], aligned[:, 2]].all()):
+            raise ValueError("Expected `aligned` to pair real tokens only (mask 1 on both sides), but it holds a "
+                             "padded position")
+        a0, a1, span_delta = _pair_rows(x0, x1, aligned, spans)
+        rest = mask.clone()
+        rest[aligned[:, 0], aligned[:, 1]] = False
+        rest[k + aligned[:, 0], aligned[:, 2]] = False
+        self._h.add_rows(a0 + a1, 0.5, count=2 * a0.shape[0])
+        self._h.add_rows(x[rest].to(torch.float64))
+        self._h.add_rows(span_delta, -0.5, count=0)  # the spans enter H_delta's sum, which H reads half of
+        self._delta.add_rows(a0 - a1)
+        self._delta.add_rows(span_delta)
