@@ -74,6 +74,18 @@ def test_hessian_running_mean_and_mask():
     torch.testing.assert_close(m.H, 2.0 / keep.sum() * X[keep].T @ X[keep])
 
 
+def test_inverse_cholesky_upper_without_the_inverse():
+    from fairret.quant.gptq import _inverse_cholesky_upper
+
+    W, H, _ = _layer(dead=False)
+    H = H + 0.01 * H.diag().mean() * torch.eye(40, dtype=torch.float64)
+    U = _inverse_cholesky_upper(H)
+    assert torch.equal(U, torch.triu(U)) and (U.diag() > 0).all()
+    # the unique upper factor with a positive diagonal, against the inverse formed explicitly
+    torch.testing.assert_close(U, torch.linalg.cholesky(torch.linalg.inv(H), upper=True), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(U.T @ U @ H, torch.eye(40, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("group_size", [-1, 8, 12])
 @pytest.mark.parametrize("act_order,static_groups", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("bits,sym", [(4, False), (3, True), (2, False)])
