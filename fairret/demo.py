@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 import os
 import time
 import warnings
@@ -41,7 +42,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["Setting", "settings_for", "run_one", "evaluate_classifier", "group_thresholds", "main"]
+__all__ = ["Setting", "settings_for", "run_one", "evaluate_classifier", "group_thresholds", "dp_accuracy_ceiling",
+           "main"]
 
 
 # --- what is compared -----------------------------------------------------------------------------------------------
@@ -194,30 +196,83 @@ def group_thresholds(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) 
         >>> {g: round(v, 2) for g, v in t.items()}  # half of each group positive; group 1 below 0.5
         {0: 0.75, 1: 0.25}
     """
+    ranked = _ranked(prob, y, groups)
+    n = sum(p.numel() for p, _ in ranked.values())
+    share = torch.arange(n + 1, dtype=torch.float64) / n
+    correct = torch.zeros_like(share)
+    for p, right in ranked.values():
+        correct += right[torch.round(share * p.numel()).long()]
+    best = share[int(torch.argmax(correct))]
+    out = {}
+    for g, (p, _) in ranked.items():
+        k = int(torch.round(best * p.numel()))
+        hi = float(p[k - 1]) if k > 0 else 1.0  # no positive: above every score; all positive: below
+        lo = float(p[k]) if k < p.numel() else 0.0
+        out[g] = (hi + lo) / 2
+    return out
+
+
+def dp_accuracy_ceiling(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
+                        max_gap: float = 1.0) -> Tuple[float, float]:
+    """The best accuracy (%) that one threshold per group reaches on the rows given with a demographic-parity gap
+    of at most ``max_gap`` points, and that rule's gap. On the test split it is an oracle (it sees the test labels):
+    an upper bound for any post-processing of these scores for demographic parity.
+
+    Exact over every pair of per-group top-``k`` rules (two groups; ties broken by order, as thresholds between
+    distinct scores give): for each ``k0`` the best ``k1`` within the gap, from cumulative sums over each group's
+    sorted scores.
+
+    Args:
+        prob: ``(N,)`` scores.
+        y: ``(N,)`` labels in {0, 1}.
+        groups: ``(N,)`` integer group of each row, two distinct values.
+        max_gap: the largest allowed difference of positive rates, in points (>= 0).
+
+    Returns:
+        ``(accuracy, gap)`` in %.
+
+    Example:
+        >>> prob = torch.tensor([.9, .8, .7, .2, .45, .4, .1, .05])
+        >>> dp_accuracy_ceiling(prob, torch.tensor([1., 1, 0, 0, 1, 1, 0, 0]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]),
+        ...                     max_gap=0.0)
+        (100.0, 0.0)
+    """
+    if not (isinstance(max_gap, (int, float)) and 0 <= max_gap < float("inf")):
+        raise ValueError(f"Expected argument `max_gap` to be a finite number >= 0, but got {max_gap!r}")
+    ranked = _ranked(prob, y, groups)
+    if len(ranked) != 2:
+        raise ValueError(f"Expected `groups` to hold exactly two groups, but got {len(ranked)}")
+    (p0, c0), (p1, c1) = ranked.values()
+    n0, n1 = p0.numel(), p1.numel()
+    best, gap = -1.0, 0.0
+    for k0 in range(n0 + 1):
+        lo = max(math.ceil((k0 / n0 - max_gap / 100) * n1 - 1e-9), 0)
+        hi = min(math.floor((k0 / n0 + max_gap / 100) * n1 + 1e-9), n1)
+        if lo <= hi:
+            k1 = lo + int(torch.argmax(c1[lo:hi + 1]))
+            if float(c0[k0] + c1[k1]) > best:
+                best, gap = float(c0[k0] + c1[k1]), abs(k0 / n0 - k1 / n1)
+    return 100.0 * best / (n0 + n1), 100.0 * gap
+
+
+def _ranked(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor
+            ) -> Dict[int, Tuple[torch.Tensor, torch.Tensor]]:
+    """Per group: its scores sorted in descending order and, for ``k = 0..n_g``, the rows the rule "the top ``k``
+    are positive" gets right (float64; validated inputs)."""
     prob, y, groups = prob.reshape(-1).double(), y.reshape(-1).double(), groups.reshape(-1)
     if not (prob.shape == y.shape == groups.shape) or prob.numel() == 0:
         raise ValueError(f"Expected `prob`, `y` and `groups` of one non-empty shape (N,), but got "
                          f"{tuple(prob.shape)}, {tuple(y.shape)} and {tuple(groups.shape)}")
     if not bool(((y == 0) | (y == 1)).all()):
         raise ValueError("Expected `y` to hold labels 0 and 1 only")
-    share = torch.arange(prob.numel() + 1, dtype=torch.float64) / prob.numel()
-    correct = torch.zeros_like(share)
-    ranked = {}
+    out = {}
     for g in groups.unique().tolist():
         rows = groups == g
         order = torch.argsort(prob[rows], descending=True)
         p, t = prob[rows][order], y[rows][order]
         hits = torch.cat([t.new_zeros(1), torch.cumsum(t, 0)])  # positives among the top k, k = 0..n_g
-        k = torch.round(share * p.numel()).long()
-        correct += hits[k] + (p.numel() - k) - (hits[-1] - hits[k])  # true positives + true negatives
-        ranked[g] = p
-    best = share[int(torch.argmax(correct))]
-    out = {}
-    for g, p in ranked.items():
-        k = int(torch.round(best * p.numel()))
-        hi = float(p[k - 1]) if k > 0 else 1.0  # no positive: above every score; all positive: below
-        lo = float(p[k]) if k < p.numel() else 0.0
-        out[g] = (hi + lo) / 2
+        k = torch.arange(p.numel() + 1, dtype=torch.float64)
+        out[g] = (p, hits + (p.numel() - k) - (hits[-1] - hits))  # true positives + true negatives
     return out
 
 

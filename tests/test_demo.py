@@ -118,6 +118,43 @@ def test_group_thresholds_reach_the_best_equal_share_rule(seed):
     assert float(shares.max() - shares.min()) <= float((1 / sizes).max()) + 1e-12
 
 
+@pytest.mark.parametrize("seed,max_gap", [(0, 0.0), (1, 5.0), (2, 12.5), (3, 100.0)])
+def test_dp_accuracy_ceiling_is_the_best_threshold_pair(seed, max_gap):
+    """Against every pair of thresholds (one per group, at each distinct score and above all), in plain Python."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    groups = (torch.rand(23, generator=g) < 0.4).long()
+    y = (torch.rand(23, generator=g) < 0.3 + 0.3 * groups).double()
+    prob = torch.sigmoid(1.5 * y - 1 + groups + torch.randn(23, generator=g))  # distinct scores, group-shifted
+    p, lab, grp = prob.tolist(), y.tolist(), groups.tolist()
+    cand = sorted(set(p)) + [2.0]
+    best = -1
+    for t0 in cand:
+        for t1 in cand:
+            hard = [pi >= (t0 if gi == 0 else t1) for pi, gi in zip(p, grp)]
+            rates = [sum(h for h, gi in zip(hard, grp) if gi == v) / grp.count(v) for v in (0, 1)]
+            gap = 100 * abs(rates[0] - rates[1])
+            right = sum(h == (li == 1) for h, li in zip(hard, lab))
+            if gap <= max_gap + 1e-9 and right > best:
+                best = right
+    acc, gap = demo.dp_accuracy_ceiling(prob, y, groups, max_gap)
+    assert acc == pytest.approx(100 * best / 23, abs=1e-12)
+    assert gap <= max_gap + 1e-9
+
+
+def test_dp_accuracy_ceiling_errors():
+    import torch
+
+    prob, y = torch.tensor([0.9, 0.2, 0.7, 0.1]), torch.tensor([1.0, 0, 1, 0])
+    with pytest.raises(ValueError, match="exactly two groups, but got 3"):
+        demo.dp_accuracy_ceiling(prob, y, torch.tensor([0, 1, 2, 2]))
+    with pytest.raises(ValueError, match="`max_gap` to be a finite number >= 0"):
+        demo.dp_accuracy_ceiling(prob, y, torch.tensor([0, 0, 1, 1]), max_gap=-1.0)
+    with pytest.raises(ValueError, match="labels 0 and 1"):
+        demo.dp_accuracy_ceiling(prob, torch.tensor([0.0, 2.0, 1.0, 0.0]), torch.tensor([0, 0, 1, 1]))
+
+
 def test_group_thresholds_edges_and_errors():
     import torch
 
