@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fairret  # noqa: E402
 from _results import append_rows  # noqa: E402
 from fairret.datasets import load_adult  # noqa: E402
-from fairret.demo import dp_accuracy_ceiling, group_thresholds  # noqa: E402
+from fairret.demo import _apply_thresholds, _rate_gap, dp_accuracy_ceiling, group_thresholds  # noqa: E402
 
 
 def train_mlp(X: torch.Tensor, y: torch.Tensor, seed: int, epochs: int, hidden: int = 64, lr: float = 1e-3,
@@ -77,14 +77,12 @@ def main() -> None:
     def evaluate(name: str, scores) -> dict:
         (_, y_tr, s_tr), (_, y_te, s_te) = parts["train"], parts["test"]
         p_te = scores["test"]
-        th = group_thresholds(scores["train"], y_tr, s_tr)
-        hard = p_te > torch.tensor([th[int(v)] for v in s_te], dtype=torch.float64)
-        rates = [hard[s_te == v].double().mean().item() for v in (0, 1)]
+        hard = (_apply_thresholds(p_te, s_te, group_thresholds(scores["train"], y_tr, s_tr)) > 0.5).double()
         return {"model": name, "acc": 100 * ((p_te > 0.5).double() == y_te).double().mean().item(),
                 "oracle1": dp_accuracy_ceiling(p_te, y_te, s_te, 1.0)[0],
                 "oracle05": dp_accuracy_ceiling(p_te, y_te, s_te, 0.5)[0],
-                "honest": 100 * (hard.double() == y_te).double().mean().item(),
-                "honest_gap": 100 * abs(rates[0] - rates[1])}
+                "honest": 100 * (hard == y_te).double().mean().item(),
+                "honest_gap": _rate_gap(hard, s_te, torch.ones_like(s_te, dtype=torch.bool))}
 
     results, mlp_scores = [], []
     for seed in range(args.seeds):

@@ -372,13 +372,17 @@ def _gap_groups(dm, tensors: Dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _post_process(model, dm, prob: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Test probabilities shifted per group so that 0.5 falls on the group's threshold from the training split
-    (:func:`group_thresholds`): ``sigmoid(logit(p) - logit(t_g))`` in float64, above 0.5 exactly when ``p > t_g``
-    (a group absent from the training split keeps 0.5)."""
+    """Test probabilities post-processed with the group thresholds of the training split (:func:`group_thresholds`,
+    :func:`_apply_thresholds`)."""
     train = dm.splits["train"].tensors
     with torch.no_grad():
         p_train = torch.sigmoid(model(train["x"]).squeeze(1))
-    thresholds = group_thresholds(p_train, train["y"], _gap_groups(dm, train))
+    return _apply_thresholds(prob, groups, group_thresholds(p_train, train["y"], _gap_groups(dm, train)))
+
+
+def _apply_thresholds(prob: torch.Tensor, groups: torch.Tensor, thresholds: Dict[int, float]) -> torch.Tensor:
+    """Probabilities shifted per group so that 0.5 falls on the group's threshold: ``sigmoid(logit(p) -
+    logit(t_g))`` in float64, above 0.5 exactly when ``p > t_g`` (a group without a threshold keeps 0.5)."""
     t = torch.tensor([thresholds.get(int(g), 0.5) for g in groups.tolist()], dtype=torch.float64)
     return torch.sigmoid(torch.logit(prob.double(), eps=1e-12) - torch.logit(t, eps=1e-12))
 

@@ -9,9 +9,9 @@ r"""Layer-sequential (Fair-)GPTQ of Hugging Face transformer models, one block a
    padded to one length; differences between aligned tokens when the batch carries an alignment from
    :func:`pair_batches`, else position by position where both sentences have a token), sharing the sum of the
    differences' outer products with :math:`H` (:class:`~fairret.quant.pairs.PairHessians`: no more work than
-   :math:`H` alone); every layer is quantized (:func:`fair_gptq_quantize`, α = 0 outside the selection), its weight
-   replaced by the dequantized one (with the float16 scales a checkpoint stores), and the block is run again to
-   give the next block's inputs.
+   :math:`H` alone); every layer is quantized (:func:`fair_gptq_quantize` on the selection, plain
+   :func:`gptq_quantize` elsewhere), its weight replaced by the dequantized one (with the float16 scales a
+   checkpoint stores), and the block is run again to give the next block's inputs.
 
 The original model is left untouched unless ``inplace=True``. Layers of a block all see the unquantized block's
 inputs (GPTQ without "true sequential" ordering inside a block).
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .export import dequantize, pack_layer
-from .gptq import HessianAccumulator, fair_gptq_quantize
+from .gptq import HessianAccumulator, fair_gptq_quantize, gptq_quantize
 from .pairs import PairHessians, check_pairs
 
 __all__ = ["FAIR_LAYERS", "find_blocks", "select_blocks", "linear_layers", "pair_batches", "QuantizedModel",
@@ -241,10 +241,10 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
         for name, layer in layers.items():
             W = _weight(layer).detach()
             fair = name in fair_names
-            H = accs[name].H
-            res = fair_gptq_quantize(W, H, accs[name].H_delta if fair else H, alpha if fair else 0.0,  # 0: plain
-                                     first_order=first_order, bits=bits, group_size=group_size, sym=sym,
-                                     act_order=act_order, static_groups=static_groups, damp=damp)
+            kw = dict(bits=bits, group_size=group_size, sym=sym, act_order=act_order, static_groups=static_groups,
+                      damp=damp)
+            res = (fair_gptq_quantize(W, accs[name].H, accs[name].H_delta, alpha, first_order=first_order, **kw)
+                   if fair else gptq_quantize(W, accs[name].H, **kw))
             full = f"{prefix}.{bi}.{name}"
             try:  # GPTQ-v1 holds 2/3/4/8 bits with whole 32-bit words along both dimensions
                 packed[full] = pack_layer(res)
