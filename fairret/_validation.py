@@ -1,4 +1,4 @@
-"""Argument checks shared by every family.
+"""Argument checks and input preparation shared by every family.
 
 Messages follow one pattern: they name the argument, say what was expected and what was received, e.g.
 "Expected argument `sens` to have N=128 rows like `pred`, but got 127". ``ValueError`` is raised for bad
@@ -8,7 +8,7 @@ device; they run only when the caller asked for validation.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -21,6 +21,9 @@ __all__ = [
     "check_range",
     "check_probability",
     "check_number",
+    "prepare_pred",
+    "prepare_sens",
+    "to_probabilities",
 ]
 
 
@@ -84,3 +87,39 @@ def check_number(value: Any, name: str, low: float = 0.0, strict: bool = False) 
         raise ValueError(f"Expected argument `{name}` to be a finite number {'>' if strict else '>='} {low:g}, but got "
                          f"{value!r}")
     return float(value)
+
+
+def prepare_pred(pred: torch.Tensor, name: str = "pred") -> torch.Tensor:
+    """Check floating-point predictions of shape ``(N,)`` or ``(N, C)`` and return them as ``(N, C)``."""
+    check_floating(pred, name)
+    check_ndim(pred, name, (1, 2), "(N,) or (N, C)")
+    return pred.unsqueeze(-1) if pred.ndim == 1 else pred
+
+
+def prepare_sens(sens: Optional[torch.Tensor], pred: torch.Tensor) -> Optional[torch.Tensor]:
+    """Check the sensitive matrix against ``(N, C)`` predictions and return it as ``(N, S)`` in pred's dtype."""
+    if sens is None:
+        return None
+    check_tensor(sens, "sens")
+    check_ndim(sens, "sens", (1, 2), "(N, S)")
+    if sens.ndim == 1:
+        sens = sens.unsqueeze(-1)
+    check_same_rows(sens, "sens", pred, "pred")
+    return sens.to(pred.dtype)
+
+
+def to_probabilities(pred: torch.Tensor) -> torch.Tensor:
+    """Probabilities from logits: the sigmoid of ``(N,)`` or ``(N, 1)`` logits, the softmax over the columns of
+    ``(N, C)`` ones (``C > 1``). Every loss with ``pred_as_logit=True`` and the Lightning monitor use this rule.
+
+    Example:
+        >>> import torch
+        >>> to_probabilities(torch.tensor([[0.0], [2.0]]))
+        tensor([[0.5000],
+                [0.8808]])
+        >>> to_probabilities(torch.zeros(1, 4))
+        tensor([[0.2500, 0.2500, 0.2500, 0.2500]])
+    """
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        return torch.softmax(pred, dim=1)
+    return torch.sigmoid(pred)

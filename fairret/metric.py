@@ -29,7 +29,7 @@ except ImportError as err:  # pragma: no cover - torchmetrics is a core dependen
 
 from .functional import linear_fractional as F
 from .statistic import LinearFractionalStatistic
-from .statistic.linear_fractional import prepare_pred, prepare_sens
+from ._validation import prepare_pred, prepare_sens
 
 __all__ = ["gap_abs_max", "gap_relative_abs_max", "LinearFractionalParity", "DistanceCorrelation", "CCdCov", "JdCov",
            "IntersectionalJSD"]

@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 import torchmetrics
 
+from .._validation import to_probabilities
 from ..metric import DistanceCorrelation, IntersectionalJSD, LinearFractionalParity, _DependenceMetric
 from ..statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
 from ._extract import PredictionCapture, Selector, check_selector, select, statistic_takes_labels
@@ -144,7 +145,7 @@ class FairnessMonitor(pl.Callback):
             pred = pred.unsqueeze(1)
         pred = pred.float()
         if self.pred_as_logit:
-            pred = torch.sigmoid(pred) if pred.shape[1] == 1 else torch.softmax(pred, dim=1)
+            pred = to_probabilities(pred)
         sens = select(batch, self.sens, "sens")
         labels = select(batch, self.labels, "labels")
         attrs = select(batch, self.attributes, "attributes") if self.attributes is not None else sens

@@ -5,15 +5,14 @@ from typing import Any, Optional
 
 import torch
 
-from .._validation import check_finite, check_probability
-from ..statistic.linear_fractional import prepare_pred, prepare_sens
+from .._validation import check_finite, check_probability, prepare_pred, prepare_sens, to_probabilities
 
 
 def prepare_inputs(pred: torch.Tensor, sens: torch.Tensor, pred_as_logit: bool, validate_args: bool,
                    probabilities: bool = False):
     """Validate inputs and return ``(raw (N, C), prob (N, C), sens (N, S))``.
 
-    ``prob`` is the sigmoid (one column) or softmax (several columns) of logits, or ``pred`` itself.
+    ``prob`` is :func:`~fairret._validation.to_probabilities` of logits, or ``pred`` itself.
     """
     raw = prepare_pred(pred)
     if sens is None:
@@ -24,10 +23,7 @@ def prepare_inputs(pred: torch.Tensor, sens: torch.Tensor, pred_as_logit: bool, 
         check_finite(sens, "sens")
         if not pred_as_logit and probabilities:
             check_probability(raw, "pred")
-    if pred_as_logit:
-        prob = torch.sigmoid(raw) if raw.shape[1] == 1 else torch.softmax(raw, dim=1)
-    else:
-        prob = raw
+    prob = to_probabilities(raw) if pred_as_logit else raw
     return raw, prob, sens
 
 

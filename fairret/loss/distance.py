@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from .._distributed import all_gather_rows
+from .._validation import to_probabilities
 from ..functional import distance as D
 from ..sensitive import SensitiveAttributes
 from .base import FairnessLoss
@@ -40,7 +41,7 @@ def _pred(pred: torch.Tensor, pred_as_logit: bool, sync_dist: bool) -> torch.Ten
     if not isinstance(pred, torch.Tensor):
         raise TypeError(f"Expected argument `pred` to be a torch.Tensor, but got {type(pred).__name__}")
     if pred_as_logit:
-        pred = torch.softmax(pred, dim=1) if pred.ndim == 2 and pred.shape[1] > 1 else torch.sigmoid(pred)
+        pred = to_probabilities(pred)
     return all_gather_rows(pred) if sync_dist else pred
 
 

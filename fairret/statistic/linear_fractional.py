@@ -32,7 +32,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from .._validation import check_floating, check_ndim, check_same_rows, check_tensor
+from .._validation import prepare_pred, prepare_sens
 from ..functional import linear_fractional as F
 from .base import Statistic
 
@@ -56,25 +56,6 @@ __all__ = [
 ]
 
 _METHODS = ("num_intercept", "num_slope", "denom_intercept", "denom_slope")
-
-
-def prepare_pred(pred: torch.Tensor, name: str = "pred") -> torch.Tensor:
-    """Validate predictions and return them as ``(N, C)``."""
-    check_floating(pred, name)
-    check_ndim(pred, name, (1, 2), "(N,) or (N, C)")
-    return pred.unsqueeze(-1) if pred.ndim == 1 else pred
-
-
-def prepare_sens(sens: Optional[torch.Tensor], pred: torch.Tensor) -> Optional[torch.Tensor]:
-    """Validate the sensitive matrix against ``(N, C)`` predictions and return it as ``(N, S)`` in pred's dtype."""
-    if sens is None:
-        return None
-    check_tensor(sens, "sens")
-    check_ndim(sens, "sens", (1, 2), "(N, S)")
-    if sens.ndim == 1:
-        sens = sens.unsqueeze(-1)
-    check_same_rows(sens, "sens", pred, "pred")
-    return sens.to(pred.dtype)
 
 
 def _prepare_arg(arg: Any, pred: torch.Tensor, name: str) -> Any:
