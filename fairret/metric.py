@@ -29,7 +29,7 @@ except ImportError as err:  # pragma: no cover - torchmetrics is a core dependen
 
 from .functional import linear_fractional as F
 from .statistic import LinearFractionalStatistic
-from ._validation import prepare_pred, prepare_sens
+from ._validation import check_tensor, prepare_pred
 
 __all__ = ["gap_abs_max", "gap_relative_abs_max", "LinearFractionalParity", "DistanceCorrelation", "CCdCov", "JdCov",
            "IntersectionalJSD"]
@@ -84,40 +84,41 @@ class LinearFractionalParity(torchmetrics.Metric):
 
     def update(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, **stat_kwargs: Any) -> None:
         """Add a batch: ``pred`` probabilities ``(N, 1)`` or ``(N, C)``, ``sens`` ``(N, S)``, statistic args."""
-        pred = prepare_pred(pred)
-        sens = prepare_sens(sens, pred)
-        if sens.shape[1] != self.stat_shape[-1]:
+        check_tensor(sens, "sens")  # None would mean one group holding everyone: a gap of 0
+        sums = self.stat.sums(prepare_pred(pred).detach(), sens, *stat_args, **stat_kwargs)
+        if sums.num.shape[-1] != self.stat_shape[-1]:
             raise ValueError(f"Expected argument `sens` to have S={self.stat_shape[-1]} columns as in `stat_shape`, "
-                             f"but got {sens.shape[1]}")
-        coefs = self.stat.coefficients(pred, *stat_args, **stat_kwargs)
-        num, den = F._lf_update(pred.detach(), sens, *coefs)
-        onum, oden = F._lf_update(pred.detach(), None, *coefs)
+                             f"but got {sums.num.shape[-1]}")
         shape = self.stat_shape
         try:
-            self.num += num.reshape(shape).to(self.num.dtype)
-            self.denom += den.reshape(shape).to(self.denom.dtype)
-            self.overall_num += onum.reshape(*shape[:-1], 1).to(self.num.dtype)
-            self.overall_denom += oden.reshape(*shape[:-1], 1).to(self.num.dtype)
+            self.num += sums.num.reshape(shape).to(self.num.dtype)
+            self.denom += sums.denom.reshape(shape).to(self.denom.dtype)
+            self.overall_num += sums.overall_num.reshape(*shape[:-1], 1).to(self.num.dtype)
+            self.overall_denom += sums.overall_denom.reshape(*shape[:-1], 1).to(self.num.dtype)
         except RuntimeError:
             raise ValueError(f"Expected the statistic to have shape {shape} (argument `stat_shape`), but it has "
-                             f"{tuple(num.shape)} as (K, C, S)") from None
+                             f"{tuple(sums.num.shape)} as (K, C, S)") from None
+
+    def _sums(self) -> F.LinearFractionalSums:
+        return F.LinearFractionalSums.from_sums(self.num, self.denom, self.overall_num, self.overall_denom)
 
     def compute_per_group(self) -> torch.Tensor:
         """Per-group statistic values over everything seen (all ranks); NaN for groups with a zero denominator."""
         with self.sync_context(should_sync=not self._is_synced, should_unsync=not self._is_synced):
-            vals, valid = F._lf_compute(self.num, self.denom)
-        return torch.where(valid, vals, torch.full_like(vals, float("nan"))).to(torch.get_default_dtype())
+            sums = self._sums()
+            vals = sums.group_values()
+        return torch.where(sums.valid, vals, torch.full_like(vals, float("nan"))).to(torch.get_default_dtype())
 
     def compute_overall(self) -> torch.Tensor:
         """The overall statistic over everything seen (all ranks), shape ``(*stat_shape[:-1], 1)``."""
         with self.sync_context(should_sync=not self._is_synced, should_unsync=not self._is_synced):
-            return F._lf_compute(self.overall_num, self.overall_denom)[0].to(torch.get_default_dtype())
+            return self._sums().overall_values().to(torch.get_default_dtype())
 
     def compute(self) -> torch.Tensor:
         """``gap_fn(per_group, overall)`` over the groups with a defined statistic."""
-        vals, valid = F._lf_compute(self.num, self.denom)
-        overall = F._lf_compute(self.overall_num, self.overall_denom)[0]
-        vals = torch.where(valid, vals, overall.expand_as(vals))  # an absent group has no gap
+        sums = self._sums()
+        overall = sums.overall_values()
+        vals = torch.where(sums.valid, sums.group_values(), overall.expand_as(sums.num))  # an absent group: no gap
         return self.gap_fn(vals, overall).to(torch.get_default_dtype())
 
     def plot(self, val: Optional[torch.Tensor] = None, ax: Optional[Any] = None,

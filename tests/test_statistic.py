@@ -172,3 +172,55 @@ def test_signature_mismatch_rejected():
         class Bad(PositiveRate):
             def num_slope(self, label):
                 return label
+
+
+def test_sums_against_brute_force_with_empty_groups():
+    # the one place the losses and the metric take their sums from: group sums, overall sums, valid-group mask
+    g = torch.Generator().manual_seed(11)
+    n = 30
+    pred = torch.rand(n, 1, generator=g, dtype=torch.float64)
+    label = (torch.rand(n, 1, generator=g) < 0.5).double()
+    sens = torch.nn.functional.one_hot(torch.randint(0, 3, (n,), generator=g), 4).double()  # column 3: empty
+    label[sens[:, 2] == 1] = 0.0  # group 2 has no positives: TPR undefined there, FPR defined
+    sums = StackedLinearFractionalStatistic(TruePositiveRate(), FalsePositiveRate()).sums(pred, sens, label)
+    f, y = pred[:, 0].tolist(), label[:, 0].tolist()
+    want_num = [[sum(sens[i, k].item() * w(i) * f[i] for i in range(n)) for k in range(4)]
+                for w in (lambda i: y[i], lambda i: 1 - y[i])]
+    want_den = [[sum(sens[i, k].item() * w(i) for i in range(n)) for k in range(4)]
+                for w in (lambda i: y[i], lambda i: 1 - y[i])]
+    assert sums.num.shape == sums.denom.shape == sums.valid.shape == (2, 1, 4)
+    assert sums.overall_num.shape == sums.overall_denom.shape == (2, 1)
+    torch.testing.assert_close(sums.num[:, 0], torch.tensor(want_num, dtype=torch.float64))
+    torch.testing.assert_close(sums.denom[:, 0], torch.tensor(want_den, dtype=torch.float64))
+    torch.testing.assert_close(sums.overall_num[:, 0], torch.tensor([sum(y[i] * f[i] for i in range(n)),
+                                                                     sum((1 - y[i]) * f[i] for i in range(n))],
+                                                                    dtype=torch.float64))
+    torch.testing.assert_close(sums.overall_denom[:, 0], torch.tensor([sum(y), n - sum(y)], dtype=torch.float64))
+    assert sums.valid[:, 0].tolist() == [[True, True, False, False], [True, True, True, False]]
+    want_vals = [[a / b if b else 0.0 for a, b in zip(rn, rd)] for rn, rd in zip(want_num, want_den)]
+    torch.testing.assert_close(sums.group_values()[:, 0], torch.tensor(want_vals, dtype=torch.float64))
+    torch.testing.assert_close(sums.overall_values(), sums.overall_num / sums.overall_denom)
+
+
+def test_losses_and_metric_take_their_sums_from_the_statistic(monkeypatch):
+    from fairret.loss import KLProjectionLoss, LSELoss, NormLoss
+    from fairret.metric import LinearFractionalParity
+
+    stat = TruePositiveRate()
+    calls = []
+    original = type(stat).sums
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(stat), "sums", counting)
+    x = torch.randn(12, 1)
+    y = (torch.arange(12) % 2).float()[:, None]
+    sens = torch.nn.functional.one_hot(torch.arange(12) % 3, 3).float()
+    for use in (lambda: NormLoss(stat)(x, sens, y), lambda: LSELoss(stat, momentum=0.5)(x, sens, y),
+                lambda: KLProjectionLoss(stat)(x, sens, y),
+                lambda: LinearFractionalParity(stat, 3).update(torch.sigmoid(x), sens, y)):
+        calls.clear()
+        use()
+        assert len(calls) == 1

@@ -13,15 +13,17 @@ Coefficient tensors are normalised to shape ``(N or 1, K, C or 1)``, ``K`` the n
 Sums come out as ``(K, C, S)`` for groups and ``(K, C)`` overall.
 
 Private helpers follow the torchmetrics pattern: :func:`_lf_update` computes the sufficient statistics of one
-batch (the sums), :func:`_lf_compute` turns sums into statistic values. Modules and metrics call these.
+batch (group sums, overall sums and the valid-group mask, a :class:`LinearFractionalSums`), :func:`_lf_compute`
+turns sums into statistic values. Modules and metrics reach them through
+:meth:`fairret.statistic.LinearFractionalStatistic.sums`.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from .._distributed import all_reduce_sum
+from .._distributed import all_reduce_sum, is_distributed
 
 Coef = Union[float, int, torch.Tensor]
 
@@ -51,26 +53,63 @@ def _coef_tensor(c: Coef, pred: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"Expected a statistic coefficient with at most 3 dimensions (N, K, C), but got {tuple(t.shape)}")
 
 
+class LinearFractionalSums(NamedTuple):
+    """The sufficient statistics of a linear-fractional statistic over one batch (or, summed, over many).
+
+    Attributes:
+        num: ``(K, C, S)`` numerator sums :math:`\\sum_n s_{nk}(c_0 + c_1 f_n)` per group.
+        denom: ``(K, C, S)`` denominator sums :math:`\\sum_n s_{nk}(d_0 + d_1 f_n)` per group.
+        overall_num: ``(K, C)`` numerator sums over all samples (weight 1 each).
+        overall_denom: ``(K, C)`` denominator sums over all samples.
+        valid: ``(K, C, S)`` boolean, True where the group's statistic is defined (:func:`_lf_valid` of
+            ``denom``).
+
+    The shapes are those of one batch; :class:`~fairret.metric.LinearFractionalParity` wraps its accumulated
+    sums (overall sums with a trailing axis of size 1) the same way, through :meth:`from_sums`.
+    """
+
+    num: torch.Tensor
+    denom: torch.Tensor
+    overall_num: torch.Tensor
+    overall_denom: torch.Tensor
+    valid: torch.Tensor
+
+    @classmethod
+    def from_sums(cls, num: torch.Tensor, denom: torch.Tensor, overall_num: torch.Tensor,
+                  overall_denom: torch.Tensor) -> "LinearFractionalSums":
+        """Wrap sums (of one batch, or accumulated over many) with their valid-group mask."""
+        return cls(num, denom, overall_num, overall_denom, _lf_valid(denom))
+
+    def group_values(self) -> torch.Tensor:
+        """Per-group statistic ``(K, C, S)``; 0 where ``valid`` is False."""
+        return _lf_compute(self.num, self.denom)[0]
+
+    def overall_values(self) -> torch.Tensor:
+        """Overall statistic ``(K, C)``; 0 where its denominator is zero."""
+        return _lf_compute(self.overall_num, self.overall_denom)[0]
+
+
 def _lf_update(
     pred: torch.Tensor,
-    sens: Optional[torch.Tensor],
+    sens: torch.Tensor,
     c0: Coef,
     c1: Coef,
     d0: Coef,
     d1: Coef,
     *,
     sync_dist: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Numerator and denominator sums of one batch.
+) -> LinearFractionalSums:
+    """Group sums, overall sums and the valid-group mask of one batch: the one place they are computed.
 
     Args:
         pred: ``(N, C)`` predictions (probabilities, or raw outputs for regression).
-        sens: ``(N, S)`` sensitive matrix, or ``None`` for the overall sums.
+        sens: ``(N, S)`` sensitive matrix.
         c0, c1, d0, d1: coefficients, scalars or tensors broadcastable to ``(N, K, C)``.
-        sync_dist: all-reduce the sums (with gradient) when a process group is initialised.
+        sync_dist: all-reduce the sums (with gradient, in one collective) when a process group is initialised;
+            the mask is taken on the global sums.
 
     Returns:
-        ``(num, denom)`` of shape ``(K, C, S)`` (``(K, C)`` when ``sens`` is None).
+        :class:`LinearFractionalSums`.
     """
     f = pred.unsqueeze(1)  # (N, 1, C)
     tc0, tc1, td0, td1 = (_coef_tensor(c, pred) for c in (c0, c1, d0, d1))
@@ -79,25 +118,31 @@ def _lf_update(
     n = pred.shape[0]
     num_lin = num_lin.expand(n, *num_lin.shape[1:]) if num_lin.shape[0] == 1 else num_lin
     den_lin = den_lin.expand(n, *den_lin.shape[1:]) if den_lin.shape[0] == 1 else den_lin
-    if sens is None:
-        num, den = num_lin.sum(0), den_lin.sum(0)
-    else:
-        s = sens.to(pred.dtype)
-        num = torch.einsum("nkc,ns->kcs", num_lin, s)
-        den = torch.einsum("nkc,ns->kcs", den_lin, s)
-    if sync_dist:
-        num, den = all_reduce_sum(num), all_reduce_sum(den)
-    return num, den
+    s = sens.to(pred.dtype)
+    sums = [torch.einsum("nkc,ns->kcs", num_lin, s), torch.einsum("nkc,ns->kcs", den_lin, s),
+            num_lin.sum(0), den_lin.sum(0)]
+    if sync_dist and is_distributed():
+        flat = all_reduce_sum(torch.cat([t.reshape(-1) for t in sums]))
+        sums = [part.reshape(t.shape) for part, t in zip(flat.split([t.numel() for t in sums]), sums)]
+    return LinearFractionalSums.from_sums(*sums)
+
+
+def _lf_valid(denom: torch.Tensor) -> torch.Tensor:
+    """Where a statistic with these denominator sums is defined: the one zero-denominator rule.
+
+    A denominator whose absolute value is at most :data:`ZERO_DENOM_EPS` means a group absent from the batch, or
+    without any sample the statistic conditions on (no positives for a TPR).
+    """
+    return denom.abs() > ZERO_DENOM_EPS
 
 
 def _lf_compute(num: torch.Tensor, denom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Statistic values and the mask of defined entries.
+    """Statistic values and the mask of defined entries (:func:`_lf_valid`).
 
-    Where the denominator is zero (a group absent from the batch, or without any sample the statistic conditions
-    on) the statistic is undefined: the value returned there is 0 (as in fairret 0.1.3) and ``valid`` is False.
-    The double ``where`` keeps gradients finite.
+    Where the denominator is zero the statistic is undefined: the value returned there is 0 (as in fairret 0.1.3)
+    and ``valid`` is False. The double ``where`` keeps gradients finite.
     """
-    valid = denom.abs() > ZERO_DENOM_EPS
+    valid = _lf_valid(denom)
     safe = torch.where(valid, denom, torch.ones_like(denom))
     return torch.where(valid, num / safe, torch.zeros_like(num)), valid
 
@@ -140,8 +185,9 @@ def linear_fractional_statistic(
         >>> linear_fractional_statistic(pred, sens, 0., 1., 1., 0.).flatten()  # positive rate per group
         tensor([0.4000, 0.6000])
     """
-    num, den = _lf_update(pred, sens, c0, c1, d0, d1)
-    return _lf_compute(num, den)[0]
+    if sens is None:
+        return _lf_update(pred, pred.new_ones(pred.shape[0], 1), c0, c1, d0, d1).overall_values()
+    return _lf_update(pred, sens, c0, c1, d0, d1).group_values()
 
 
 def statistic_violation(

@@ -90,12 +90,12 @@ class ProjectionLoss(FairnessLoss):
                              f"predictions), but got {tuple(raw.shape)}; use NormLoss or LSELoss for multiclass")
         p64 = prob.detach().to(torch.float64)
         s64 = sens.detach().to(torch.float64)
-        coefs = self.statistic.coefficients(p64, *stat_args, **stat_kwargs)
-        coefs = tuple(c.detach() if isinstance(c, torch.Tensor) else c for c in coefs)
         target = target_tensor(target_statistic, p64)
         if target is None:
-            onum, oden = F._lf_update(p64, None, *coefs, sync_dist=self.sync_dist)
-            target = F._lf_compute(onum, oden)[0]
+            sums = self.statistic.sums(p64, s64, *stat_args, sync_dist=self.sync_dist, **stat_kwargs)
+            target = sums.overall_values().detach()
+        coefs = self.statistic.coefficients(p64, *stat_args, **stat_kwargs)
+        coefs = tuple(c.detach() if isinstance(c, torch.Tensor) else c for c in coefs)
         intercept, slope = F.fixed_constraint(target, s64, *coefs, like=p64)
         if self.sync_dist:
             intercept = all_reduce_sum(intercept)

@@ -90,34 +90,32 @@ class ViolationLoss(FairnessLoss):
             stats = self.statistic(prob, sens, *stat_args, **stat_kwargs)
             return F.statistic_violation(stats, target if target.ndim < stats.ndim else target[..., None])
 
-        coefs = self.statistic.coefficients(prob, *stat_args, **stat_kwargs)
-        num, den = F._lf_update(prob, sens, *coefs, sync_dist=self.sync_dist)
-        batch_valid = den.abs() > F.ZERO_DENOM_EPS
+        sums = self.statistic.sums(prob, sens, *stat_args, sync_dist=self.sync_dist, **stat_kwargs)
+        den = sums.denom
         if target is None or self.momentum is not None:
-            with torch.no_grad():
-                onum, oden = F._lf_update(prob.detach(), None, *coefs, sync_dist=self.sync_dist)
-                overall = F._lf_compute(onum, oden)[0]
+            overall = sums.overall_values().detach()
         if self.momentum is not None:
             n = torch.tensor(float(prob.shape[0]), dtype=prob.dtype, device=prob.device)
             n = all_reduce_sum(n) if self.sync_dist else n
-            den = self._running_denominators(den.detach() / n, overall) * n
+            den = self._running_denominators(den.detach() / n, overall, sums.valid) * n
             if target is None:
                 target = self.running_target
         if target is None:
             target = overall
-        stats, valid = F._lf_compute(num, den)
-        return F.statistic_violation(stats, target.detach().unsqueeze(-1), valid & batch_valid)
+        stats, valid = F._lf_compute(sums.num, den)
+        return F.statistic_violation(stats, target.detach().unsqueeze(-1), valid & sums.valid)
 
-    def _running_denominators(self, den_rate: torch.Tensor, overall: torch.Tensor) -> torch.Tensor:
+    def _running_denominators(self, den_rate: torch.Tensor, overall: torch.Tensor, present: torch.Tensor
+                              ) -> torch.Tensor:
         m = float(self.momentum)
         with torch.no_grad():
             if self.running_denom is None or self.running_denom.shape != den_rate.shape:
                 self.running_denom = den_rate.clone()
                 self.running_target = overall.clone()
             elif self.training:
-                present = den_rate.abs() > F.ZERO_DENOM_EPS
                 upd = (1 - m) * self.running_denom + m * den_rate
-                # A group absent from this batch keeps its running denominator.
+                # A group absent from this batch (``present``: the batch's valid-group mask) keeps its running
+                # denominator.
                 self.running_denom = torch.where(present, upd, self.running_denom)
                 self.running_target = (1 - m) * self.running_target + m * overall
         return self.running_denom

@@ -157,33 +157,59 @@ class LinearFractionalStatistic(Statistic):
 
     # -- the statistic -----------------------------------------------------------------------------------------
     def sums(self, pred: torch.Tensor, sens: Optional[torch.Tensor], *stat_args: Any, sync_dist: bool = False,
-             **stat_kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Numerator and denominator sums, shape ``(K, C, S)`` (``(K, C)`` when ``sens`` is None)."""
+             **stat_kwargs: Any) -> F.LinearFractionalSums:
+        """Group sums, overall sums and the valid-group mask of one batch, in one call.
+
+        The losses and :class:`~fairret.metric.LinearFractionalParity` compute everything from this.
+
+        Args:
+            pred: ``(N,)``/``(N, 1)`` or ``(N, C)`` predictions (probabilities, or regression outputs).
+            sens: ``(N, S)`` sensitive matrix; None for one group holding every sample (``S = 1``).
+            *stat_args: the statistic's arguments (usually the label).
+            sync_dist: all-reduce the sums across ranks (with gradient) when a process group is initialised.
+            **stat_kwargs: keyword arguments of the statistic.
+
+        Returns:
+            A :class:`~fairret.functional.linear_fractional.LinearFractionalSums`: ``num``, ``denom`` and
+            ``valid`` of shape ``(K, C, S)``, ``overall_num`` and ``overall_denom`` of shape ``(K, C)``.
+
+        Example:
+            >>> import torch
+            >>> pred = torch.tensor([[0.2], [0.6], [0.4]])
+            >>> s = PositiveRate().sums(pred, torch.tensor([[1., 0.], [1., 0.], [0., 0.]]))  # group 2 is empty
+            >>> s.num, s.denom, s.valid
+            (tensor([[[0.8000, 0.0000]]]), tensor([[[2., 0.]]]), tensor([[[ True, False]]]))
+            >>> s.group_values(), s.overall_values()
+            (tensor([[[0.4000, 0.0000]]]), tensor([[0.4000]]))
+        """
         pred = prepare_pred(pred)
         sens = prepare_sens(sens, pred)
+        if sens is None:
+            sens = pred.new_ones(pred.shape[0], 1)
         coefs = self.coefficients(pred, *stat_args, **stat_kwargs)
         return F._lf_update(pred, sens, *coefs, sync_dist=sync_dist)
 
     def num(self, pred: torch.Tensor, sens: Optional[torch.Tensor], *stat_args: Any, **stat_kwargs: Any
             ) -> torch.Tensor:
         """The numerator :math:`\\sum_n s_{nk}(c_0 + c_1 f_n)` (overall sum when ``sens`` is None)."""
-        return self._shape(self.sums(pred, sens, *stat_args, **stat_kwargs)[0], sens)
+        s = self.sums(pred, sens, *stat_args, **stat_kwargs)
+        return self._shape(s.overall_num.unsqueeze(-1) if sens is None else s.num)
 
     def denom(self, pred: torch.Tensor, sens: Optional[torch.Tensor], *stat_args: Any, **stat_kwargs: Any
               ) -> torch.Tensor:
         """The denominator :math:`\\sum_n s_{nk}(d_0 + d_1 f_n)` (overall sum when ``sens`` is None)."""
-        return self._shape(self.sums(pred, sens, *stat_args, **stat_kwargs)[1], sens)
+        s = self.sums(pred, sens, *stat_args, **stat_kwargs)
+        return self._shape(s.overall_denom.unsqueeze(-1) if sens is None else s.denom)
 
-    def _shape(self, x: torch.Tensor, sens: Optional[torch.Tensor]) -> torch.Tensor:
-        if sens is None:  # one "group" holding everyone: (1,) plain, (K, 1) stacked, as fairret 0.1.3
-            x = x.unsqueeze(-1)
+    def _shape(self, x: torch.Tensor) -> torch.Tensor:
+        # (K, C, S) to fairret 0.1.3's shapes; without sens one "group" holds everyone: (1,) plain, (K, 1) stacked
         return F._squeeze_stat(x, self.stacked)
 
     def forward(self, pred: torch.Tensor, sens: Optional[torch.Tensor], *stat_args: Any, **stat_kwargs: Any
                 ) -> torch.Tensor:
-        """Statistic per sensitive column; 0 where a group has a zero denominator (see ``valid_mask``)."""
-        num, den = self.sums(pred, sens, *stat_args, **stat_kwargs)
-        return self._shape(F._lf_compute(num, den)[0], sens)
+        """Statistic per sensitive column; 0 where a group has a zero denominator (``valid`` of :meth:`sums`)."""
+        s = self.sums(pred, sens, *stat_args, **stat_kwargs)
+        return self._shape(s.overall_values().unsqueeze(-1) if sens is None else s.group_values())
 
     def overall_statistic(self, pred: torch.Tensor, *stat_args: Any, **stat_kwargs: Any) -> torch.Tensor:
         """The statistic over all samples, ignoring the sensitive features."""
