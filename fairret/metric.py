@@ -27,12 +27,13 @@ except ImportError as err:  # pragma: no cover - torchmetrics is a core dependen
     raise ImportError("The 'torchmetrics' package must be installed to use fairret.metric: "
                       "`pip install torchmetrics`.") from err
 
+from . import ops
 from .functional import linear_fractional as F
 from .statistic import LinearFractionalStatistic
 from ._validation import check_tensor, prepare_pred
 
-__all__ = ["gap_abs_max", "gap_relative_abs_max", "LinearFractionalParity", "DistanceCorrelation", "CCdCov", "JdCov",
-           "IntersectionalJSD"]
+__all__ = ["gap_abs_max", "gap_relative_abs_max", "LinearFractionalParity", "DependenceMetric", "DistanceCorrelation",
+           "CCdCov", "JdCov", "IntersectionalJSD"]
 
 
 def gap_abs_max(vals: torch.Tensor, target_val: torch.Tensor) -> torch.Tensor:
@@ -81,6 +82,12 @@ class LinearFractionalParity(torchmetrics.Metric):
         overall = (*shape[:-1], 1)
         self.add_state("overall_num", default=torch.zeros(overall, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("overall_denom", default=torch.zeros(overall, dtype=torch.float64), dist_reduce_fx="sum")
+
+    @property
+    def requires_labels(self) -> bool:
+        """Whether :meth:`update` needs the label after ``sens``: that of the statistic
+        (:attr:`fairret.statistic.Statistic.requires_labels`)."""
+        return self.stat.requires_labels
 
     def update(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, **stat_kwargs: Any) -> None:
         """Add a batch: ``pred`` probabilities ``(N, 1)`` or ``(N, C)``, ``sens`` ``(N, S)``, statistic args."""
@@ -160,7 +167,7 @@ class LinearFractionalParity(torchmetrics.Metric):
         return fig, ax
 
 
-class _DependenceMetric(torchmetrics.Metric):
+class DependenceMetric(torchmetrics.Metric):
     """Keeps every prediction and attribute row of the epoch (``dist_reduce_fx="cat"``, so DDP gathers them)."""
 
     is_differentiable = False
@@ -169,7 +176,7 @@ class _DependenceMetric(torchmetrics.Metric):
 
     def __init__(self, backend: str = "auto", **torchmetrics_kwargs: Any):
         super().__init__(**torchmetrics_kwargs)
-        self.backend = backend
+        self.backend = ops.check_backend(backend)
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("attrs", default=[], dist_reduce_fx="cat")
 
@@ -189,7 +196,7 @@ class _DependenceMetric(torchmetrics.Metric):
         return dim_zero_cat(self.preds), dim_zero_cat(self.attrs)
 
 
-class DistanceCorrelation(_DependenceMetric):
+class DistanceCorrelation(DependenceMetric):
     """dCor² between all predictions and attributes seen (bias-corrected when ``unbiased``).
 
     Example:
@@ -211,7 +218,7 @@ class DistanceCorrelation(_DependenceMetric):
         return distance_correlation_sqr(p, z, unbiased=self.unbiased, backend=self.backend)
 
 
-class CCdCov(_DependenceMetric):
+class CCdCov(DependenceMetric):
     """CCdCov² (U-statistic by default) between all predictions and the concatenated attribute columns seen.
 
     Weights, if any, apply per column of ``sens`` (pass an already weighted matrix otherwise).
@@ -232,7 +239,7 @@ class CCdCov(_DependenceMetric):
                                                     backend=self.backend)
 
 
-class JdCov(_DependenceMetric):
+class JdCov(DependenceMetric):
     """JdCov² of the predictions and the attribute variables (``blocks``: column slices; default one per column)."""
 
     def __init__(self, c: float = 1.0, unbiased: bool = True, scale_invariant: bool = False,

@@ -148,3 +148,32 @@ def test_no_graph_breaks_under_compile():
     sens = torch.nn.functional.one_hot(torch.arange(16) % 3, 3).float()
     compiled = torch.compile(lambda a, b, c: loss(a, b, c), fullgraph=True, backend="eager")
     assert compiled(x, sens, label).item() == pytest.approx(loss(x, sens, label).item(), rel=1e-6)
+
+
+def test_one_call_contract_for_every_loss():
+    import inspect
+
+    import fairret.loss as L
+    from fairret.statistic import EqualizedOdds
+
+    for name in L.__all__:
+        cls = getattr(L, name)
+        params = inspect.signature(cls.forward).parameters
+        kinds = [p.kind for p in params.values()]
+        assert list(params)[:3] == ["self", "pred", "sens"], name
+        assert inspect.Parameter.VAR_POSITIONAL in kinds and inspect.Parameter.VAR_KEYWORD in kinds, name
+        assert params["pred_as_logit"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params["pred_as_logit"].default is True, name
+    assert L.NormLoss(TruePositiveRate()).requires_labels and L.KLProjectionLoss(EqualizedOdds()).requires_labels
+    assert not L.LSELoss(PositiveRate()).requires_labels
+    for dep in (L.DistanceCovarianceLoss(), L.DistanceCorrelationLoss(), L.JdCovLoss(), L.CCdCovLoss()):
+        assert not dep.requires_labels
+    x, z = torch.randn(8, 1), torch.randint(0, 2, (8, 1)).float()
+    with pytest.raises(TypeError, match=r"CCdCovLoss takes no statistic arguments \(labels\) after `sens`.*\(Tensor\)"):
+        L.CCdCovLoss()(x, z, z)
+    with pytest.raises(TypeError, match=r"JdCovLoss takes no statistic arguments.*\(label=...\)"):
+        L.JdCovLoss()(x, z, label=z)
+    assert L.CCdCovLoss()(torch.sigmoid(x), z, pred_as_logit=False).item() == pytest.approx(L.CCdCovLoss()(x, z).item())
+    for cls in (L.DistanceCorrelationLoss, L.CCdCovLoss):
+        with pytest.raises(ValueError, match=r"Expected argument `backend` to be one of \('auto', 'dense', 'tiled'"):
+            cls(backend="fast")

@@ -41,3 +41,13 @@ def test_errors():
         m.update(torch.rand(4, 1), torch.ones(4, 3))
     with pytest.raises(ValueError, match=r"Expected argument `stat_shape`"):
         LinearFractionalParity(PositiveRate(), 0)
+
+
+def test_requires_labels_and_backend_check():
+    from fairret.metric import CCdCov, DistanceCorrelation, JdCov
+
+    assert LinearFractionalParity(TruePositiveRate(), 2).requires_labels
+    assert not LinearFractionalParity(PositiveRate(), 2).requires_labels
+    for cls in (DistanceCorrelation, CCdCov, JdCov):
+        with pytest.raises(ValueError, match=r"Expected argument `backend` to be one of \('auto', 'dense', 'tiled'"):
+            cls(backend="fast")

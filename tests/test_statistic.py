@@ -224,3 +224,23 @@ def test_losses_and_metric_take_their_sums_from_the_statistic(monkeypatch):
         calls.clear()
         use()
         assert len(calls) == 1
+
+
+def test_requires_labels():
+    from fairret.statistic import EqualizedOdds, Statistic
+
+    class WithLabel(Statistic):
+        def forward(self, pred, sens, label):
+            return pred.mean() * label.mean() * sens.sum(0)
+
+    class WithoutLabel(Statistic):
+        def forward(self, pred, sens, *stat_args, **stat_kwargs):
+            return pred.mean() * sens.sum(0)
+
+    assert not PositiveRate().requires_labels and not MeanPrediction().requires_labels
+    for stat in (TruePositiveRate(), FScore(2.0), Accuracy(), EqualizedOdds(),
+                 StackedLinearFractionalStatistic(TruePositiveRate(), FalsePositiveRate()),
+                 CustomLinearFractionalStatistic(0.0, lambda y: y, lambda y: y, 0.0), WithLabel()):
+        assert stat.requires_labels, type(stat).__name__
+    assert not CustomLinearFractionalStatistic(0.0, 1.0, 1.0, 0.0).requires_labels
+    assert not WithoutLabel().requires_labels

@@ -13,7 +13,8 @@ matrices :math:`A, B` (Székely, Rizzo and Bakirov 2007):
   :math:`\frac{1}{n(n-3)}\sum_{ij}\prod_k(\tilde U_k(i,j) + c) - c^d\frac{n}{n-3}`;
 * CCdCov² (Lee et al. 2025): :math:`\mathrm{dCov}^2(\hat y, [w_1 Z_1, \dots, w_d Z_d])`, the U-statistic by default.
 
-All reduce to one core sum computed by :mod:`fairret.ops` (``dense``, ``tiled`` backends behind ``auto``).
+All reduce to one core sum computed by :mod:`fairret.ops`, whose backends (:data:`fairret.ops.BACKENDS`) are
+described there.
 
 Example:
     >>> import torch
@@ -82,7 +83,7 @@ def distance_covariance_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool 
         x: ``(N,)`` or ``(N, p)``.
         y: ``(N,)`` or ``(N, q)``.
         unbiased: U-statistic (needs N >= 4).
-        backend: ``auto``, ``dense`` or ``tiled`` (see :mod:`fairret.ops`).
+        backend: one of :data:`fairret.ops.BACKENDS`, described in :mod:`fairret.ops` (default ``auto``).
         validate_args: check for NaN/inf (synchronises with the device).
 
     Raises:
@@ -128,7 +129,7 @@ def joint_distance_covariance_sqr(*xs: torch.Tensor, c: float = 1.0, unbiased: b
         unbiased: U-statistic version (default, needs N >= 4) or V-statistic.
         scale_invariant: divide each variable's centred distances by its distance standard deviation
             (:math:`\sqrt{\Omega_n(X_k, X_k)}`, or the V version); a constant variable then contributes zeros.
-        backend: see :mod:`fairret.ops`.
+        backend: as in :func:`distance_covariance_sqr`.
         validate_args: check for NaN/inf.
     """
     if len(xs) < 2:

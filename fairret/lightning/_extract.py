@@ -29,8 +29,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["Selector", "select", "check_selector", "statistic_takes_labels", "peek_train_batch", "PredictionCapture",
-           "find_submodule"]
+__all__ = ["Selector", "select", "check_selector", "peek_train_batch", "PredictionCapture", "find_submodule"]
 
 Selector = Union[None, str, int, Sequence[Union[str, int]], Callable[[Any], Any]]
 
@@ -48,18 +47,6 @@ def check_selector(selector: Any, name: str, allow_none: bool = True) -> None:
         return
     raise TypeError(f"Expected argument `{name}` to be a key (str), a position (int), a non-empty list of those, or "
                     f"a callable, but got {selector!r}")
-
-
-def statistic_takes_labels(statistic: Any) -> Optional[bool]:
-    """Whether a fairret statistic takes one statistic argument (the label); None when it is not a statistic."""
-    check = getattr(statistic, "_check_stat_args", None)
-    if check is None:
-        return None
-    try:
-        check(object())
-    except TypeError:
-        return False
-    return True
 
 
 def peek_train_batch(trainer: Any) -> Any:

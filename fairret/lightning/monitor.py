@@ -30,9 +30,9 @@ import torch
 import torchmetrics
 
 from .._validation import to_probabilities
-from ..metric import DistanceCorrelation, IntersectionalJSD, LinearFractionalParity, _DependenceMetric
+from ..metric import DependenceMetric, DistanceCorrelation, IntersectionalJSD, LinearFractionalParity
 from ..statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
-from ._extract import PredictionCapture, Selector, check_selector, select, statistic_takes_labels
+from ._extract import PredictionCapture, Selector, check_selector, select
 
 __all__ = ["FairnessMonitor", "binary_cells"]
 
@@ -158,7 +158,7 @@ class FairnessMonitor(pl.Callback):
                 m.to(pl_module.device)
         for name, metric in self.metrics.items():
             if isinstance(metric, LinearFractionalParity):
-                if statistic_takes_labels(metric.stat):
+                if metric.requires_labels:
                     if labels is None:
                         raise ValueError(f"Metric {name!r} ({type(metric.stat).__name__}) takes the label: set "
                                          f"argument `labels`")
@@ -170,7 +170,7 @@ class FairnessMonitor(pl.Callback):
                     raise ValueError(f"Metric {name!r} needs intersectional cells: set argument `cells` (the 0/1 "
                                      f"`sens` rule does not apply to this batch's sensitive matrix)")
                 metric.update(pred[:, -1], cells)
-            elif isinstance(metric, _DependenceMetric):
+            elif isinstance(metric, DependenceMetric):
                 metric.update(pred, attrs.float())
             else:
                 if labels is None:

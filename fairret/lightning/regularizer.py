@@ -34,14 +34,9 @@ import torch
 from .._distributed import is_distributed
 from .._state import load_module_state
 from .._validation import check_number
-from ._extract import PredictionCapture, Selector, check_selector, peek_train_batch, select, statistic_takes_labels
+from ._extract import PredictionCapture, Selector, check_selector, peek_train_batch, select
 
-__all__ = ["FairnessRegularizer", "compute_penalty", "takes_labels"]
-
-
-def takes_labels(loss: Any) -> bool:
-    """Whether ``loss`` accepts statistic arguments (labels) after ``sens``; dependence losses do not."""
-    return bool(getattr(loss, "takes_statistic_args", True))
+__all__ = ["FairnessRegularizer", "compute_penalty"]
 
 
 def compute_penalty(loss: Callable[..., torch.Tensor], pred: torch.Tensor, sens: Any, labels: Any = None,
@@ -101,16 +96,15 @@ class FairnessRegularizer(pl.Callback):
                             f"{type(loss).__name__}")
         check_selector(sens, "sens", allow_none=False)
         check_selector(labels, "labels")
-        if labels is not None and not takes_labels(loss):
-            raise ValueError(f"Argument `labels` is set, but the loss {type(loss).__name__} takes no labels "
-                             f"(it measures dependence between predictions and attributes); remove `labels`")
-        wants = statistic_takes_labels(getattr(loss, "statistic", None))
-        if wants is True and labels is None:
-            raise ValueError(f"The statistic {type(loss.statistic).__name__} of the loss takes the label: set "
-                             f"argument `labels` to select it from the batch")
-        if wants is False and labels is not None:
-            raise ValueError(f"Argument `labels` is set, but the statistic {type(loss.statistic).__name__} of the "
-                             f"loss takes no arguments; remove `labels`")
+        requires = getattr(loss, "requires_labels", None)  # a plain callable says nothing: not checked
+        statistic = getattr(loss, "statistic", None)
+        what = (f"the statistic {type(statistic).__name__} of the loss" if statistic is not None
+                else f"the loss {type(loss).__name__}")
+        if requires is True and labels is None:
+            raise ValueError(f"{what[0].upper()}{what[1:]} takes the label: set argument `labels` to select it "
+                             f"from the batch")
+        if requires is False and labels is not None:
+            raise ValueError(f"Argument `labels` is set, but {what} takes no labels; remove `labels`")
         if isinstance(sens, (list, tuple)) and getattr(loss, "statistic", None) is not None:
             raise ValueError(f"Argument `sens` selects a list of parts, but the linear-fractional loss "
                              f"{type(loss).__name__} needs one (N, S) sensitive matrix; select a single tensor")

@@ -22,10 +22,11 @@ Example:
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .. import ops
 from .._distributed import all_gather_rows
 from .._validation import to_probabilities
 from ..functional import distance as D
@@ -52,15 +53,14 @@ def _attributes(sens: Sens, categorical: str, like: torch.Tensor, sync_dist: boo
 
 
 class _DependenceLoss(FairnessLoss):
-    takes_statistic_args = False
+    """Dependence losses take no statistic arguments (:attr:`requires_labels` is False): their ``forward`` has the
+    signature of every fairret loss and refuses labels with a clear error."""
 
     def __init__(self, *, unbiased: bool, backend: str, categorical: str = "onehot", validate_args: bool = False,
                  sync_dist: bool = True):
         super().__init__()
         self.sync_dist = sync_dist
-        if backend not in ("auto", "dense", "tiled", "sorted", "cuda"):
-            raise ValueError(f"Expected argument `backend` to be one of ('auto', 'dense', 'tiled', 'sorted', "
-                             f"'cuda'), but got {backend!r}")
+        ops.check_backend(backend)
         if categorical not in ("onehot", "discrete"):
             raise ValueError(f"Expected argument `categorical` to be 'onehot' or 'discrete', but got {categorical!r}")
         self.unbiased = bool(unbiased)
@@ -68,13 +68,23 @@ class _DependenceLoss(FairnessLoss):
         self.categorical = categorical
         self.validate_args = validate_args
 
+    def _inputs(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool, stat_args: tuple, stat_kwargs: dict
+                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Probabilities and attribute matrices, gathered under ``sync_dist``; statistic arguments refused."""
+        if stat_args or stat_kwargs:
+            got = ", ".join([type(a).__name__ for a in stat_args] + [f"{k}=..." for k in stat_kwargs])
+            raise TypeError(f"{type(self).__name__} takes no statistic arguments (labels) after `sens`: it measures "
+                            f"dependence between predictions and attributes, but got ({got}); pass pred_as_logit "
+                            f"by keyword")
+        return _pred(pred, pred_as_logit, self.sync_dist), _attributes(sens, self.categorical, pred, self.sync_dist)
+
 
 class DistanceCovarianceLoss(_DependenceLoss):
     """dCov² between the predictions and all attributes concatenated (V-statistic by default).
 
     Args:
         unbiased: U-statistic instead of V.
-        backend: ``auto``, ``dense``, ``tiled`` or ``sorted`` (see :mod:`fairret.ops`).
+        backend: one of :data:`fairret.ops.BACKENDS`, described in :mod:`fairret.ops` (default ``auto``).
         categorical: encoding of categorical blocks of a SensitiveAttributes (``onehot`` or ``discrete``).
         validate_args: check inputs for NaN/inf (synchronises).
         sync_dist: gather the global batch under ``torch.distributed``.
@@ -85,9 +95,10 @@ class DistanceCovarianceLoss(_DependenceLoss):
     def __init__(self, unbiased: bool = False, backend: str = "auto", **kwargs):
         super().__init__(unbiased=unbiased, backend=backend, **kwargs)
 
-    def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
-        p = _pred(pred, pred_as_logit, self.sync_dist)
-        z = torch.cat(_attributes(sens, self.categorical, pred, self.sync_dist), dim=1)
+    def forward(self, pred: torch.Tensor, sens: Sens, *stat_args: Any, pred_as_logit: bool = True,
+                **stat_kwargs: Any) -> torch.Tensor:
+        p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
+        z = torch.cat(zs, dim=1)
         return self._measure(p, z, unbiased=self.unbiased, backend=self.backend, validate_args=self.validate_args)
 
 
@@ -122,9 +133,9 @@ class JdCovLoss(_DependenceLoss):
         self.scale_invariant = bool(scale_invariant)
         self.attribute_dependence: Optional[torch.Tensor] = None
 
-    def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
-        p = _pred(pred, pred_as_logit, self.sync_dist)
-        zs = _attributes(sens, self.categorical, pred, self.sync_dist)
+    def forward(self, pred: torch.Tensor, sens: Sens, *stat_args: Any, pred_as_logit: bool = True,
+                **stat_kwargs: Any) -> torch.Tensor:
+        p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
         kw = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant, backend=self.backend,
                   validate_args=self.validate_args)
         if len(zs) >= 2:
@@ -149,8 +160,8 @@ class CCdCovLoss(_DependenceLoss):
         super().__init__(unbiased=unbiased, backend=backend, **kwargs)
         self.weights = None if weights is None else [float(w) for w in weights]
 
-    def forward(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool = True) -> torch.Tensor:
-        p = _pred(pred, pred_as_logit, self.sync_dist)
-        zs = _attributes(sens, self.categorical, pred, self.sync_dist)
+    def forward(self, pred: torch.Tensor, sens: Sens, *stat_args: Any, pred_as_logit: bool = True,
+                **stat_kwargs: Any) -> torch.Tensor:
+        p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
         return D.concatenated_distance_covariance_sqr(p, *zs, weights=self.weights, unbiased=self.unbiased,
                                                       backend=self.backend, validate_args=self.validate_args)

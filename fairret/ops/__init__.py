@@ -27,10 +27,12 @@ from .reference import pairwise_distances, product_sum_dense
 from .sorted import product_sum_sorted, sorted_applicable
 from .tiled import DEFAULT_TILE, product_sum_tiled
 
-__all__ = ["BACKENDS", "DENSE_MAX_N", "cuda_status", "resolve_backend", "product_sum", "pairwise_distances",
+__all__ = ["BACKENDS", "DENSE_MAX_N", "cuda_status", "check_backend", "resolve_backend", "product_sum", "pairwise_distances",
            "product_sum_dense", "product_sum_tiled", "product_sum_sorted", "product_sum_cuda", "sorted_applicable",
            "CUDA_MIN_N"]
 
+#: The one list of backend names; each is described in this module's docstring. Every ``backend=`` argument
+#: (functionals, losses, metrics) is checked against it by :func:`check_backend`.
 BACKENDS = ("auto", "dense", "tiled", "sorted", "cuda")
 
 #: Up to this many rows ``auto`` uses the dense backend (its n x n matrices are small and it is fastest there).
@@ -42,10 +44,17 @@ DENSE_MAX_N = 1024
 CUDA_MIN_N = DENSE_MAX_N + 1
 
 
-def resolve_backend(backend: str, xs: Sequence[torch.Tensor], c: float = 0.0) -> str:
-    """The backend that will run: ``auto`` resolved; an explicit one checked (raises with the reason)."""
+def check_backend(backend: str) -> str:
+    """Raise ``ValueError`` unless ``backend`` is one of :data:`BACKENDS`; whether it can run is decided by
+    :func:`resolve_backend` on the data."""
     if backend not in BACKENDS:
         raise ValueError(f"Expected argument `backend` to be one of {BACKENDS}, but got {backend!r}")
+    return backend
+
+
+def resolve_backend(backend: str, xs: Sequence[torch.Tensor], c: float = 0.0) -> str:
+    """The backend that will run: ``auto`` resolved; an explicit one checked (raises with the reason)."""
+    check_backend(backend)
     if backend == "auto":
         if xs[0].shape[0] <= DENSE_MAX_N:
             return "dense"

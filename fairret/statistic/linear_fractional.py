@@ -34,7 +34,7 @@ import torch
 
 from .._validation import prepare_pred, prepare_sens
 from ..functional import linear_fractional as F
-from .base import Statistic
+from .base import Statistic, requires_arguments
 
 __all__ = [
     "LinearFractionalStatistic",
@@ -128,6 +128,18 @@ class LinearFractionalStatistic(Statistic):
         cls.expected_signature = expected
 
     # -- argument handling -------------------------------------------------------------------------------------
+    @property
+    def requires_labels(self) -> bool:
+        """Whether the coefficient methods take a required argument (the label): True for
+        :class:`TruePositiveRate`, False for :class:`PositiveRate`.
+
+        Example:
+            >>> TruePositiveRate().requires_labels, PositiveRate().requires_labels
+            (True, False)
+        """
+        sig = getattr(self, "expected_signature", None)
+        return sig is not None and requires_arguments(sig, 1)
+
     def _check_stat_args(self, *stat_args: Any, **stat_kwargs: Any) -> None:
         sig = getattr(self, "expected_signature", None)
         if sig is None:
@@ -468,6 +480,19 @@ class CustomLinearFractionalStatistic(LinearFractionalStatistic):
                 raise TypeError(f"Expected argument `{name}` to be a callable or a number, but got {type(fn).__name__}")
         self._fns = fns
 
+    @property
+    def requires_labels(self) -> bool:
+        """Whether one of the four functions has a required argument (numbers take none)."""
+        for fn in self._fns:
+            if not callable(fn):
+                continue
+            try:
+                if requires_arguments(inspect.signature(fn), 0):
+                    return True
+            except (TypeError, ValueError):  # no signature to read (some builtins): assume it takes the label
+                return True
+        return False
+
     def _call(self, i: int, *args: Any, **kwargs: Any):
         fn = self._fns[i]
         return fn(*args, **kwargs) if callable(fn) else float(fn)
@@ -509,6 +534,11 @@ class StackedLinearFractionalStatistic(LinearFractionalStatistic):
         if any(not isinstance(s, LinearFractionalStatistic) or getattr(s, "stacked", False) for s in statistics):
             raise ValueError("All statistics should be instances of LinearFractionalStatistic (and not stacked).")
         self.statistics = torch.nn.ModuleList(statistics)
+
+    @property
+    def requires_labels(self) -> bool:
+        """Whether any stacked statistic takes the label (all receive the same arguments)."""
+        return any(s.requires_labels for s in self.statistics)
 
     def _check_stat_args(self, *stat_args: Any, **stat_kwargs: Any) -> None:
         for s in self.statistics:
