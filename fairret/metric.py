@@ -17,7 +17,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -27,10 +27,13 @@ except ImportError as err:  # pragma: no cover - torchmetrics is a core dependen
     raise ImportError("The 'torchmetrics' package must be installed to use fairret.metric: "
                       "`pip install torchmetrics`.") from err
 
+from torchmetrics.utilities import dim_zero_cat
+
 from . import ops
+from ._validation import check_same_rows, check_tensor, prepare_pred
+from .functional import distance as D
 from .functional import linear_fractional as F
 from .statistic import LinearFractionalStatistic
-from ._validation import check_tensor, prepare_pred
 
 __all__ = ["gap_abs_max", "gap_relative_abs_max", "LinearFractionalParity", "DependenceMetric", "DistanceCorrelation",
            "CCdCov", "JdCov", "IntersectionalJSD"]
@@ -168,36 +171,65 @@ class LinearFractionalParity(torchmetrics.Metric):
 
 
 class DependenceMetric(torchmetrics.Metric):
-    """Keeps every prediction and attribute row of the epoch (``dist_reduce_fx="cat"``, so DDP gathers them)."""
+    """Base of the metrics of dependence between predictions and protected attributes, updated with
+    ``(pred, sens)``; the Lightning monitor feeds every metric of this type its ``attributes``.
+
+    ``sens`` has the structure the dependence losses take (:mod:`fairret.loss.distance`): a tensor ``(N,)`` or
+    ``(N, k)`` is one attribute, a list of tensors one attribute per entry, a
+    :class:`~fairret.sensitive.SensitiveAttributes` one attribute per block (categorical blocks encoded as
+    ``categorical`` says). The structure is fixed by the first update. Every row of the epoch is kept in float64
+    (``dist_reduce_fx="cat"``, so DDP gathers them) and the measure is computed once, in :meth:`compute`.
+
+    Args:
+        backend: one of :data:`fairret.ops.BACKENDS`, described in :mod:`fairret.ops` (default ``auto``).
+        categorical: ``onehot`` or ``discrete``, as in the dependence losses.
+        **torchmetrics_kwargs: passed to :class:`torchmetrics.Metric`.
+    """
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, backend: str = "auto", **torchmetrics_kwargs: Any):
+    def __init__(self, backend: str = "auto", *, categorical: str = "onehot", **torchmetrics_kwargs: Any):
         super().__init__(**torchmetrics_kwargs)
         self.backend = ops.check_backend(backend)
+        D.check_categorical(categorical)
+        self.categorical = categorical
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("attrs", default=[], dist_reduce_fx="cat")
+        self._widths: Optional[List[int]] = None  # columns of each attribute, from the first update
+        self._plain = True  # whether the updates gave one plain tensor (no attribute structure)
 
-    def update(self, pred: torch.Tensor, sens: torch.Tensor) -> None:
-        """Add a batch: ``pred`` ``(N,)``/``(N, p)`` and attributes ``sens`` ``(N,)``/``(N, k)``."""
-        pred = pred.detach().reshape(pred.shape[0], -1)
-        sens = sens.detach().reshape(sens.shape[0], -1)
-        if sens.shape[0] != pred.shape[0]:
-            raise ValueError(f"Expected argument `sens` to have N={pred.shape[0]} rows like `pred`, but got "
-                             f"{sens.shape[0]}")
-        self.preds.append(pred.to(torch.float64))
-        self.attrs.append(sens.to(torch.float64))
+    def update(self, pred: torch.Tensor, sens: D.Attributes) -> None:
+        """Add a batch: predictions ``(N,)``/``(N, p)`` (probabilities or regression outputs) and attributes."""
+        check_tensor(pred, "pred")
+        pred = pred.detach().reshape(pred.shape[0], -1).to(torch.float64)
+        mats = D.attribute_matrices(D.attribute_list(sens), None, self.categorical, like=pred)
+        for m in mats:
+            check_same_rows(m, "sens", pred, "pred")
+        widths = [m.shape[1] for m in mats]
+        if self._widths is None:
+            self._widths, self._plain = widths, isinstance(sens, torch.Tensor)
+        elif widths != self._widths:
+            raise ValueError(f"Expected argument `sens` to hold attributes of {self._widths} columns as in the first "
+                             f"update, but got {widths}")
+        self.preds.append(pred)
+        self.attrs.append(torch.cat(mats, dim=1).detach())
 
-    def _data(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        from torchmetrics.utilities import dim_zero_cat
+    def reset(self) -> None:
+        """Forget the data and the attribute structure."""
+        super().reset()
+        self._widths, self._plain = None, True
 
-        return dim_zero_cat(self.preds), dim_zero_cat(self.attrs)
+    def _data(self) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """All predictions ``(N, p)`` and the attribute matrices, one per attribute."""
+        p, z = dim_zero_cat(self.preds), dim_zero_cat(self.attrs)
+        return p, list(z.split(self._widths or [z.shape[1]], dim=1))
 
 
 class DistanceCorrelation(DependenceMetric):
-    """dCor² between all predictions and attributes seen (bias-corrected when ``unbiased``).
+    """dCor² between all predictions and all attributes seen, concatenated (bias-corrected when ``unbiased``); the
+    value of :class:`~fairret.loss.DistanceCorrelationLoss` on the whole epoch.
 
     Example:
         >>> m = DistanceCorrelation()
@@ -207,53 +239,75 @@ class DistanceCorrelation(DependenceMetric):
         0.30661
     """
 
-    def __init__(self, unbiased: bool = False, backend: str = "auto", **torchmetrics_kwargs: Any):
-        super().__init__(backend, **torchmetrics_kwargs)
+    def __init__(self, unbiased: bool = False, backend: str = "auto", **kwargs: Any):
+        super().__init__(backend, **kwargs)
         self.unbiased = unbiased
 
     def compute(self) -> torch.Tensor:
-        from .functional.distance import distance_correlation_sqr
-
-        p, z = self._data()
-        return distance_correlation_sqr(p, z, unbiased=self.unbiased, backend=self.backend)
+        p, zs = self._data()
+        return D.distance_correlation_sqr(p, torch.cat(zs, dim=1), unbiased=self.unbiased, backend=self.backend)
 
 
 class CCdCov(DependenceMetric):
-    """CCdCov² (U-statistic by default) between all predictions and the concatenated attribute columns seen.
+    """CCdCov² (U-statistic by default) between all predictions and the weighted concatenation of the attributes
+    seen: the value of :class:`~fairret.loss.CCdCovLoss` with the same arguments on the whole epoch.
 
-    Weights, if any, apply per column of ``sens`` (pass an already weighted matrix otherwise).
+    Args:
+        weights: one non-negative weight per attribute (per list entry, per block of a SensitiveAttributes; a
+            single tensor is one attribute); default 1.
+        unbiased: U-statistic (default) or V-statistic.
+        backend, categorical, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
+
+    Example:
+        >>> from fairret.loss import CCdCovLoss
+        >>> torch.manual_seed(0) and None
+        >>> prob, sex, age = torch.rand(40, 1), torch.randint(0, 2, (40, 1)).float(), torch.rand(40, 1)
+        >>> m = CCdCov(weights=[1.0, 3.0])
+        >>> m.update(prob[:25], [sex[:25], age[:25]]); m.update(prob[25:], [sex[25:], age[25:]])
+        >>> loss = CCdCovLoss(weights=[1.0, 3.0])(prob.double(), [sex.double(), age.double()], pred_as_logit=False)
+        >>> torch.isclose(m.compute(), loss).item()
+        True
     """
 
     def __init__(self, weights: Optional[Sequence[float]] = None, unbiased: bool = True, backend: str = "auto",
-                 **torchmetrics_kwargs: Any):
-        super().__init__(backend, **torchmetrics_kwargs)
-        self.weights = weights
+                 **kwargs: Any):
+        super().__init__(backend, **kwargs)
+        self.weights = None if weights is None else [float(w) for w in weights]
         self.unbiased = unbiased
 
-    def compute(self) -> torch.Tensor:
-        from .functional.distance import concatenated_distance_covariance_sqr
+    def update(self, pred: torch.Tensor, sens: D.Attributes) -> None:
+        """Add a batch (see :class:`DependenceMetric`); the number of attributes must match ``weights``."""
+        super().update(pred, sens)
+        if self.weights is not None and len(self.weights) != len(self._widths):
+            raise ValueError(f"Expected argument `sens` to hold one attribute per weight ({len(self.weights)}), but "
+                             f"got {len(self._widths)}")
 
-        p, z = self._data()
-        cols = [z[:, k:k + 1] for k in range(z.shape[1])]
-        return concatenated_distance_covariance_sqr(p, *cols, weights=self.weights, unbiased=self.unbiased,
-                                                    backend=self.backend)
+    def compute(self) -> torch.Tensor:
+        p, zs = self._data()
+        return D.concatenated_distance_covariance_sqr(p, *zs, weights=self.weights, unbiased=self.unbiased,
+                                                      backend=self.backend)
 
 
 class JdCov(DependenceMetric):
-    """JdCov² of the predictions and the attribute variables (``blocks``: column slices; default one per column)."""
+    """JdCov² of the predictions and the attribute variables over everything seen.
+
+    The variables are the attributes as :class:`~fairret.loss.JdCovLoss` takes them (one per list entry or block
+    of a SensitiveAttributes), except for a single plain tensor: then each column is a variable, or ``blocks``
+    (column slices) group them.
+    """
 
     def __init__(self, c: float = 1.0, unbiased: bool = True, scale_invariant: bool = False,
-                 blocks: Optional[Sequence[slice]] = None, backend: str = "auto", **torchmetrics_kwargs: Any):
-        super().__init__(backend, **torchmetrics_kwargs)
+                 blocks: Optional[Sequence[slice]] = None, backend: str = "auto", **kwargs: Any):
+        super().__init__(backend, **kwargs)
         self.c, self.unbiased, self.scale_invariant, self.blocks = c, unbiased, scale_invariant, blocks
 
     def compute(self) -> torch.Tensor:
-        from .functional.distance import joint_distance_covariance_sqr
-
-        p, z = self._data()
-        blocks = self.blocks or [slice(k, k + 1) for k in range(z.shape[1])]
-        return joint_distance_covariance_sqr(p, *[z[:, b] for b in blocks], c=self.c, unbiased=self.unbiased,
-                                             scale_invariant=self.scale_invariant, backend=self.backend)
+        p, zs = self._data()
+        if self.blocks is not None or self._plain:
+            z = torch.cat(zs, dim=1)
+            zs = [z[:, b] for b in (self.blocks or [slice(k, k + 1) for k in range(z.shape[1])])]
+        return D.joint_distance_covariance_sqr(p, *zs, c=self.c, unbiased=self.unbiased,
+                                               scale_invariant=self.scale_invariant, backend=self.backend)
 
 
 class IntersectionalJSD(torchmetrics.Metric):
@@ -278,8 +332,6 @@ class IntersectionalJSD(torchmetrics.Metric):
         self.cells.append(torch.as_tensor(cells).reshape(-1).long())
 
     def compute(self) -> torch.Tensor:
-        from torchmetrics.utilities import dim_zero_cat
-
         from .functional.calibration import intersectional_jsd
 
         return intersectional_jsd(dim_zero_cat(self.preds), dim_zero_cat(self.cells), bandwidth=self.bandwidth,

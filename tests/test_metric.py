@@ -51,3 +51,75 @@ def test_requires_labels_and_backend_check():
     for cls in (DistanceCorrelation, CCdCov, JdCov):
         with pytest.raises(ValueError, match=r"Expected argument `backend` to be one of \('auto', 'dense', 'tiled'"):
             cls(backend="fast")
+
+
+def _attribute_data():
+    from fairret.sensitive import SensitiveEncoder
+
+    g = torch.Generator().manual_seed(4)
+    n = 60
+    race = torch.randint(0, 3, (n,), generator=g)
+    sex = torch.randint(0, 2, (n,), generator=g)
+    age = torch.rand(n, generator=g, dtype=torch.float64)
+    logits = (race.double() - sex.double() + age + 0.3 * torch.randn(n, generator=g, dtype=torch.float64))[:, None]
+    enc = SensitiveEncoder({"race": "categorical", "sex": "binary", "age": "continuous"})
+    sa = enc.fit_transform({"race": race.tolist(), "sex": sex.tolist(), "age": age.tolist()}, dtype=torch.float64)
+    return logits, sa
+
+
+@pytest.mark.parametrize("structure", ["list", "SensitiveAttributes", "discrete", "single tensor"])
+def test_dependence_metrics_equal_their_losses(structure):
+    # equal arguments, equal values: the epoch metric streamed in uneven batches against the loss on the whole batch
+    from fairret.loss import CCdCovLoss, DistanceCorrelationLoss, JdCovLoss
+    from fairret.metric import CCdCov, DistanceCorrelation, JdCov
+
+    logits, sa = _attribute_data()
+    kw = {"categorical": "discrete"} if structure == "discrete" else {}
+    if structure == "list":
+        sens, weights = [sa.columns_of(name) for name in ("race", "sex", "age")], [1.0, 2.0, 0.5]
+    elif structure == "single tensor":
+        sens, weights = sa.matrix, [3.0]
+    else:
+        sens, weights = sa, [1.0, 2.0, 0.5]
+
+    def rows(a, sl):
+        if isinstance(a, list):
+            return [t[sl] for t in a]
+        if isinstance(a, torch.Tensor):
+            return a[sl]
+        return type(a)(a.matrix[sl], a.blocks, a.column_names, {k: v[sl] for k, v in a.group_ids.items()},
+                       a.dropped_cells)
+
+    pairs = [(CCdCov(weights=weights, **kw), CCdCovLoss(weights=weights, **kw)),
+             (CCdCov(weights=weights, unbiased=False, **kw), CCdCovLoss(weights=weights, unbiased=False, **kw)),
+             (DistanceCorrelation(**kw), DistanceCorrelationLoss(**kw))]
+    if structure != "single tensor":  # JdCov of one plain tensor splits its columns (see the metric)
+        pairs.append((JdCov(**kw), JdCovLoss(**kw)))
+    for metric, loss in pairs:
+        for sl in (slice(0, 7), slice(7, 40), slice(40, 60)):
+            metric.update(torch.sigmoid(logits[sl]), rows(sens, sl))
+        want = loss(logits, sens)
+        assert metric.compute().item() == pytest.approx(want.item(), rel=1e-9, abs=1e-12), type(metric).__name__
+
+
+def test_ccdcov_weights_are_per_attribute_not_per_column():
+    from fairret.functional import distance_covariance_sqr
+    from fairret.metric import CCdCov
+
+    logits, sa = _attribute_data()
+    p = torch.sigmoid(logits)
+    m = CCdCov(weights=[2.0, 1.0, 1.0])
+    m.update(p, sa)  # race has three one-hot columns, all weighted 2
+    want = distance_covariance_sqr(p, torch.cat([2 * sa.columns_of("race"), sa.columns_of("sex"),
+                                                 sa.columns_of("age")], 1), unbiased=True)
+    assert m.compute().item() == pytest.approx(want.item(), rel=1e-12)
+    with pytest.raises(ValueError, match=r"Expected argument `sens` to hold one attribute per weight \(3\), but got 1"):
+        CCdCov(weights=[1.0, 2.0, 3.0]).update(p, sa.matrix)
+    m = CCdCov()
+    m.update(p[:10], [sa.matrix[:10, :3], sa.matrix[:10, 3:]])
+    with pytest.raises(ValueError, match=r"attributes of \[3, 2\] columns as in the first update, but got \[5\]"):
+        m.update(p[10:], sa.matrix[10:])
+    m.reset()
+    m.update(p, sa.matrix)  # a reset forgets the structure
+    with pytest.raises(TypeError, match=r"Expected argument `sens` to be a tensor, a SensitiveAttributes or a list"):
+        m.update(p, {"race": sa.matrix})

@@ -41,8 +41,15 @@ __all__ = [
     "distance_correlation_sqr",
     "joint_distance_covariance_sqr",
     "concatenated_distance_covariance_sqr",
+    "attribute_list",
     "attribute_matrices",
 ]
+
+#: Protected attributes as the dependence losses and metrics take them: a tensor (one attribute), a
+#: :class:`~fairret.sensitive.SensitiveAttributes` (one attribute per block), or a list of those.
+Attributes = Union[torch.Tensor, SensitiveAttributes, Sequence[Union[torch.Tensor, SensitiveAttributes]]]
+
+_CATEGORICAL = ("onehot", "discrete")
 
 
 def _as_2d(x: torch.Tensor, name: str, validate_args: bool) -> torch.Tensor:
@@ -157,6 +164,23 @@ def joint_distance_covariance_sqr(*xs: torch.Tensor, c: float = 1.0, unbiased: b
     return t / (n * n) - cd
 
 
+def attribute_list(sens: Attributes) -> list:
+    """``sens`` as a list of items for :func:`attribute_matrices`: a tensor or a SensitiveAttributes is one item, a
+    list or tuple holds one per entry."""
+    if isinstance(sens, (torch.Tensor, SensitiveAttributes)):
+        return [sens]
+    if isinstance(sens, (list, tuple)):
+        return list(sens)
+    raise TypeError(f"Expected argument `sens` to be a tensor, a SensitiveAttributes or a list of them, but got "
+                    f"{type(sens).__name__}")
+
+
+def check_categorical(categorical: str) -> None:
+    """Raise ``ValueError`` unless ``categorical`` is ``onehot`` or ``discrete``."""
+    if categorical not in _CATEGORICAL:
+        raise ValueError(f"Expected argument `categorical` to be 'onehot' or 'discrete', but got {categorical!r}")
+
+
 def attribute_matrices(attributes: Sequence[Union[torch.Tensor, SensitiveAttributes]],
                        weights: Optional[Sequence[float]] = None, categorical: str = "onehot",
                        like: Optional[torch.Tensor] = None) -> list:
@@ -168,8 +192,7 @@ def attribute_matrices(attributes: Sequence[Union[torch.Tensor, SensitiveAttribu
     :math:`\\sqrt 2`; binary and continuous columns are unchanged. The weights of a
     :class:`~fairret.sensitive.SensitiveAttributes` are already in its matrix.
     """
-    if categorical not in ("onehot", "discrete"):
-        raise ValueError(f"Expected argument `categorical` to be 'onehot' or 'discrete', but got {categorical!r}")
+    check_categorical(categorical)
     mats = []
     for a in attributes:
         if isinstance(a, SensitiveAttributes):

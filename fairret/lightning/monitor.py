@@ -53,14 +53,16 @@ class FairnessMonitor(pl.Callback):
 
     Args:
         metrics: name → torchmetrics metric. :class:`~fairret.metric.LinearFractionalParity` gets
-            ``(prob, sens, labels)``, the dependence metrics (dCor², CCdCov², JdCov²) get ``(prob, attributes)``,
+            ``(prob, sens[, labels])`` (labels when its statistic ``requires_labels``), every
+            :class:`~fairret.metric.DependenceMetric` (dCor², CCdCov², JdCov²) gets ``(prob, attributes)``,
             :class:`~fairret.metric.IntersectionalJSD` gets ``(prob, cells)``, any other metric
             ``(prob, labels)`` (e.g. ``torchmetrics.classification.BinaryAccuracy``). Default: see the module
             docstring.
         sens: selector of the ``(N, S)`` sensitive matrix in the batch.
         labels: selector of the labels (needed by label-conditioned statistics and plain metrics).
-        attributes: selector of the attributes for the dependence metrics (default ``sens``; a list is
-            concatenated column-wise).
+        attributes: selector of the attributes for the dependence metrics (default ``sens``); a list selects one
+            attribute per entry, as ``sens`` does for the dependence losses in
+            :class:`~fairret.lightning.FairnessRegularizer` (CCdCov weights per entry, JdCov one variable each).
         cells: selector of ``(N,)`` intersectional cell ids for the JSD (default: derived from a 0/1 ``sens``).
         prediction_module, prediction_output, pred_as_logit: as in
             :class:`~fairret.lightning.FairnessRegularizer`.
@@ -149,8 +151,6 @@ class FairnessMonitor(pl.Callback):
         sens = select(batch, self.sens, "sens")
         labels = select(batch, self.labels, "labels")
         attrs = select(batch, self.attributes, "attributes") if self.attributes is not None else sens
-        if isinstance(attrs, (list, tuple)):
-            attrs = torch.cat([a.reshape(a.shape[0], -1) for a in attrs], dim=1)
         cells = select(batch, self.cells, "cells") if self.cells is not None else binary_cells(sens)
         if self.metrics is None:
             self.metrics = self._default_metrics(sens, labels is not None, cells is not None)
@@ -171,7 +171,7 @@ class FairnessMonitor(pl.Callback):
                                      f"`sens` rule does not apply to this batch's sensitive matrix)")
                 metric.update(pred[:, -1], cells)
             elif isinstance(metric, DependenceMetric):
-                metric.update(pred, attrs.float())
+                metric.update(pred, attrs)
             else:
                 if labels is None:
                     raise ValueError(f"Metric {name!r} ({type(metric).__name__}) is updated with (prob, labels): set "

@@ -22,7 +22,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -30,12 +30,9 @@ from .. import ops
 from .._distributed import all_gather_rows
 from .._validation import to_probabilities
 from ..functional import distance as D
-from ..sensitive import SensitiveAttributes
 from .base import FairnessLoss
 
 __all__ = ["DistanceCovarianceLoss", "DistanceCorrelationLoss", "JdCovLoss", "CCdCovLoss"]
-
-Sens = Union[torch.Tensor, Sequence[torch.Tensor], SensitiveAttributes]
 
 
 def _pred(pred: torch.Tensor, pred_as_logit: bool, sync_dist: bool) -> torch.Tensor:
@@ -46,9 +43,8 @@ def _pred(pred: torch.Tensor, pred_as_logit: bool, sync_dist: bool) -> torch.Ten
     return all_gather_rows(pred) if sync_dist else pred
 
 
-def _attributes(sens: Sens, categorical: str, like: torch.Tensor, sync_dist: bool) -> List[torch.Tensor]:
-    items = [sens] if isinstance(sens, (torch.Tensor, SensitiveAttributes)) else list(sens)
-    mats = [m.detach() for m in D.attribute_matrices(items, None, categorical, like=like)]
+def _attributes(sens: D.Attributes, categorical: str, like: torch.Tensor, sync_dist: bool) -> List[torch.Tensor]:
+    mats = [m.detach() for m in D.attribute_matrices(D.attribute_list(sens), None, categorical, like=like)]
     return [all_gather_rows(m) for m in mats] if sync_dist else mats
 
 
@@ -61,14 +57,13 @@ class _DependenceLoss(FairnessLoss):
         super().__init__()
         self.sync_dist = sync_dist
         ops.check_backend(backend)
-        if categorical not in ("onehot", "discrete"):
-            raise ValueError(f"Expected argument `categorical` to be 'onehot' or 'discrete', but got {categorical!r}")
+        D.check_categorical(categorical)
         self.unbiased = bool(unbiased)
         self.backend = backend
         self.categorical = categorical
         self.validate_args = validate_args
 
-    def _inputs(self, pred: torch.Tensor, sens: Sens, pred_as_logit: bool, stat_args: tuple, stat_kwargs: dict
+    def _inputs(self, pred: torch.Tensor, sens: D.Attributes, pred_as_logit: bool, stat_args: tuple, stat_kwargs: dict
                 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Probabilities and attribute matrices, gathered under ``sync_dist``; statistic arguments refused."""
         if stat_args or stat_kwargs:
@@ -95,7 +90,7 @@ class DistanceCovarianceLoss(_DependenceLoss):
     def __init__(self, unbiased: bool = False, backend: str = "auto", **kwargs):
         super().__init__(unbiased=unbiased, backend=backend, **kwargs)
 
-    def forward(self, pred: torch.Tensor, sens: Sens, *stat_args: Any, pred_as_logit: bool = True,
+    def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
                 **stat_kwargs: Any) -> torch.Tensor:
         p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
         z = torch.cat(zs, dim=1)
@@ -133,7 +128,7 @@ class JdCovLoss(_DependenceLoss):
         self.scale_invariant = bool(scale_invariant)
         self.attribute_dependence: Optional[torch.Tensor] = None
 
-    def forward(self, pred: torch.Tensor, sens: Sens, *stat_args: Any, pred_as_logit: bool = True,
+    def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
                 **stat_kwargs: Any) -> torch.Tensor:
         p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
         kw = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant, backend=self.backend,
@@ -160,7 +155,7 @@ class CCdCovLoss(_DependenceLoss):
         super().__init__(unbiased=unbiased, backend=backend, **kwargs)
         self.weights = None if weights is None else [float(w) for w in weights]
 
-    def forward(self, pred: torch.Tensor, sens: Sens, *stat_args: Any, pred_as_logit: bool = True,
+    def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
                 **stat_kwargs: Any) -> torch.Tensor:
         p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
         return D.concatenated_distance_covariance_sqr(p, *zs, weights=self.weights, unbiased=self.unbiased,
