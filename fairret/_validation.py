@@ -2,8 +2,19 @@
 
 Messages follow one pattern: they name the argument, say what was expected and what was received, e.g.
 "Expected argument `sens` to have N=128 rows like `pred`, but got 127". ``ValueError`` is raised for bad
-values, ``TypeError`` for bad types. Checks that need the tensor's values (NaN, ranges) synchronise with the
-device; they run only when the caller asked for validation.
+values, ``TypeError`` for bad types.
+
+Two kinds of checks:
+
+* checks of metadata (types, dtypes, number of dimensions, row counts, argument values given at construction)
+  always run: they read no tensor data and cost nothing on the device;
+* checks of values (finite inputs; probabilities in [0, 1] for the projection losses with
+  ``pred_as_logit=False``) read a reduction of the data back to the host: a device synchronisation per check and
+  a graph break under ``torch.compile`` (``fullgraph=True`` then fails). They run only with
+  ``validate_args=True``, an argument with **one default, False**, in every functional, loss and metric that
+  has it (:mod:`fairret.functional.distance`, every loss in :mod:`fairret.loss`,
+  :class:`~fairret.metric.LinearFractionalParity` and the dependence metrics). Turn it on while debugging or in
+  evaluation code; leave it off in training loops. The distance metrics check once per epoch, in ``compute``.
 """
 from __future__ import annotations
 

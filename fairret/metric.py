@@ -30,7 +30,7 @@ except ImportError as err:  # pragma: no cover - torchmetrics is a core dependen
 from torchmetrics.utilities import dim_zero_cat
 
 from . import ops
-from ._validation import check_same_rows, check_tensor, prepare_pred
+from ._validation import check_finite, check_same_rows, check_tensor, prepare_pred
 from .functional import distance as D
 from .functional import linear_fractional as F
 from .statistic import LinearFractionalStatistic
@@ -57,6 +57,8 @@ class LinearFractionalParity(torchmetrics.Metric):
         stat_shape: shape of the statistic excluding the batch: ``S`` (or ``(S,)``) for a plain statistic on
             binary predictions, ``(K, S)`` for a stack, ``(C, S)`` multiclass, ``(K, C, S)`` both.
         gap_fn: ``gap_fn(per_group, overall)``; default :func:`gap_relative_abs_max`.
+        validate_args: also check at each update that ``pred`` and ``sens`` are finite (off by default: the check
+            synchronises with the device; see :mod:`fairret._validation`).
         **torchmetrics_kwargs: passed to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
 
     Groups that never appear (zero denominator) are left out of the gap (their value is NaN in
@@ -68,8 +70,8 @@ class LinearFractionalParity(torchmetrics.Metric):
     full_state_update = False
 
     def __init__(self, statistic: LinearFractionalStatistic, stat_shape: Union[int, Tuple[int, ...]],
-                 gap_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = gap_relative_abs_max,
-                 **torchmetrics_kwargs: Any):
+                 gap_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = gap_relative_abs_max, *,
+                 validate_args: bool = False, **torchmetrics_kwargs: Any):
         super().__init__(**torchmetrics_kwargs)
         if not isinstance(statistic, LinearFractionalStatistic):
             raise TypeError(f"Expected argument `statistic` to be a LinearFractionalStatistic, but got "
@@ -79,6 +81,7 @@ class LinearFractionalParity(torchmetrics.Metric):
             raise ValueError(f"Expected argument `stat_shape` to be a positive int or tuple of them, got {stat_shape!r}")
         self.stat = statistic
         self.stat_shape = shape
+        self.validate_args = validate_args
         self.gap_fn = gap_fn
         self.add_state("num", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("denom", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
@@ -95,7 +98,11 @@ class LinearFractionalParity(torchmetrics.Metric):
     def update(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, **stat_kwargs: Any) -> None:
         """Add a batch: ``pred`` probabilities ``(N, 1)`` or ``(N, C)``, ``sens`` ``(N, S)``, statistic args."""
         check_tensor(sens, "sens")  # None would mean one group holding everyone: a gap of 0
-        sums = self.stat.sums(prepare_pred(pred).detach(), sens, *stat_args, **stat_kwargs)
+        pred = prepare_pred(pred).detach()
+        if self.validate_args:
+            check_finite(pred, "pred")
+            check_finite(sens, "sens")
+        sums = self.stat.sums(pred, sens, *stat_args, **stat_kwargs)
         if sums.num.shape[-1] != self.stat_shape[-1]:
             raise ValueError(f"Expected argument `sens` to have S={self.stat_shape[-1]} columns as in `stat_shape`, "
                              f"but got {sums.num.shape[-1]}")
@@ -183,6 +190,8 @@ class DependenceMetric(torchmetrics.Metric):
     Args:
         backend: one of :data:`fairret.ops.BACKENDS`, described in :mod:`fairret.ops` (default ``auto``).
         categorical: ``onehot`` or ``discrete``, as in the dependence losses.
+        validate_args: also check in :meth:`compute` that every value seen is finite (off by default; see
+            :mod:`fairret._validation`).
         **torchmetrics_kwargs: passed to :class:`torchmetrics.Metric`.
     """
 
@@ -190,11 +199,13 @@ class DependenceMetric(torchmetrics.Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, backend: str = "auto", *, categorical: str = "onehot", **torchmetrics_kwargs: Any):
+    def __init__(self, backend: str = "auto", *, categorical: str = "onehot", validate_args: bool = False,
+                 **torchmetrics_kwargs: Any):
         super().__init__(**torchmetrics_kwargs)
         self.backend = ops.check_backend(backend)
         D.check_categorical(categorical)
         self.categorical = categorical
+        self.validate_args = validate_args
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("attrs", default=[], dist_reduce_fx="cat")
         self._widths: Optional[List[int]] = None  # columns of each attribute, from the first update
@@ -231,6 +242,10 @@ class DistanceCorrelation(DependenceMetric):
     """dCor² between all predictions and all attributes seen, concatenated (bias-corrected when ``unbiased``); the
     value of :class:`~fairret.loss.DistanceCorrelationLoss` on the whole epoch.
 
+    Args:
+        unbiased: bias-corrected dCor² (U-statistics) instead of the V version.
+        backend, categorical, validate_args, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
+
     Example:
         >>> m = DistanceCorrelation()
         >>> x = torch.arange(1., 7.)
@@ -245,7 +260,8 @@ class DistanceCorrelation(DependenceMetric):
 
     def compute(self) -> torch.Tensor:
         p, zs = self._data()
-        return D.distance_correlation_sqr(p, torch.cat(zs, dim=1), unbiased=self.unbiased, backend=self.backend)
+        return D.distance_correlation_sqr(p, torch.cat(zs, dim=1), unbiased=self.unbiased, backend=self.backend,
+                                          validate_args=self.validate_args)
 
 
 class CCdCov(DependenceMetric):
@@ -256,7 +272,7 @@ class CCdCov(DependenceMetric):
         weights: one non-negative weight per attribute (per list entry, per block of a SensitiveAttributes; a
             single tensor is one attribute); default 1.
         unbiased: U-statistic (default) or V-statistic.
-        backend, categorical, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
+        backend, categorical, validate_args, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
 
     Example:
         >>> from fairret.loss import CCdCovLoss
@@ -285,7 +301,7 @@ class CCdCov(DependenceMetric):
     def compute(self) -> torch.Tensor:
         p, zs = self._data()
         return D.concatenated_distance_covariance_sqr(p, *zs, weights=self.weights, unbiased=self.unbiased,
-                                                      backend=self.backend)
+                                                      backend=self.backend, validate_args=self.validate_args)
 
 
 class JdCov(DependenceMetric):
@@ -294,6 +310,11 @@ class JdCov(DependenceMetric):
     The variables are the attributes as :class:`~fairret.loss.JdCovLoss` takes them (one per list entry or block
     of a SensitiveAttributes), except for a single plain tensor: then each column is a variable, or ``blocks``
     (column slices) group them.
+
+    Args:
+        c, unbiased, scale_invariant: as in :class:`~fairret.loss.JdCovLoss`.
+        blocks: column slices of the concatenated attributes, one per variable (default: as described above).
+        backend, categorical, validate_args, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
     """
 
     def __init__(self, c: float = 1.0, unbiased: bool = True, scale_invariant: bool = False,
@@ -307,7 +328,8 @@ class JdCov(DependenceMetric):
             z = torch.cat(zs, dim=1)
             zs = [z[:, b] for b in (self.blocks or [slice(k, k + 1) for k in range(z.shape[1])])]
         return D.joint_distance_covariance_sqr(p, *zs, c=self.c, unbiased=self.unbiased,
-                                               scale_invariant=self.scale_invariant, backend=self.backend)
+                                               scale_invariant=self.scale_invariant, backend=self.backend,
+                                               validate_args=self.validate_args)
 
 
 class IntersectionalJSD(torchmetrics.Metric):

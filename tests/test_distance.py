@@ -216,7 +216,7 @@ def test_errors():
     with pytest.raises(ValueError, match=r"Expected at least 4 rows for the unbiased"):
         distance_covariance_sqr(x[:3], x[:3], unbiased=True)
     with pytest.raises(ValueError, match=r"Expected argument `x` to be finite"):
-        distance_covariance_sqr(torch.tensor([1.0, float("nan"), 2.0, 3.0]), x[:4])
+        distance_covariance_sqr(torch.tensor([1.0, float("nan"), 2.0, 3.0]), x[:4], validate_args=True)
     with pytest.raises(TypeError, match=r"Expected argument `x` to be a floating-point tensor"):
         distance_covariance_sqr(torch.arange(10), x)
     with pytest.raises(TypeError, match=r"Expected all inputs to share one dtype"):

@@ -177,3 +177,52 @@ def test_one_call_contract_for_every_loss():
     for cls in (L.DistanceCorrelationLoss, L.CCdCovLoss):
         with pytest.raises(ValueError, match=r"Expected argument `backend` to be one of \('auto', 'dense', 'tiled'"):
             cls(backend="fast")
+
+
+def test_validate_args_has_one_default_everywhere():
+    # one documented default (off: value checks synchronise with the device) for functionals, losses and metrics
+    import inspect
+
+    import fairret.functional as FN
+    import fairret.loss as L
+    import fairret.metric as M
+
+    found = []
+    for module in (FN, L, M):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            target = obj.__init__ if inspect.isclass(obj) else obj
+            if not callable(target):
+                continue
+            param = inspect.signature(target).parameters.get("validate_args")
+            if param is None and inspect.isclass(obj):  # losses pass it on through **kwargs
+                for base in obj.__mro__[1:]:
+                    param = inspect.signature(base.__init__).parameters.get("validate_args")
+                    if param is not None:
+                        break
+            if param is not None:
+                found.append(name)
+                assert param.default is False, name
+    assert {"distance_covariance_sqr", "concatenated_distance_covariance_sqr", "NormLoss", "KLProjectionLoss",
+            "CCdCovLoss", "JdCovLoss", "LinearFractionalParity", "CCdCov", "DistanceCorrelation"} <= set(found)
+
+
+def test_validate_args_catches_non_finite_values():
+    from fairret.functional import distance_correlation_sqr
+    from fairret.loss import CCdCovLoss
+    from fairret.metric import CCdCov, LinearFractionalParity
+
+    x = torch.tensor([[0.1], [float("nan")], [0.3], [0.7], [0.9]])
+    z = torch.tensor([[0.0], [1.0], [0.0], [1.0], [1.0]])
+    s = torch.cat([z, 1 - z], 1)
+    for check in (lambda v: NormLoss(PositiveRate(), validate_args=v)(x, s),
+                  lambda v: CCdCovLoss(validate_args=v)(x, z),
+                  lambda v: distance_correlation_sqr(x, z, validate_args=v),
+                  lambda v: LinearFractionalParity(PositiveRate(), 2, validate_args=v).update(x, s)):
+        check(False)  # off: no check, no error (what the value is then is the non-finite policy's business)
+        with pytest.raises(ValueError, match=r"Expected argument `(pred|x)` to be finite"):
+            check(True)
+    m = CCdCov(validate_args=True)
+    m.update(x, z)  # the dependence metrics check once, at compute
+    with pytest.raises(ValueError, match=r"Expected argument `pred` to be finite"):
+        m.compute()

@@ -83,7 +83,7 @@ def _normalise(t: torch.Tensor, n: int, unbiased: bool) -> torch.Tensor:
 
 
 def distance_covariance_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = False, backend: str = "auto",
-                            validate_args: bool = True) -> torch.Tensor:
+                            validate_args: bool = False) -> torch.Tensor:
     r"""Squared distance covariance: V-statistic, or the unbiased U-statistic :math:`\Omega_n`.
 
     Args:
@@ -91,10 +91,12 @@ def distance_covariance_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool 
         y: ``(N,)`` or ``(N, q)``.
         unbiased: U-statistic (needs N >= 4).
         backend: one of :data:`fairret.ops.BACKENDS`, described in :mod:`fairret.ops` (default ``auto``).
-        validate_args: check for NaN/inf (synchronises with the device).
+        validate_args: also check that the inputs are finite (off by default: the check synchronises with the
+            device; see :mod:`fairret._validation`). Types, shapes and row counts are always checked.
 
     Raises:
-        ValueError: mismatched rows, N < 4 with ``unbiased``, non-finite values, unknown backend.
+        ValueError: mismatched rows, N < 4 with ``unbiased``, non-finite values (with ``validate_args``), unknown
+            backend.
         TypeError: non-tensor or non-floating inputs, mixed dtypes.
     """
     x, y = _as_2d(x, "x", validate_args), _as_2d(y, "y", validate_args)
@@ -110,7 +112,7 @@ def _safe_ratio(num: torch.Tensor, den2: torch.Tensor) -> torch.Tensor:
 
 
 def distance_correlation_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = False, backend: str = "auto",
-                             validate_args: bool = True) -> torch.Tensor:
+                             validate_args: bool = False) -> torch.Tensor:
     r"""Squared distance correlation (bias-corrected when ``unbiased``); 0 when a distance variance is 0.
 
     Args and Raises as :func:`distance_covariance_sqr`.
@@ -127,7 +129,7 @@ def distance_correlation_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool
 
 def joint_distance_covariance_sqr(*xs: torch.Tensor, c: float = 1.0, unbiased: bool = True,
                                   scale_invariant: bool = False, backend: str = "auto",
-                                  validate_args: bool = True) -> torch.Tensor:
+                                  validate_args: bool = False) -> torch.Tensor:
     r"""JdCov² of ``d >= 2`` variables (Chakraborty and Zhang 2019), zero iff mutually independent (population).
 
     Args:
@@ -137,7 +139,7 @@ def joint_distance_covariance_sqr(*xs: torch.Tensor, c: float = 1.0, unbiased: b
         scale_invariant: divide each variable's centred distances by its distance standard deviation
             (:math:`\sqrt{\Omega_n(X_k, X_k)}`, or the V version); a constant variable then contributes zeros.
         backend: as in :func:`distance_covariance_sqr`.
-        validate_args: check for NaN/inf.
+        validate_args: as in :func:`distance_covariance_sqr`.
     """
     if len(xs) < 2:
         raise ValueError(f"Expected at least 2 variables for JdCov, but got {len(xs)}")
@@ -221,7 +223,7 @@ def attribute_matrices(attributes: Sequence[Union[torch.Tensor, SensitiveAttribu
 def concatenated_distance_covariance_sqr(pred: torch.Tensor, *attributes: Union[torch.Tensor, SensitiveAttributes],
                                          weights: Optional[Sequence[float]] = None, unbiased: bool = True,
                                          categorical: str = "onehot", backend: str = "auto",
-                                         validate_args: bool = True) -> torch.Tensor:
+                                         validate_args: bool = False) -> torch.Tensor:
     r"""CCdCov²: dCov² between the predictions and the concatenation of the weighted attributes.
 
     Args:

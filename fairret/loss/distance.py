@@ -81,7 +81,8 @@ class DistanceCovarianceLoss(_DependenceLoss):
         unbiased: U-statistic instead of V.
         backend: one of :data:`fairret.ops.BACKENDS`, described in :mod:`fairret.ops` (default ``auto``).
         categorical: encoding of categorical blocks of a SensitiveAttributes (``onehot`` or ``discrete``).
-        validate_args: check inputs for NaN/inf (synchronises).
+        validate_args: also check that predictions and attributes are finite (off by default: the check
+            synchronises with the device; see :mod:`fairret._validation`).
         sync_dist: gather the global batch under ``torch.distributed``.
     """
 

@@ -53,7 +53,9 @@ class ProjectionLoss(FairnessLoss):
         divergence: ``kl``, ``js``, ``tv``, ``squared_euclidean`` or ``chi_squared`` (set by the subclasses).
         n_iter: Newton steps of the dual solver (per smoothing level for ``tv``); None for the default.
         sync_dist: solve the global-batch projection under ``torch.distributed`` (sums all-reduced).
-        validate_args: check values (finite, probabilities in [0, 1]); synchronises with the device.
+        validate_args: also check values: ``pred`` and ``sens`` finite, and probabilities in [0, 1] when
+            ``pred_as_logit=False`` (off by default: the checks synchronise with the device; see
+            :mod:`fairret._validation`).
         **legacy_kwargs: fairret 0.1.3's ``force_proj_normalized``, ``proj_eps`` and cvxpy solver options are
             accepted and ignored (the projection is exact and rows always sum to 1).
     """

@@ -55,7 +55,8 @@ class ViolationLoss(FairnessLoss):
             batch values: ``gamma_k = num_k / (N * running_denom_k)``. Gradients then flow through the numerators
             only. Groups with a zero denominator in the batch still contribute nothing.
         sync_dist: all-reduce the statistic's sums across ranks when a process group is initialised.
-        validate_args: check values (finite inputs, probabilities in [0, 1]); this synchronises with the device.
+        validate_args: also check that ``pred`` and ``sens`` are finite (off by default: the check synchronises
+            with the device; see :mod:`fairret._validation`).
     """
 
     def __init__(self, statistic: Statistic, *, momentum: Optional[float] = None, sync_dist: bool = True,

@@ -27,8 +27,8 @@ from .reference import pairwise_distances, product_sum_dense
 from .sorted import product_sum_sorted, sorted_applicable
 from .tiled import DEFAULT_TILE, product_sum_tiled
 
-__all__ = ["BACKENDS", "DENSE_MAX_N", "cuda_status", "check_backend", "resolve_backend", "product_sum", "pairwise_distances",
-           "product_sum_dense", "product_sum_tiled", "product_sum_sorted", "product_sum_cuda", "sorted_applicable",
+__all__ = ["BACKENDS", "DENSE_MAX_N", "cuda_status", "check_backend", "resolve_backend", "product_sum",
+           "pairwise_distances", "product_sum_dense", "product_sum_tiled", "product_sum_sorted", "product_sum_cuda", "sorted_applicable",
            "CUDA_MIN_N"]
 
 #: The one list of backend names; each is described in this module's docstring. Every ``backend=`` argument
