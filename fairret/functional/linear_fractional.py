@@ -91,7 +91,7 @@ class LinearFractionalSums(NamedTuple):
 
 def _lf_update(
     pred: torch.Tensor,
-    sens: torch.Tensor,
+    sens: Optional[torch.Tensor],
     c0: Coef,
     c1: Coef,
     d0: Coef,
@@ -103,7 +103,8 @@ def _lf_update(
 
     Args:
         pred: ``(N, C)`` predictions (probabilities, or raw outputs for regression).
-        sens: ``(N, S)`` sensitive matrix.
+        sens: ``(N, S)`` sensitive matrix, or None for one group holding every sample (``S = 1``, the group sums
+            are then the overall sums, computed once).
         c0, c1, d0, d1: coefficients, scalars or tensors broadcastable to ``(N, K, C)``.
         sync_dist: all-reduce the sums (with gradient, in one collective) when a process group is initialised;
             the mask is taken on the global sums.
@@ -118,13 +119,16 @@ def _lf_update(
     n = pred.shape[0]
     num_lin = num_lin.expand(n, *num_lin.shape[1:]) if num_lin.shape[0] == 1 else num_lin
     den_lin = den_lin.expand(n, *den_lin.shape[1:]) if den_lin.shape[0] == 1 else den_lin
-    s = sens.to(pred.dtype)
-    sums = [torch.einsum("nkc,ns->kcs", num_lin, s), torch.einsum("nkc,ns->kcs", den_lin, s),
-            num_lin.sum(0), den_lin.sum(0)]
+    sums = [num_lin.sum(0), den_lin.sum(0)]  # overall
+    if sens is not None:
+        s = sens.to(pred.dtype)
+        sums += [torch.einsum("nkc,ns->kcs", num_lin, s), torch.einsum("nkc,ns->kcs", den_lin, s)]
     if sync_dist and is_distributed():
         flat = all_reduce_sum(torch.cat([t.reshape(-1) for t in sums]))
         sums = [part.reshape(t.shape) for part, t in zip(flat.split([t.numel() for t in sums]), sums)]
-    return LinearFractionalSums.from_sums(*sums)
+    onum, oden = sums[:2]
+    num, den = sums[2:] if sens is not None else (onum.unsqueeze(-1), oden.unsqueeze(-1))
+    return LinearFractionalSums.from_sums(num, den, onum, oden)
 
 
 def _lf_valid(denom: torch.Tensor) -> torch.Tensor:
@@ -185,9 +189,8 @@ def linear_fractional_statistic(
         >>> linear_fractional_statistic(pred, sens, 0., 1., 1., 0.).flatten()  # positive rate per group
         tensor([0.4000, 0.6000])
     """
-    if sens is None:
-        return _lf_update(pred, pred.new_ones(pred.shape[0], 1), c0, c1, d0, d1).overall_values()
-    return _lf_update(pred, sens, c0, c1, d0, d1).group_values()
+    sums = _lf_update(pred, sens, c0, c1, d0, d1)
+    return sums.overall_values() if sens is None else sums.group_values()
 
 
 def statistic_violation(

@@ -94,7 +94,8 @@ class ProjectionLoss(FairnessLoss):
         s64 = sens.detach().to(torch.float64)
         target = target_tensor(target_statistic, p64)
         if target is None:
-            sums = self.statistic.sums(p64, s64, *stat_args, sync_dist=self.sync_dist, **stat_kwargs)
+            # the overall statistic only: without sens the group sums are not computed
+            sums = self.statistic.sums(p64, None, *stat_args, sync_dist=self.sync_dist, **stat_kwargs)
             target = sums.overall_values().detach()
         coefs = self.statistic.coefficients(p64, *stat_args, **stat_kwargs)
         coefs = tuple(c.detach() if isinstance(c, torch.Tensor) else c for c in coefs)

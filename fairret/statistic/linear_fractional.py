@@ -196,8 +196,6 @@ class LinearFractionalStatistic(Statistic):
         """
         pred = prepare_pred(pred)
         sens = prepare_sens(sens, pred)
-        if sens is None:
-            sens = pred.new_ones(pred.shape[0], 1)
         coefs = self.coefficients(pred, *stat_args, **stat_kwargs)
         return F._lf_update(pred, sens, *coefs, sync_dist=sync_dist)
 
