@@ -28,6 +28,7 @@ from .._distributed import all_reduce_sum, is_distributed
 Coef = Union[float, int, torch.Tensor]
 
 __all__ = [
+    "LinearFractionalSums",
     "linear_fractional_statistic",
     "statistic_violation",
     "norm_penalty",
