@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .sorted import _row_sums as _row_sums_sorted
+from ._common import _Prep, _row_sums as _row_sums_sorted
 
 __all__ = ["product_sum_tiled", "DEFAULT_TILE"]
 
@@ -245,8 +245,6 @@ def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want
     gradient ``2 sum_j B_kj sign(x_k - x_j)`` follows with ranks and prefix sums of ``x`` (as in the sorted
     backend).
     """
-    from .sorted import _Prep
-
     n = x.shape[0]
     dt = x.dtype
     cx = _Centring(_row_sums(x, tile), n, unbiased, dt)
