@@ -38,6 +38,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ._common import centring_divisors, p_rows_closed_form
+
 __all__ = ["product_sum_cuda", "cuda_status", "kernel_limits", "source_dir", "modes_reference", "THREADS",
            "MAX_VARS", "MAX_COLS", "MAX_GRAD_COLS", "SHARED_LIMIT"]
 
@@ -230,21 +232,17 @@ def _forward(xs: Sequence[torch.Tensor], c: float, unbiased: bool, grad_vars: Se
     rows = torch.empty(n * d, **f64)
     run(0, dummy, dummy, dummy, 0.0, -1, rows, dummy)
     rows = rows.reshape(n, d)
-    if unbiased:
-        s, norm = 1.0 / (n - 2), 1.0 / ((n - 1) * (n - 2))
-    else:
-        s, norm = 1.0 / n, 1.0 / (n * n)
+    rd, td = centring_divisors(n, unbiased)
+    s, norm = 1.0 / rd, 1.0 / td
     rs = (rows * s).T.contiguous()
     tot = (rows.sum(0) * norm).contiguous()
-    count = n - 1 if unbiased else n
     totals = torch.empty(grid, **f64)
     grads: List[torch.Tensor] = []
     for m in grad_vars:
-        if d >= 3:
+        prow = p_rows_closed_form(n, d, c, unbiased, dev)
+        if prow is None:
             prow = torch.empty(n, **f64)
             run(1, rs, tot, dummy, 0.0, m, prow, dummy)
-        else:  # centred rows sum to zero: sum_j (c - A_ij) = count * c; with one variable P = 1
-            prow = torch.full((n,), float(count * c) if d == 2 else float(count), **f64)
         g = torch.empty(n * widths[m], **f64)
         run(2, rs, tot, (prow * s).contiguous(), float(prow.sum() * norm), m, totals, g)
         grads.append(g.reshape(n, widths[m]))

@@ -33,7 +33,7 @@ from typing import List, Tuple
 
 import torch
 
-from ._common import _new_runs, _Prep, _row_sums, _runs, _sorted_row_sums
+from ._common import _new_runs, _Prep, _row_sums, _runs, _sorted_row_sums, centring_divisors, sign_gradient
 
 __all__ = ["product_sum_sorted", "dominance_sums", "is_categorical"]
 
@@ -128,6 +128,14 @@ def is_categorical(y: torch.Tensor) -> bool:
     return bool((vals == vals[0]).all())
 
 
+def _centred_sum(s_ab: torch.Tensor, a_row: torch.Tensor, b_row: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    r""":math:`T_0 = \sum \hat A_{ij} \hat B_{ij}` from ``s_ab`` :math:`= \sum a_{ij} b_{ij}` and the row sums:
+    :math:`s_{ab} - 2 \sum_i a_{i\cdot} b_{i\cdot} / r + a_{\cdot\cdot} b_{\cdot\cdot} / t` (``r``, ``t`` from
+    :func:`~fairret.ops._common.centring_divisors`)."""
+    r, t = centring_divisors(a_row.shape[0], unbiased)
+    return s_ab - 2 * (a_row * b_row).sum() / r + a_row.sum() * b_row.sum() / t
+
+
 def _t0_and_grad(x: torch.Tensor, y: torch.Tensor, unbiased: bool, want_grad: bool, categorical: bool):
     """T_0 for 1-D x against y (1-D or scaled one-hot), and dT_0/dx (in x's original order)."""
     n = x.shape[0]
@@ -150,13 +158,7 @@ def _t0_and_grad(x: torch.Tensor, y: torch.Tensor, unbiased: bool, want_grad: bo
         s_ab = scale * (a_row.sum() - within_row.sum())
     else:
         s_ab, a_row, b_row, t_cont, pr = _continuous_parts(x, y[:, 0])
-    a_tot = a_row.sum()
-    b_tot = b_row.sum()
-    cross = (a_row * b_row).sum()
-    if unbiased:
-        t0 = s_ab - 2 * cross / (n - 2) + a_tot * b_tot / ((n - 1) * (n - 2))
-    else:
-        t0 = s_ab - 2 * cross / n + a_tot * b_tot / (n * n)
+    t0 = _centred_sum(s_ab, a_row, b_row, unbiased)
     if not want_grad:
         return t0, None
     if categorical:
@@ -170,16 +172,7 @@ def _t0_and_grad(x: torch.Tensor, y: torch.Tensor, unbiased: bool, want_grad: bo
         t_k = scale * (s_all - s_in)
     else:
         t_k = t_cont
-    s_k = torch.empty_like(x)
-    s_k[pr.order] = pr.less - pr.greater
-    bl, bg = pr.strict_prefix(b_row[pr.order])
-    q_k = torch.empty_like(x)
-    q_k[pr.order] = bl - bg
-    if unbiased:
-        g_sum = t_k - b_row * s_k / (n - 2) - q_k / (n - 2) + b_tot * s_k / ((n - 1) * (n - 2))
-    else:
-        g_sum = t_k - b_row * s_k / n - q_k / n + b_tot * s_k / (n * n)
-    return t0, 2 * g_sum
+    return t0, sign_gradient(pr, t_k, b_row, unbiased)
 
 
 class _SortedProductSum(torch.autograd.Function):
@@ -231,12 +224,7 @@ def _categorical_pair(y: torch.Tensor, z: torch.Tensor, unbiased: bool) -> torch
     joint.index_put_((gy, gz), torch.ones(n, dtype=torch.float64, device=y.device), accumulate=True)
     # sum_ij [gy_i != gy_j][gz_i != gz_j] = n^2 - sum ny^2 - sum nz^2 + sum joint^2
     s_ab = sy * sz * (n * n - (ny**2).sum() - (nz**2).sum() + (joint**2).sum())
-    a_row = sy * (n - ny[gy])
-    b_row = sz * (n - nz[gz])
-    cross, a_tot, b_tot = (a_row * b_row).sum(), a_row.sum(), b_row.sum()
-    if unbiased:
-        return s_ab - 2 * cross / (n - 2) + a_tot * b_tot / ((n - 1) * (n - 2))
-    return s_ab - 2 * cross / n + a_tot * b_tot / (n * n)
+    return _centred_sum(s_ab, sy * (n - ny[gy]), sz * (n - nz[gz]), unbiased)
 
 
 def sorted_applicable(xs: List[torch.Tensor], c: float) -> Tuple[bool, str]:
