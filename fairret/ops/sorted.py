@@ -23,8 +23,8 @@ For a categorical ``y`` with the discrete metric :math:`b_{ij} = w\,[g_i \ne g_j
 per-cell ranks and prefix sums of cell sizes.
 
 All sums are in float64. Second derivatives (``create_graph=True``) fall back to the tiled backend's
-differentiable recomputation (O(n²) time). The rank and run helpers live in :mod:`fairret.ops._common`, which the
-tiled backend shares.
+differentiable recomputation (O(n²) time; :func:`fairret.ops.tiled.backward_grads`). The rank and run helpers
+live in :mod:`fairret.ops._common`, which the tiled backend shares.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from typing import List, Tuple
 import torch
 
 from ._common import _new_runs, _Prep, _row_sums, _runs, _sorted_row_sums, centring_divisors, sign_gradient
+from .tiled import backward_grads
 
 __all__ = ["product_sum_sorted", "dominance_sums", "is_categorical"]
 
@@ -191,25 +192,15 @@ class _SortedProductSum(torch.autograd.Function):
                 y1 = y64[:, 0] - y64[:, 0].mean()
                 _, gy = _t0_and_grad(y1, x64.unsqueeze(1), unbiased, True, False)
         ctx.unbiased = unbiased
-        ctx.save_for_backward(x, y, gx if gx is not None else x.new_zeros(0),
-                              gy if gy is not None else x.new_zeros(0))
+        ctx.grad_vars = [k for k, v in enumerate((x, y)) if v.requires_grad]
+        partials = [g.unsqueeze(1) for g in (gx, gy) if g is not None]
+        ctx.save_for_backward(x, y, *partials)
         return t0.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, y, gx, gy = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: the tiled backend's differentiable recomputation
-            from .tiled import DEFAULT_TILE, differentiable_grads
-
-            grad_vars = [k for k, v in enumerate((x, y)) if v.requires_grad]
-            grads = differentiable_grads((x, y), 0.0, ctx.unbiased, DEFAULT_TILE, grad_vars)
-            out = {m: gr for m, gr in zip(grad_vars, grads)}
-            gxx = None if 0 not in out else (grad_out * out[0]).to(x.dtype)
-            gyy = None if 1 not in out else (grad_out * out[1]).to(y.dtype)
-            return None, None, gxx, gyy
-        gxx = (grad_out * gx).unsqueeze(1).to(x.dtype) if x.requires_grad else None
-        gyy = (grad_out * gy).unsqueeze(1).to(y.dtype) if y.requires_grad else None
-        return None, None, gxx, gyy
+        x, y, *partials = ctx.saved_tensors
+        return (None, None, *backward_grads(grad_out, (x, y), partials, 0.0, ctx.unbiased, ctx.grad_vars))
 
 
 def _categorical_pair(y: torch.Tensor, z: torch.Tensor, unbiased: bool) -> torch.Tensor:

@@ -14,7 +14,8 @@ over square tiles of the pair matrix (upper triangle only; off-diagonal tiles co
 
 Backward returns the saved partials (O(n) memory). When a graph of the gradient is requested
 (``create_graph=True``, e.g. for Hessian-vector products), backward recomputes the gradient with differentiable
-torch operations instead, so second derivatives are exact (that graph holds O(n²) memory).
+torch operations instead, so second derivatives are exact (that graph holds O(n²) memory). That backward,
+:func:`backward_grads`, is the one of every backend (``sorted`` and ``cuda`` save their own partials).
 Inputs are centred on their column means; tiles are evaluated in the inputs' dtype and every sum is accumulated
 in float64 (float32 inputs: float32 tiles, float64 accumulation; float64 inputs: float64 throughout).
 """
@@ -26,7 +27,7 @@ import torch
 
 from ._common import _Prep, _row_sums as _row_sums_sorted, centring_divisors, p_rows_closed_form, sign_gradient
 
-__all__ = ["product_sum_tiled", "DEFAULT_TILE"]
+__all__ = ["product_sum_tiled", "DEFAULT_TILE", "differentiable_grads", "backward_grads"]
 
 DEFAULT_TILE = 512
 
@@ -273,6 +274,24 @@ def differentiable_grads(xs: Sequence[torch.Tensor], c: float, unbiased: bool, t
     return _sweep(xp, c, unbiased, tile, grad_vars, p_rows)[1]
 
 
+def backward_grads(grad_out: torch.Tensor, xs: Sequence[torch.Tensor], partials: Sequence[torch.Tensor], c: float,
+                   unbiased: bool, grad_vars: Sequence[int], tile: int = DEFAULT_TILE
+                   ) -> List[Optional[torch.Tensor]]:
+    """The backward of every backend's ``T_c``: for each variable, ``grad_out * dT_c/dx`` in its dtype (None for
+    those not in ``grad_vars``).
+
+    ``partials`` are the gradients the forward saved (one ``(n, p_m)`` tensor per variable in ``grad_vars``).
+    When a graph of the gradient is requested (``create_graph=True``, grad mode is on inside backward) they are
+    recomputed by :func:`differentiable_grads` instead, so second derivatives are exact.
+    """
+    if torch.is_grad_enabled():
+        partials = differentiable_grads(xs, c, unbiased, tile, grad_vars)
+    out: List[Optional[torch.Tensor]] = [None] * len(xs)
+    for m, g in zip(grad_vars, partials):
+        out[m] = (grad_out * g).to(xs[m].dtype)
+    return out
+
+
 class _ProductSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, c: float, unbiased: bool, tile: int, *xs: torch.Tensor) -> torch.Tensor:
@@ -300,12 +319,7 @@ class _ProductSum(torch.autograd.Function):
         saved = ctx.saved_tensors
         d = len(saved) - len(ctx.grad_vars)
         xs, grads = saved[:d], saved[d:]
-        if torch.is_grad_enabled():  # create_graph=True: recompute with differentiable operations
-            grads = differentiable_grads(xs, ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars)
-        out: List[Optional[torch.Tensor]] = [None, None, None] + [None] * d
-        for g, m in zip(grads, ctx.grad_vars):
-            out[3 + m] = (grad_out * g).to(xs[m].dtype)
-        return tuple(out)
+        return (None, None, None, *backward_grads(grad_out, xs, grads, ctx.c, ctx.unbiased, ctx.grad_vars, ctx.tile))
 
 
 def product_sum_tiled(xs: Sequence[torch.Tensor], c: float, unbiased: bool, tile: int = DEFAULT_TILE
