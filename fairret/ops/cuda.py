@@ -19,7 +19,8 @@ The op ``torch.ops.fairret.dcov_product_sum`` (``torch.library.custom_op`` with 
 (centring, the closed forms for two variables, the autograd formula, ``opcheck``, ``torch.compile``) is thereby
 tested without a GPU, and ``tests/test_cuda_kernels.py`` checks the ``.cuh`` itself, compiled for the CPU with
 ``cuda/emulate_host.h``, against the same reference. Double backward (``create_graph=True``) recomputes the
-gradient with the differentiable torch operations of :func:`fairret.ops.tiled.differentiable_grads`.
+gradient with the differentiable torch operations of :func:`fairret.ops.tiled.differentiable_grads` (the
+backward is :func:`fairret.ops.tiled.backward_grads`, shared with the torch backends).
 
 Example:
     >>> import torch
@@ -37,6 +38,9 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+
+from ._common import centring_divisors, p_rows_closed_form
+from .tiled import backward_grads
 
 __all__ = ["product_sum_cuda", "cuda_status", "kernel_limits", "source_dir", "modes_reference", "THREADS",
            "MAX_VARS", "MAX_COLS", "MAX_GRAD_COLS", "SHARED_LIMIT"]
@@ -230,21 +234,17 @@ def _forward(xs: Sequence[torch.Tensor], c: float, unbiased: bool, grad_vars: Se
     rows = torch.empty(n * d, **f64)
     run(0, dummy, dummy, dummy, 0.0, -1, rows, dummy)
     rows = rows.reshape(n, d)
-    if unbiased:
-        s, norm = 1.0 / (n - 2), 1.0 / ((n - 1) * (n - 2))
-    else:
-        s, norm = 1.0 / n, 1.0 / (n * n)
+    rd, td = centring_divisors(n, unbiased)
+    s, norm = 1.0 / rd, 1.0 / td
     rs = (rows * s).T.contiguous()
     tot = (rows.sum(0) * norm).contiguous()
-    count = n - 1 if unbiased else n
     totals = torch.empty(grid, **f64)
     grads: List[torch.Tensor] = []
     for m in grad_vars:
-        if d >= 3:
+        prow = p_rows_closed_form(n, d, c, unbiased, dev)
+        if prow is None:
             prow = torch.empty(n, **f64)
             run(1, rs, tot, dummy, 0.0, m, prow, dummy)
-        else:  # centred rows sum to zero: sum_j (c - A_ij) = count * c; with one variable P = 1
-            prow = torch.full((n,), float(count * c) if d == 2 else float(count), **f64)
         g = torch.empty(n * widths[m], **f64)
         run(2, rs, tot, (prow * s).contiguous(), float(prow.sum() * norm), m, totals, g)
         grads.append(g.reshape(n, widths[m]))
@@ -282,15 +282,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grads_out):
     saved = ctx.saved_tensors
     xs, partials = saved[: ctx.d], saved[ctx.d:]
-    g_total = grads_out[0]
-    if torch.is_grad_enabled():  # create_graph=True: a differentiable recomputation (exact second derivatives)
-        from .tiled import DEFAULT_TILE, differentiable_grads
-
-        partials = differentiable_grads(xs, ctx.c, ctx.unbiased, DEFAULT_TILE, ctx.grad_vars)
-    out: List[Optional[torch.Tensor]] = [None] * ctx.d
-    for m, p in zip(ctx.grad_vars, partials):
-        out[m] = (g_total * p).to(xs[m].dtype)
-    return out, None, None, None
+    return backward_grads(grads_out[0], xs, partials, ctx.c, ctx.unbiased, ctx.grad_vars), None, None, None
 
 
 _dcov_product_sum.register_autograd(_backward, setup_context=_setup_context)

@@ -23,38 +23,20 @@ For a categorical ``y`` with the discrete metric :math:`b_{ij} = w\,[g_i \ne g_j
 per-cell ranks and prefix sums of cell sizes.
 
 All sums are in float64. Second derivatives (``create_graph=True``) fall back to the tiled backend's
-differentiable recomputation (O(n²) time).
+differentiable recomputation (O(n²) time; :func:`fairret.ops.tiled.backward_grads`). The rank and run helpers
+live in :mod:`fairret.ops._common`, which the tiled backend shares.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 
+from ._common import _new_runs, _Prep, _row_sums, _runs, _sorted_row_sums, centring_divisors, sign_gradient
+from .tiled import backward_grads
+
 __all__ = ["product_sum_sorted", "dominance_sums", "is_categorical"]
-
-
-def _runs(new: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Given ``new[i]`` = "element i starts a run" (``new[0]`` True), each element's run start and run end
-    (one past the last element)."""
-    n = new.shape[0]
-    idx = torch.arange(n, device=new.device)
-    start = torch.cummax(torch.where(new, idx, torch.zeros_like(idx)), 0).values
-    is_end = torch.cat([new[1:], torch.ones(1, dtype=torch.bool, device=new.device)])
-    end = torch.flip(torch.cummin(torch.flip(torch.where(is_end, idx + 1, torch.full_like(idx, n)), [0]), 0).values,
-                     [0])
-    return start, end
-
-
-def _new_runs(*keys: torch.Tensor) -> torch.Tensor:
-    """Run starts of sorted keys (a run continues while every key is equal)."""
-    n = keys[0].shape[0]
-    new = torch.zeros(n, dtype=torch.bool, device=keys[0].device)
-    new[0] = True
-    for k in keys:
-        new[1:] |= k[1:] != k[:-1]
-    return new
 
 
 def dominance_sums(ranks: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -104,51 +86,6 @@ def dominance_sums(ranks: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _sorted_row_sums(vs: torch.Tensor) -> torch.Tensor:
-    """``sum_j |v_i - v_j|`` for values already sorted ascending: :math:`(2i - n) v_{(i)} + S_n - 2 S_i`."""
-    n = vs.shape[0]
-    cs = torch.cumsum(vs, 0)
-    i = torch.arange(1, n + 1, dtype=vs.dtype, device=vs.device)
-    return (2 * i - n) * vs + cs[-1] - 2 * cs
-
-
-def _row_sums(v: torch.Tensor) -> torch.Tensor:
-    """``sum_j |v_i - v_j|`` of a 1-D tensor in O(n log n) (out-of-place, so differentiable)."""
-    vs, order = torch.sort(v)
-    return torch.zeros_like(v).scatter(0, order, _sorted_row_sums(vs))
-
-
-class _Prep:
-    """x order (ties: y descending), strict-x prefix structure and tie groups."""
-
-    def __init__(self, x: torch.Tensor, y: Optional[torch.Tensor]):
-        n = x.shape[0]
-        xs, self.order = torch.sort(x)  # ties are ordered below where it matters
-        if y is not None and n > 1:
-            tied = torch.zeros(n, dtype=torch.bool, device=x.device)
-            eq = xs[1:] == xs[:-1]
-            tied[1:] |= eq
-            tied[:-1] |= eq
-            if bool(tied.any()):
-                # ties in x: order each tie group by y descending, re-sorting only the tied elements
-                pos = tied.nonzero().squeeze(1)
-                sub = self.order[pos]
-                o1 = torch.argsort(-y[sub], stable=True)
-                o2 = torch.argsort(xs[pos][o1], stable=True)
-                self.order = self.order.clone()
-                self.order[pos] = sub[o1[o2]]
-        self.xs = xs
-        self.n = n
-        self.tstart, self.tend = _runs(_new_runs(xs))  # each x-tie group's start and end (in x order)
-        self.less = self.tstart.to(x.dtype)  # #{x_j < x_k}
-        self.greater = (n - self.tend).to(x.dtype)  # #{x_j > x_k}
-
-    def strict_prefix(self, v_sorted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(sum over x_j < x_k, sum over x_j > x_k) of values given in x order."""
-        cs = torch.cat([v_sorted.new_zeros(1), torch.cumsum(v_sorted, 0)])
-        return cs[self.tstart], cs[-1] - cs[self.tend]
-
-
 def _continuous_parts(x: torch.Tensor, y: torch.Tensor):
     """Row sums and, per sample (original order), ``T_k = sum_j sign(x_k - x_j) |y_k - y_j|``.
 
@@ -192,6 +129,14 @@ def is_categorical(y: torch.Tensor) -> bool:
     return bool((vals == vals[0]).all())
 
 
+def _centred_sum(s_ab: torch.Tensor, a_row: torch.Tensor, b_row: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    r""":math:`T_0 = \sum \hat A_{ij} \hat B_{ij}` from ``s_ab`` :math:`= \sum a_{ij} b_{ij}` and the row sums:
+    :math:`s_{ab} - 2 \sum_i a_{i\cdot} b_{i\cdot} / r + a_{\cdot\cdot} b_{\cdot\cdot} / t` (``r``, ``t`` from
+    :func:`~fairret.ops._common.centring_divisors`)."""
+    r, t = centring_divisors(a_row.shape[0], unbiased)
+    return s_ab - 2 * (a_row * b_row).sum() / r + a_row.sum() * b_row.sum() / t
+
+
 def _t0_and_grad(x: torch.Tensor, y: torch.Tensor, unbiased: bool, want_grad: bool, categorical: bool):
     """T_0 for 1-D x against y (1-D or scaled one-hot), and dT_0/dx (in x's original order)."""
     n = x.shape[0]
@@ -214,13 +159,7 @@ def _t0_and_grad(x: torch.Tensor, y: torch.Tensor, unbiased: bool, want_grad: bo
         s_ab = scale * (a_row.sum() - within_row.sum())
     else:
         s_ab, a_row, b_row, t_cont, pr = _continuous_parts(x, y[:, 0])
-    a_tot = a_row.sum()
-    b_tot = b_row.sum()
-    cross = (a_row * b_row).sum()
-    if unbiased:
-        t0 = s_ab - 2 * cross / (n - 2) + a_tot * b_tot / ((n - 1) * (n - 2))
-    else:
-        t0 = s_ab - 2 * cross / n + a_tot * b_tot / (n * n)
+    t0 = _centred_sum(s_ab, a_row, b_row, unbiased)
     if not want_grad:
         return t0, None
     if categorical:
@@ -234,16 +173,7 @@ def _t0_and_grad(x: torch.Tensor, y: torch.Tensor, unbiased: bool, want_grad: bo
         t_k = scale * (s_all - s_in)
     else:
         t_k = t_cont
-    s_k = torch.empty_like(x)
-    s_k[pr.order] = pr.less - pr.greater
-    bl, bg = pr.strict_prefix(b_row[pr.order])
-    q_k = torch.empty_like(x)
-    q_k[pr.order] = bl - bg
-    if unbiased:
-        g_sum = t_k - b_row * s_k / (n - 2) - q_k / (n - 2) + b_tot * s_k / ((n - 1) * (n - 2))
-    else:
-        g_sum = t_k - b_row * s_k / n - q_k / n + b_tot * s_k / (n * n)
-    return t0, 2 * g_sum
+    return t0, sign_gradient(pr, t_k, b_row, unbiased)
 
 
 class _SortedProductSum(torch.autograd.Function):
@@ -262,25 +192,15 @@ class _SortedProductSum(torch.autograd.Function):
                 y1 = y64[:, 0] - y64[:, 0].mean()
                 _, gy = _t0_and_grad(y1, x64.unsqueeze(1), unbiased, True, False)
         ctx.unbiased = unbiased
-        ctx.save_for_backward(x, y, gx if gx is not None else x.new_zeros(0),
-                              gy if gy is not None else x.new_zeros(0))
+        ctx.grad_vars = [k for k, v in enumerate((x, y)) if v.requires_grad]
+        partials = [g.unsqueeze(1) for g in (gx, gy) if g is not None]
+        ctx.save_for_backward(x, y, *partials)
         return t0.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, y, gx, gy = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: the tiled backend's differentiable recomputation
-            from .tiled import DEFAULT_TILE, differentiable_grads
-
-            grad_vars = [k for k, v in enumerate((x, y)) if v.requires_grad]
-            grads = differentiable_grads((x, y), 0.0, ctx.unbiased, DEFAULT_TILE, grad_vars)
-            out = {m: gr for m, gr in zip(grad_vars, grads)}
-            gxx = None if 0 not in out else (grad_out * out[0]).to(x.dtype)
-            gyy = None if 1 not in out else (grad_out * out[1]).to(y.dtype)
-            return None, None, gxx, gyy
-        gxx = (grad_out * gx).unsqueeze(1).to(x.dtype) if x.requires_grad else None
-        gyy = (grad_out * gy).unsqueeze(1).to(y.dtype) if y.requires_grad else None
-        return None, None, gxx, gyy
+        x, y, *partials = ctx.saved_tensors
+        return (None, None, *backward_grads(grad_out, (x, y), partials, 0.0, ctx.unbiased, ctx.grad_vars))
 
 
 def _categorical_pair(y: torch.Tensor, z: torch.Tensor, unbiased: bool) -> torch.Tensor:
@@ -295,12 +215,7 @@ def _categorical_pair(y: torch.Tensor, z: torch.Tensor, unbiased: bool) -> torch
     joint.index_put_((gy, gz), torch.ones(n, dtype=torch.float64, device=y.device), accumulate=True)
     # sum_ij [gy_i != gy_j][gz_i != gz_j] = n^2 - sum ny^2 - sum nz^2 + sum joint^2
     s_ab = sy * sz * (n * n - (ny**2).sum() - (nz**2).sum() + (joint**2).sum())
-    a_row = sy * (n - ny[gy])
-    b_row = sz * (n - nz[gz])
-    cross, a_tot, b_tot = (a_row * b_row).sum(), a_row.sum(), b_row.sum()
-    if unbiased:
-        return s_ab - 2 * cross / (n - 2) + a_tot * b_tot / ((n - 1) * (n - 2))
-    return s_ab - 2 * cross / n + a_tot * b_tot / (n * n)
+    return _centred_sum(s_ab, sy * (n - ny[gy]), sz * (n - nz[gz]), unbiased)
 
 
 def sorted_applicable(xs: List[torch.Tensor], c: float) -> Tuple[bool, str]:

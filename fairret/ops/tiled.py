@@ -14,7 +14,8 @@ over square tiles of the pair matrix (upper triangle only; off-diagonal tiles co
 
 Backward returns the saved partials (O(n) memory). When a graph of the gradient is requested
 (``create_graph=True``, e.g. for Hessian-vector products), backward recomputes the gradient with differentiable
-torch operations instead, so second derivatives are exact (that graph holds O(n²) memory).
+torch operations instead, so second derivatives are exact (that graph holds O(n²) memory). That backward,
+:func:`backward_grads`, is the one of every backend (``sorted`` and ``cuda`` save their own partials).
 Inputs are centred on their column means; tiles are evaluated in the inputs' dtype and every sum is accumulated
 in float64 (float32 inputs: float32 tiles, float64 accumulation; float64 inputs: float64 throughout).
 """
@@ -24,9 +25,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .sorted import _row_sums as _row_sums_sorted
+from ._common import _Prep, _row_sums as _row_sums_sorted, centring_divisors, p_rows_closed_form, sign_gradient
 
-__all__ = ["product_sum_tiled", "DEFAULT_TILE"]
+__all__ = ["product_sum_tiled", "DEFAULT_TILE", "differentiable_grads", "backward_grads"]
 
 DEFAULT_TILE = 512
 
@@ -133,11 +134,8 @@ class _Centring:
     """Centring constants of one variable: ``A_ij = a_ij - (r_i + r_j) * s + R * s2``."""
 
     def __init__(self, r: torch.Tensor, n: int, unbiased: bool, dtype: torch.dtype):
-        tot = r.sum()
-        if unbiased:
-            s, tot = 1.0 / (n - 2), tot / ((n - 1) * (n - 2))
-        else:
-            s, tot = 1.0 / n, tot / (n * n)
+        rd, td = centring_divisors(n, unbiased)
+        s, tot = 1.0 / rd, r.sum() / td
         self.r = (r * s).to(dtype)  # pre-scaled row terms, in the tiles' dtype
         self.s = 1.0
         self.tot = tot.to(dtype)
@@ -165,13 +163,8 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
     norms = [(x * x).sum(1) if x.shape[1] > 1 else None for x in xs]
     total = torch.zeros((), dtype=torch.float64, device=xs[0].device)
     grads = {m: _RowAcc(n, tile, xs[0].device, xs[m].shape[1]) for m in grad_vars}
-    gc = {}
-    for m in grad_vars:
-        pr = p_rows[m]
-        if unbiased:
-            gc[m] = ((pr / (n - 2)).to(dt), (pr.sum() / ((n - 1) * (n - 2))).to(dt))
-        else:
-            gc[m] = ((pr / n).to(dt), (pr.sum() / (n * n)).to(dt))
+    rd, td = centring_divisors(n, unbiased)
+    gc = {m: ((p_rows[m] / rd).to(dt), (p_rows[m].sum() / td).to(dt)) for m in grad_vars}
     for i0, i1, j0, j1 in _blocks(n, tile):
         diag = i0 == j0
         dists = [_dist(x[i0:i1], x[j0:j1], None if nn is None else nn[i0:i1], None if nn is None else nn[j0:j1])
@@ -215,11 +208,9 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
 def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_vars: Sequence[int]):
     """Row sums of ``P^(m) = prod_{k != m} (c - A^(k))`` (a sweep, or closed form for two variables)."""
     n = xs[0].shape[0]
-    d = len(xs)
-    count = n - 1 if unbiased else n
-    if d <= 2:  # centred rows sum to zero: sum_j (c - A_ij) = count * c
-        full = float(count * c) if d == 2 else float(count)
-        return {m: torch.full((n,), full, dtype=torch.float64, device=xs[0].device) for m in grad_vars}
+    closed = p_rows_closed_form(n, len(xs), c, unbiased, xs[0].device)
+    if closed is not None:
+        return {m: closed for m in grad_vars}
     cents = [_Centring(_row_sums(x, tile), n, unbiased, xs[0].dtype) for x in xs]
     parts = {m: _RowAcc(n, tile, xs[0].device) for m in grad_vars}
     for i0, i1, j0, j1 in _blocks(n, tile):
@@ -245,8 +236,6 @@ def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want
     gradient ``2 sum_j B_kj sign(x_k - x_j)`` follows with ranks and prefix sums of ``x`` (as in the sorted
     backend).
     """
-    from .sorted import _Prep
-
     n = x.shape[0]
     dt = x.dtype
     cx = _Centring(_row_sums(x, tile), n, unbiased, dt)
@@ -272,18 +261,8 @@ def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want
                 tb.add(j0, -bs.sum(0))
     if not want_grad:
         return total, None
-    b_row, t_b = brow.result(), tb.result()
-    pr = _Prep(x[:, 0].to(torch.float64), None)
-    o = pr.order
-    s_k = torch.empty(n, dtype=torch.float64, device=x.device).index_copy_(0, o, pr.less - pr.greater)
-    lo, hi = pr.strict_prefix(b_row[o])
-    q_k = torch.empty_like(s_k).index_copy_(0, o, lo - hi)
-    b_tot = b_row.sum()
-    if unbiased:
-        g = t_b - b_row * s_k / (n - 2) - q_k / (n - 2) + b_tot * s_k / ((n - 1) * (n - 2))
-    else:
-        g = t_b - b_row * s_k / n - q_k / n + b_tot * s_k / (n * n)
-    return total, (2.0 * g).unsqueeze(1)
+    g = sign_gradient(_Prep(x[:, 0].to(torch.float64), None), tb.result(), brow.result(), unbiased)
+    return total, g.unsqueeze(1)
 
 
 def differentiable_grads(xs: Sequence[torch.Tensor], c: float, unbiased: bool, tile: int,
@@ -293,6 +272,24 @@ def differentiable_grads(xs: Sequence[torch.Tensor], c: float, unbiased: bool, t
     xp = _prepare(xs)
     p_rows = _p_row_sums(xp, c, unbiased, tile, grad_vars)
     return _sweep(xp, c, unbiased, tile, grad_vars, p_rows)[1]
+
+
+def backward_grads(grad_out: torch.Tensor, xs: Sequence[torch.Tensor], partials: Sequence[torch.Tensor], c: float,
+                   unbiased: bool, grad_vars: Sequence[int], tile: int = DEFAULT_TILE
+                   ) -> List[Optional[torch.Tensor]]:
+    """The backward of every backend's ``T_c``: for each variable, ``grad_out * dT_c/dx`` in its dtype (None for
+    those not in ``grad_vars``).
+
+    ``partials`` are the gradients the forward saved (one ``(n, p_m)`` tensor per variable in ``grad_vars``).
+    When a graph of the gradient is requested (``create_graph=True``, grad mode is on inside backward) they are
+    recomputed by :func:`differentiable_grads` instead, so second derivatives are exact.
+    """
+    if torch.is_grad_enabled():
+        partials = differentiable_grads(xs, c, unbiased, tile, grad_vars)
+    out: List[Optional[torch.Tensor]] = [None] * len(xs)
+    for m, g in zip(grad_vars, partials):
+        out[m] = (grad_out * g).to(xs[m].dtype)
+    return out
 
 
 class _ProductSum(torch.autograd.Function):
@@ -322,12 +319,7 @@ class _ProductSum(torch.autograd.Function):
         saved = ctx.saved_tensors
         d = len(saved) - len(ctx.grad_vars)
         xs, grads = saved[:d], saved[d:]
-        if torch.is_grad_enabled():  # create_graph=True: recompute with differentiable operations
-            grads = differentiable_grads(xs, ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars)
-        out: List[Optional[torch.Tensor]] = [None, None, None] + [None] * d
-        for g, m in zip(grads, ctx.grad_vars):
-            out[3 + m] = (grad_out * g).to(xs[m].dtype)
-        return tuple(out)
+        return (None, None, None, *backward_grads(grad_out, xs, grads, ctx.c, ctx.unbiased, ctx.grad_vars, ctx.tile))
 
 
 def product_sum_tiled(xs: Sequence[torch.Tensor], c: float, unbiased: bool, tile: int = DEFAULT_TILE
