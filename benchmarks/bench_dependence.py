@@ -1,13 +1,17 @@
 """Benchmark of the distance-covariance family: value+grad time and peak memory, one setup factory.
 
-    python benchmarks/bench_dependence.py [--quick] [--device cpu|cuda]
+    python benchmarks/bench_dependence.py [--quick] [--device cpu|cuda] [--dtypes float32 float64]
 
 Part A (1-D predictions against a 1-D and against a categorical attribute, n = 1e3..1e6): the ``sorted``
 backend's value+grad against dcor's fastest value-only method (the better of AVL and MERGESORT, 1-D only).
 Part B (1-D predictions against 8-D attributes, n = 4,096 / 16,384 / 65,536, and 262,144 on a GPU): ``tiled``
 against ``dense`` (where it fits in memory), and with ``--device cuda`` the ``cuda`` kernels, value+grad. Every measurement runs in a fresh subprocess, so its peak resident
 memory above the process's baseline (after imports and data) is the extra memory of the computation.
-Rows are appended to ``benchmarks/results.csv``.
+Rows are appended to ``benchmarks/results.csv``. On CUDA: extra memory is the peak GPU memory allocated during
+the step above what was allocated before it; ``tiled`` and ``dense`` stop at 65,536 rows (``dense`` records its
+out-of-memory error there); ``cuda`` rows also give the kernels' throughput (``tflops``, from
+:func:`fairret.ops.cuda.kernel_flops`) and its fraction of the GPU's FP32 peak (``--fp32-peak-tflops``, else a
+datasheet figure for H100/H200/A100; part of that arithmetic is FP64, so the fraction is an indicator).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from _results import time_steps
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[6]))
 provider, n, attr, reps, device = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+dtype = getattr(torch, sys.argv[7]) if len(sys.argv) > 7 else torch.float32
 rng = np.random.default_rng(0)
 x = rng.normal(size=n)
 if attr == "1d":
@@ -47,8 +52,8 @@ if provider.startswith("dcor"):
         dcor.distance_covariance_sqr(x, y, method=method)
 else:
     from fairret.functional import distance_covariance_sqr
-    tx = torch.tensor(x, dtype=torch.float32, device=device).unsqueeze(1)
-    ty = torch.tensor(y, dtype=torch.float32, device=device)
+    tx = torch.tensor(x, dtype=dtype, device=device).unsqueeze(1)
+    ty = torch.tensor(y, dtype=dtype, device=device)
     ty = ty.unsqueeze(1) if ty.ndim == 1 else ty
     def step():
         xx = tx.clone().requires_grad_(True)
@@ -59,16 +64,22 @@ else:
 base = rss()
 if device == "cuda":
     torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / 2**20
 step()
 res = time_steps(step, reps)
-res["extra_mem_mib"] = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else rss() - base
+res["extra_mem_mib"] = (torch.cuda.max_memory_allocated() / 2**20 - base) if device == "cuda" else rss() - base
 print(json.dumps(res))
 '''
 
 
-def run(provider, n, attr, reps, device, threads, env, timeout):
+#: FP32 peak (TFLOP/s, datasheet) by a part of the GPU's name, for the ``fp32_peak_fraction`` column.
+FP32_PEAK_TFLOPS = {"H100 PCIe": 51.2, "H100": 66.9, "H200": 66.9, "A100": 19.5}
+
+
+def run(provider, n, attr, reps, device, threads, env, timeout, dtype="float32"):
     try:
-        out = subprocess.run([sys.executable, "-c", WORKER, provider, str(n), attr, str(reps), device, str(threads)],
+        out = subprocess.run([sys.executable, "-c", WORKER, provider, str(n), attr, str(reps), device, str(threads),
+                              dtype],
                              capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout} s"}
@@ -86,6 +97,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--part", choices=["A", "B", "both"], default="both")
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
+    ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "float64"],
+                    help="dtypes of part B (part A: float32)")
+    ap.add_argument("--fp32-peak-tflops", type=float, default=None,
+                    help="the GPU's FP32 peak for the fp32_peak_fraction column (default: FP32_PEAK_TFLOPS by name)")
     args = ap.parse_args()
     import torch
 
@@ -94,16 +109,24 @@ def main() -> None:
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root))
     machine = f"{platform.machine()} {os.cpu_count()} cores"
+    peak = args.fp32_peak_tflops
     if args.device == "cuda":
         machine = torch.cuda.get_device_name(0)
+        peak = peak or next((v for k, v in FP32_PEAK_TFLOPS.items() if k in machine), None)
     rows = []
 
-    def record(part, provider, n, attr, reps, res):
+    def record(part, provider, n, attr, reps, res, dtype="float32"):
         row = {"date": datetime.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
                "version": fairret.__version__, "benchmark": f"dependence_{part}", "provider": provider,
                "loss": "dCov2 value+grad" if not provider.startswith("dcor") else "dCov2 value only", "n": n,
-               "s": attr, "dtype": "float32" if not provider.startswith("dcor") else "float64",
+               "s": attr, "dtype": dtype if not provider.startswith("dcor") else "float64",
                "device": args.device, **res}
+        if provider == "cuda" and res.get("median_ms"):
+            from fairret.ops.cuda import kernel_flops
+
+            tflops = kernel_flops(n, (1, int(attr[:-1])), (0,)) / (res["median_ms"] * 1e-3) / 1e12
+            row["tflops"] = tflops
+            row["fp32_peak_fraction"] = tflops / peak if peak else ""
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -121,21 +144,26 @@ def main() -> None:
         ns = [4096] if args.quick else [4096, 16384, 65536]
         if args.device == "cuda" and not args.quick:
             ns.append(262144)
-        for n in ns:
+        for n, dtype in [(n, dt) for n in ns for dt in args.dtypes]:
             providers = ["tiled"] + (["dense"] if n <= 16384 else [])
             if args.device == "cuda":  # the kernels; dense also at 65,536 (records the out-of-memory error if any)
                 providers = ["cuda"] + providers + (["dense"] if n == 65536 else [])
+                providers = providers if n <= 65536 else ["cuda"]  # tiled: ~16x its 65,536 time
             for provider in providers:
                 reps = 1 if n >= 65536 else (3 if n >= 16384 else 5)
+                if args.device == "cuda" and provider == "cuda":
+                    reps = 5 if n <= 65536 else 3  # milliseconds, not seconds
                 record("B", provider, n, "8d", reps, run(provider, n, "8d", reps, args.device, args.threads, env,
-                                                         args.timeout))
-    append_rows(Path(args.csv), rows)
-    by = {(r["benchmark"], r["provider"], int(r["n"]), str(r["s"])): r.get("median_ms") for r in rows
+                                                         args.timeout, dtype), dtype)
+    append_rows(Path(args.csv), rows, extra_fields=["tflops", "fp32_peak_fraction"] if args.device == "cuda" else ())
+    by = {(r["benchmark"], r["provider"], int(r["n"]), str(r["s"]), r["dtype"]): r for r in rows
           if str(r["benchmark"]).startswith("dependence")}
     print("\nsummary:")
-    for (bench, prov, n, attr), t in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+    for (bench, prov, n, attr, dtype), r in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        t = r.get("median_ms")
         shown = "-" if t in (None, "") else round(float(t), 2)
-        print(f"  {bench:13s} {prov:16s} n={n:>8d} {attr:12s} {shown} ms")
+        extra = f"  {r['tflops']:.1f} TFLOP/s" if r.get("tflops") else ""
+        print(f"  {bench:13s} {prov:16s} n={n:>8d} {attr:12s} {dtype:8s} {shown} ms{extra}")
 
 
 if __name__ == "__main__":
