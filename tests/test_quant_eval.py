@@ -246,3 +246,47 @@ def test_pair_batches_align_words_of_different_token_counts():
     assert (0, 7, 6) in map(tuple, b["aligned"].tolist())
     plain = pair_batches(tok, pairs, batch_size=2, align=False)[0]
     assert "aligned" not in plain and torch.equal(plain["input_ids"], b["input_ids"])
+
+
+def test_shared_prefixes_pack_into_one_row_and_score_the_same():
+    """Sequences with one key share their common prefix in a packed row (4-D mask, explicit positions): the same
+    log-probabilities as scoring them apart; the packing check accepts it on Llama."""
+    from fairret.quant.evaluate import _Scorer, _units, sequence_logprobs
+
+    model, tok = _tiny_causal("llama"), CharTokenizer()
+    texts = ["the cat sat", "the cat ran", "the dog", "xyz abc", "xyz abd", "q"]
+    ctx = ["ctx one", "ctx one", "ctx one", "other", "other", ""]
+    plain = sequence_logprobs(model, tok, texts, ctx, max_tokens=60)
+    packed = sequence_logprobs(model, tok, texts, ctx, max_tokens=60, share=[0, 0, 0, 1, 1, 2])
+    torch.testing.assert_close(packed[0], plain[0], rtol=0, atol=1e-5)
+    assert torch.equal(packed[1], plain[1])
+    seqs = [[1, 5, 6, 7], [1, 5, 6, 8, 9], [1, 5, 9]]
+    units = _units(seqs, [1, 1, 1], [0, 0, 0])
+    assert [(u.members, u.prefix) for u in units] == [([0, 1, 2], 2)]
+    scorer = _Scorer(model, torch.device("cpu"))
+    scorer.run(units, seqs, [1, 1, 1])
+    assert scorer.packing_ok is True
+
+
+def test_a_model_that_ignores_the_packing_mask_is_scored_plainly():
+    """A model whose outputs depend on every earlier input id whatever the mask: packing would mix sequences, the
+    check refuses it, and the scores equal the unpacked ones."""
+    class Cumulative(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(100, 100, generator=torch.Generator().manual_seed(0)))
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, **kw):
+            h = torch.nn.functional.one_hot(input_ids, 100).float().cumsum(1)
+
+            class Out:
+                logits = h @ self.w
+
+            return Out()
+
+    from fairret.quant.evaluate import sequence_logprobs
+
+    texts, ctx = ["ab", "ac", "abd", "zz", "zy"], ["k", "k", "k", "m", "m"]
+    plain = sequence_logprobs(Cumulative(), CharTokenizer(), texts, ctx)
+    shared = sequence_logprobs(Cumulative(), CharTokenizer(), texts, ctx, share=[0, 0, 0, 1, 1])
+    torch.testing.assert_close(shared[0], plain[0])

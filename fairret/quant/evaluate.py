@@ -180,19 +180,150 @@ def _bar(total: int, desc: Optional[str], unit: str):
     return tqdm(total=total, desc=desc, unit=unit, leave=False)
 
 
+@dataclass
+class _Unit:
+    """Sequences scored in one packed row: a shared token prefix, then each member's remaining tokens, each
+    attending to the prefix and to itself (one member: an ordinary row)."""
+
+    members: List[int]
+    prefix: int
+
+    def length(self, seqs: List[List[int]]) -> int:
+        return self.prefix + sum(len(seqs[i]) - self.prefix for i in self.members)
+
+
+def _units(seqs: List[List[int]], first: List[int], share: Optional[Sequence[Any]]) -> List[_Unit]:
+    """Group the sequences whose ``share`` keys are equal; a group shares its longest common token prefix (at
+    most each member's first scored position plus what all members still have in common, and one token short of
+    the shortest member so every member keeps a token of its own)."""
+    if share is None:
+        return [_Unit([i], 0) for i in range(len(seqs))]
+    groups: Dict[Any, List[int]] = {}
+    for i, key in enumerate(share):
+        groups.setdefault(key, []).append(i)
+    out = []
+    for members in groups.values():
+        if len(members) == 1:
+            out.append(_Unit(members, 0))
+            continue
+        rows = [seqs[i] for i in members]
+        p = 0
+        limit = min(len(r) for r in rows) - 1
+        while p < limit and all(r[p] == rows[0][p] for r in rows):
+            p += 1
+        out.append(_Unit(members, p) if p > 0 else _Unit([members[0]], 0))
+        if p == 0:
+            out += [_Unit([m], 0) for m in members[1:]]
+    return out
+
+
+class _Scorer:
+    """Runs batches of units through a causal LM and returns each scored token's log-probability.
+
+    Where the model is a base model plus an output layer, the output layer runs only at the scored positions;
+    packed rows (units of several members) use a 4-D attention mask and explicit position ids. Both shortcuts are
+    checked once against the plain full forward on the first batch that uses them, and dropped if they differ.
+    """
+
+    def __init__(self, model: Any, device: Any):
+        self.model, self.device = model, device
+        self.split = _head_split(model)
+        self.split_checked = self.split is None
+        self.packing_ok: Optional[bool] = None
+
+    def _logits(self, ids, mask, pos, r, p):
+        kw: Dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        if pos is not None:
+            kw["position_ids"] = pos
+        if self.split is not None:
+            hidden = self.split[0](use_cache=False, **kw)[0][r, p]
+            if not self.split_checked:  # the output layer alone must give the full model's logits
+                ref = self.model(use_cache=False, **kw).logits[r, p].float()
+                alone = self.split[1](hidden).float()
+                self.split_checked = True
+                if not torch.allclose(alone, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())):
+                    self.split = None
+                    return lambda target: _token_logprob(ref, target)
+            head = self.split[1]
+            return lambda target: torch.cat([_token_logprob(head(h).float(), t) for h, t in
+                                             zip(hidden.split(1024), target.split(1024))])
+        full = self.model(**kw).logits[r, p].float()
+        return lambda target: _token_logprob(full, target)
+
+    @torch.no_grad()
+    def run(self, units: List[_Unit], seqs: List[List[int]], first: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(owner, logprob)`` of every scored token of the units' members."""
+        packed = any(len(u.members) > 1 for u in units)
+        T = max(u.length(seqs) for u in units)
+        B = len(units)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        pos = torch.zeros(B, T, dtype=torch.long)
+        mask2 = torch.zeros(B, T, dtype=torch.long)
+        mask4 = torch.zeros(B, 1, T, T, dtype=torch.bool) if packed else None
+        rows, where, targets, owners = [], [], [], []
+        for b, u in enumerate(units):
+            p = u.prefix
+            ids[b, :p] = torch.tensor(seqs[u.members[0]][:p], dtype=torch.long)
+            pos[b, :p] = torch.arange(p)
+            if packed:
+                mask4[b, 0, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
+            off = p
+            for i in u.members:
+                s = seqs[i]
+                k = len(s) - p
+                ids[b, off:off + k] = torch.tensor(s[p:], dtype=torch.long)
+                pos[b, off:off + k] = torch.arange(p, len(s))
+                if packed:
+                    mask4[b, 0, off:off + k, :p] = True
+                    mask4[b, 0, off:off + k, off:off + k] = torch.ones(k, k, dtype=torch.bool).tril()
+                # token t of sequence i is predicted at its position t - 1: in the prefix, or in its own part
+                t = torch.arange(first[i], len(s))
+                src = torch.where(t - 1 < p, t - 1, off + (t - 1 - p))
+                rows.append(torch.full_like(t, b))
+                where.append(src)
+                targets.append(torch.tensor(s, dtype=torch.long)[t])
+                owners.append(torch.full_like(t, i))
+                off += k
+            mask2[b, :off] = 1
+            if packed:
+                idx = torch.arange(off, T)
+                mask4[b, 0, idx, idx] = True  # padding rows see themselves (a row seeing nothing gives NaN)
+        r, w, tgt, own = torch.cat(rows), torch.cat(where), torch.cat(targets), torch.cat(owners)
+        dev = self.device
+        if packed:
+            logits = self._logits(ids.to(dev), mask4.to(dev), pos.to(dev), r.to(dev), w.to(dev))
+            lp = logits(tgt.to(dev)).double().cpu()
+            if self.packing_ok is None:  # once: the packed rows must score as the plain ones do
+                # (the plain run lists the same members' tokens in the same order)
+                _, plain = self.run([_Unit([i], 0) for u in units for i in u.members], seqs, first)
+                self.packing_ok = bool(torch.allclose(lp, plain, rtol=1e-3, atol=1e-3))
+                if not self.packing_ok:
+                    return own, plain
+            return own, lp
+        logits = self._logits(ids.to(dev), mask2.to(dev), None, r.to(dev), w.to(dev))
+        return own, logits(tgt.to(dev)).double().cpu()
+
+
 @torch.no_grad()
 def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
                       contexts: Optional[Sequence[str]] = None, start: Union[str, int, None] = "auto",
                       max_length: Optional[int] = None, max_tokens: int = 4096, device: Optional[Any] = None,
-                      desc: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                      desc: Optional[str] = None, share: Optional[Sequence[Any]] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of each continuation given its context, and its number of tokens.
 
     Sequence ``i`` is ``start + context_i + continuation_i`` as token ids (the continuation tokenized on its own,
     with a leading space after a non-empty context); its continuation tokens are scored. Batches hold sequences of
     similar length (at most ``max_tokens`` tokens with padding), right-padded with an attention mask, so results do
     not depend on the tokenizer's padding side or on which sequences share a batch (up to float rounding). Where
-    the model is a base model plus an output layer, the output layer runs only at the scored positions (checked
-    once per call against the full forward).
+    the model is a base model plus an output layer, the output layer runs only at the scored positions.
+
+    With ``share`` (one hashable key per sequence), sequences with equal keys (e.g. the three candidate sentences
+    of a StereoSet item, or the endings of a multiple-choice item) are packed into one row: their common token
+    prefix is computed once and each sequence's remaining tokens attend to it and to themselves (a 4-D attention
+    mask and explicit position ids), which saves a third to a half of the compute on such items. The shortcuts
+    are checked once per call against plain full forwards and dropped where they differ (so a model whose forward
+    does not take a 4-D mask is still scored right, only slower).
 
     Args:
         model: a causal LM (``model(input_ids, attention_mask).logits``).
@@ -202,19 +333,22 @@ def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
         start: see :func:`start_tokens`. Without a start token the first token of a context-free continuation is
             not scored.
         max_length: keep at most this many tokens of each sequence (the start and context first).
-        max_tokens: padded tokens per batch.
+        max_tokens: tokens per batch (with padding).
         device: where to run (default: the model's).
         desc: a progress-bar label (no bar when None).
+        share: keys of the sequences that may share their common prefix.
 
     Returns:
         ``(logprob, tokens)``: float64 ``(N,)`` sums and int64 ``(N,)`` counts of scored tokens.
 
     Raises:
-        ValueError: contexts of another length than the continuations, or a sequence with no scored token.
+        ValueError: contexts or keys of another length than the continuations, or a sequence with no scored token.
     """
     n = len(continuations)
     if contexts is not None and len(contexts) != n:
         raise ValueError(f"Expected one context per continuation, but got {len(contexts)} and {n}")
+    if share is not None and len(share) != n:
+        raise ValueError(f"Expected one `share` key per continuation, but got {len(share)} and {n}")
     device = device or next(model.parameters()).device
     pre = start_tokens(tokenizer, start)
     ctx = _encode(tokenizer, contexts) if contexts is not None else [[] for _ in range(n)]
@@ -231,50 +365,25 @@ def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
                              f"{'' if contexts is None else contexts[i]!r}); give it a start token or a context")
         seqs.append(s)
         first.append(f)
-    split = _head_split(model)
-    checked = split is None
+    scorer = _Scorer(model, device)
+    units = sorted(_units(seqs, first, share), key=lambda u: u.length(seqs))
     logprob = torch.zeros(n, dtype=torch.float64)
     count = torch.zeros(n, dtype=torch.long)
-    order = sorted(range(n), key=lambda i: len(seqs[i]))
     bar = _bar(n, desc, "seq")
     pos = 0
-    while pos < n:  # ascending lengths: the next sequence is the batch's longest
+    while pos < len(units):  # ascending lengths: the next unit is the batch's longest
         take = 1
-        while pos + take < n and len(seqs[order[pos + take]]) * (take + 1) <= max_tokens:
+        while pos + take < len(units) and units[pos + take].length(seqs) * (take + 1) <= max_tokens:
             take += 1
-        idx = order[pos:pos + take]
+        batch = units[pos:pos + take]
         pos += take
-        T = max(len(seqs[i]) for i in idx)
-        ids = torch.zeros(len(idx), T, dtype=torch.long)
-        mask = torch.zeros(len(idx), T, dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, :len(seqs[i])] = torch.tensor(seqs[i])
-            mask[r, :len(seqs[i])] = 1
-        # scored (row, position) pairs: token t is predicted at position t - 1
-        rows = torch.cat([torch.full((len(seqs[i]) - first[i],), r) for r, i in enumerate(idx)])
-        tpos = torch.cat([torch.arange(first[i], len(seqs[i])) for i in idx])
-        ids_d, mask_d = ids.to(device), mask.to(device)
-        r_d, p_d, target = rows.to(device), (tpos - 1).to(device), ids[rows, tpos].to(device)
-        if split is not None:
-            hidden = split[0](input_ids=ids_d, attention_mask=mask_d, use_cache=False)[0][r_d, p_d]
-            if not checked:  # the first batch: the output layer alone must give the full model's logits
-                ref = model(input_ids=ids_d, attention_mask=mask_d, use_cache=False).logits[r_d, p_d].float()
-                alone = split[1](hidden).float()
-                if not torch.allclose(alone, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())):
-                    split = None
-                checked = True
-            # the output layer in chunks of positions: (positions x vocabulary) logits stay small
-            lp = torch.cat([_token_logprob(split[1](h).float(), t) for h, t in
-                            zip(hidden.split(1024), target.split(1024))]) if split is not None else \
-                _token_logprob(ref, target)
-        else:
-            lp = _token_logprob(model(input_ids=ids_d, attention_mask=mask_d).logits[r_d, p_d].float(), target)
-        lp = lp.double().cpu()
-        owner = torch.tensor(idx)[rows]
+        if scorer.packing_ok is False:  # packing was refused: the rest one sequence a row
+            batch = [_Unit([i], 0) for u in batch for i in u.members]
+        owner, lp = scorer.run(batch, seqs, first)
         logprob.index_add_(0, owner, lp)
         count.index_add_(0, owner, torch.ones_like(owner))
         if bar is not None:
-            bar.update(len(idx))
+            bar.update(sum(len(u.members) for u in batch))
     if bar is not None:
         bar.close()
     return logprob, count
@@ -382,7 +491,8 @@ def stereoset_scores(model: Any, tokenizer: Any, items: Sequence[StereoItem], ki
         raise ValueError(f"Expected argument `kind` to be 'intrasentence' or 'intersentence', but got {kind!r}")
     sents = [s for it in items for s in (it.stereotype, it.anti_stereotype, it.unrelated)]
     ctx = [it.context for it in items for _ in range(3)] if kind == "intersentence" else None
-    lp, cnt = sequence_logprobs(model, tokenizer, sents, ctx, start=start, max_tokens=max_tokens, desc=desc)
+    lp, cnt = sequence_logprobs(model, tokenizer, sents, ctx, start=start, max_tokens=max_tokens, desc=desc,
+                                share=[i // 3 for i in range(len(sents))])
     mean = (lp / cnt).reshape(-1, 3)
     return StereoScores(kind, [it.bias_type for it in items], mean[:, 0], mean[:, 1], mean[:, 2])
 
@@ -448,7 +558,9 @@ def choice_scores(model: Any, tokenizer: Any, items: Sequence[ChoiceItem], start
     k = max(len(it.endings) for it in items)
     conts = [e for it in items for e in it.endings]
     ctxs = [it.context for it in items for _ in it.endings]
-    lp, cnt = sequence_logprobs(model, tokenizer, conts, ctxs, start=start, max_tokens=max_tokens, desc=desc)
+    share = [i for i, it in enumerate(items) for _ in it.endings]
+    lp, cnt = sequence_logprobs(model, tokenizer, conts, ctxs, start=start, max_tokens=max_tokens, desc=desc,
+                                share=share)
     out = torch.full((len(items), k), -math.inf, dtype=torch.float64)
     pos = 0
     for i, it in enumerate(items):
