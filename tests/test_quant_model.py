@@ -167,3 +167,28 @@ def test_kept_hessians_reproduce_the_run_and_sweep_alpha():
         assert st["shift"] > 0 and st["pair_energy_fp"] > 0 and st["pair_energy_q"] >= 0
     with pytest.raises(ValueError, match="No kept Hessians for block 1"):
         quantize_from_hessians(model, {0: run.hessians[0]}, alpha=0.5)
+
+
+def test_memo_reuses_group_results_across_a_sweep():
+    from fairret.quant import model as M
+
+    model = tiny("llama")
+    run = quantize_model(model, batches(), bits=4, group_size=16, alpha=0.0, progress=False, keep_hessians=True)
+    memo, calls = {}, []
+    real = M._quantize_group
+    M._quantize_group = lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1]
+    try:
+        first = M.quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.5, memo=memo)
+        n_first = len(calls)
+        lowest = M.quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.5, fair_blocks="lowest",
+                                          memo=memo)
+        plain = M.quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.0, memo=memo)
+    finally:
+        M._quantize_group = real
+    # block 0 of "lowest" is block 0 of "all"; block 1 of "lowest" is plain GPTQ's: only its 2 fair groups are new
+    assert n_first == 8 and len(calls) == 8 + 2 + 2
+    fresh = M.quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.5, fair_blocks="lowest")
+    for a, b in ((lowest, fresh), (plain, run)):
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert first.fair_layers != lowest.fair_layers and lowest.stats.keys() == fresh.stats.keys()
