@@ -165,6 +165,8 @@ def main() -> None:
                     "evaluated model, reused when the study is run again")
     ap.add_argument("--progress", action="store_true", help="(causal) progress bars")
     ap.add_argument("--no-layer-study", action="store_true", help="(causal) skip the one-layer-type-at-a-time part")
+    ap.add_argument("--max-items", type=int, default=None, help="(causal) use only the first StereoSet "
+                    "intrasentence items (a smoke run of the study)")
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--pairs", type=int, default=1053, help="calibration pairs (default: the StereoSet half)")
     ap.add_argument("--seq", type=int, default=12, help="tokens a sentence")

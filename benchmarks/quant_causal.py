@@ -103,6 +103,8 @@ class Study:
         self.cache = Cache(Path(args.cache))
         self.model, self.tok, _ = load_model("smollm2")
         self.items = load_stereoset()
+        if args.max_items:  # smoke runs of the study's code paths
+            self.items = self.items[:args.max_items]
         inter = load_stereoset("intersentence")
         self.inter = inter if args.intersentence < 0 else inter[:args.intersentence]
         passages, choices = load_passages(), load_hellaswag()
@@ -158,7 +160,8 @@ class Study:
         key = f"select s{seed} b{bits}"
         fit, sel = split_pairs(cal, 0.75, seed=1000 + seed)
         data = EvalData(sel)
-        kept = {}
+        kept: Dict[str, Any] = {}
+        memo: Dict[Any, Any] = {}  # candidates share their groups' rounding loops
 
         def base_model():
             kept["q"] = self.quantize(fit, bits, f"split {seed}: GPTQ {bits}-bit on the fitting part",
@@ -176,7 +179,7 @@ class Study:
             name = f"s{seed} b{bits} fit {cand.label}"
             rep = self.evaluate(name, lambda c=cand: quantize_from_hessians(self.model, hessians(), bits=bits,
                                                                              group_size=self.args.group_size,
-                                                                             **c.kwargs()).model, data)
+                                                                             memo=memo, **c.kwargs()).model, data)
             s = rep.intrasentence.summary(ci=False)["overall"]
             c = compare_stereotype(base, rep.intrasentence, n_boot=200)
             rows.append({"candidate": cand, "ss": s["ss"], "lms": s["lms"], "margin": rep.intrasentence.margin(),
@@ -193,7 +196,7 @@ class Study:
             cand = r["candidate"]
             g = self.evaluate(f"s{seed} b{bits} fit {cand.label} guard",
                               lambda c=cand: quantize_from_hessians(self.model, hessians(), bits=bits,
-                                                                    group_size=self.args.group_size,
+                                                                    group_size=self.args.group_size, memo=memo,
                                                                     **c.kwargs()).model, guard).summary(fp_guard,
                                                                                                         ci=False)
             r["guard"] = (g["perplexity"], g["agreement"])
@@ -241,6 +244,7 @@ class Study:
         cal, ev = split_pairs(self.items, 0.5, seed)
         data = EvalData(ev)
         kept = run["kept"]
+        memo: Dict[Any, Any] = {}
 
         def hessians():
             if "gptq" not in kept:
@@ -249,7 +253,7 @@ class Study:
             return kept["gptq"].hessians
 
         base = self.evaluate(f"s{seed} b{bits} GPTQ from kept", lambda: quantize_from_hessians(
-            self.model, hessians(), bits=bits, group_size=self.args.group_size).model, data).intrasentence
+            self.model, hessians(), bits=bits, group_size=self.args.group_size, memo=memo).model, data).intrasentence
         rows = []
         for name, pattern in list(LAYER_TYPES.items()) + [("attn-out+mlp-down", FAIR_LAYERS)]:
             stats_name = f"s{seed} b{bits} only {name} a{alpha:g} stats"
@@ -257,7 +261,7 @@ class Study:
 
             def build(p=pattern):
                 q = quantize_from_hessians(self.model, hessians(), bits=bits, group_size=self.args.group_size,
-                                           alpha=alpha, fair_layers=p)
+                                           alpha=alpha, fair_layers=p, memo=memo)
                 holder["stats"] = q.stats
                 return q.model
 
