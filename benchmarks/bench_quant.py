@@ -164,6 +164,9 @@ def main() -> None:
     ap.add_argument("--cache", default="fairret-output/quant_causal", help="(causal) per-item results of every "
                     "evaluated model, reused when the study is run again")
     ap.add_argument("--progress", action="store_true", help="(causal) progress bars")
+    ap.add_argument("--grid", choices=["full", "small"], default="full", help="(causal) candidates screened per "
+                    "split: full = alpha x {attn-out+mlp-down, all linear} x {all, lowest, highest blocks} + the "
+                    "first-order shift; small = alpha x the two layer sets on all blocks")
     ap.add_argument("--no-layer-study", action="store_true", help="(causal) skip the one-layer-type-at-a-time part")
     ap.add_argument("--max-items", type=int, default=None, help="(causal) use only the first StereoSet "
                     "intrasentence items (a smoke run of the study)")

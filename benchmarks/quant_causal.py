@@ -68,9 +68,11 @@ class Candidate:
                     first_order=self.first_order)
 
 
-def grid(alphas: Sequence[float]) -> List[Candidate]:
+def grid(alphas: Sequence[float], small: bool = False) -> List[Candidate]:
     """α × {default layers, all linear layers} × {all, lowest, highest blocks} with the exact shift, and the
-    first-order shift on the default layers of all blocks."""
+    first-order shift on the default layers of all blocks; ``small``: α × the two layer sets, all blocks, exact."""
+    if small:
+        return [Candidate(a, layers) for a in alphas for layers in LAYER_SETS]
     out = [Candidate(a, layers, blocks) for a in alphas for layers in LAYER_SETS for blocks in ("all", "lowest",
                                                                                                  "highest")]
     out += [Candidate(a, first_order=True) for a in alphas]
@@ -175,7 +177,7 @@ class Study:
 
         base = self.evaluate(f"s{seed} b{bits} fit GPTQ", base_model, data).intrasentence
         rows = []
-        for cand in grid(self.args.alphas):
+        for cand in grid(self.args.alphas, small=self.args.grid == "small"):
             name = f"s{seed} b{bits} fit {cand.label}"
             rep = self.evaluate(name, lambda c=cand: quantize_from_hessians(self.model, hessians(), bits=bits,
                                                                              group_size=self.args.group_size,
