@@ -116,6 +116,9 @@ def prepare_sens(sens: Optional[torch.Tensor], pred: torch.Tensor) -> Optional[t
     if sens.ndim == 1:
         sens = sens.unsqueeze(-1)
     check_same_rows(sens, "sens", pred, "pred")
+    if sens.shape[1] == 0:
+        raise ValueError(f"Expected argument `sens` to have at least one column (group), but got shape "
+                         f"{tuple(sens.shape)}")
     return sens.to(pred.dtype)
 
 

@@ -32,7 +32,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from .._validation import prepare_pred, prepare_sens
+from .._validation import check_number, prepare_pred, prepare_sens
 from ..functional import linear_fractional as F
 from .base import Statistic, requires_arguments
 
@@ -373,9 +373,7 @@ class FScore(LinearFractionalStatistic):
 
     def __init__(self, beta: float = 1.0):
         super().__init__()
-        if not isinstance(beta, (int, float)) or beta <= 0:
-            raise ValueError(f"Expected argument `beta` to be a positive number, but got {beta!r}")
-        self.beta = beta
+        self.beta = check_number(beta, "beta", strict=True)  # finite and > 0: NaN would pass `beta <= 0`
 
     def num_intercept(self, label: torch.Tensor) -> float:
         return 0.0
