@@ -8,6 +8,7 @@ on an input without the defect (e.g. without the empty columns or the empty batc
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -261,3 +262,243 @@ def test_row17_sens_without_columns(loss_cls):
 def test_row17_fscore_beta(beta):
     with pytest.raises(ValueError, match="`beta`"):
         FScore(beta=beta)
+
+
+# -- row 2: NaN into the dependence losses and functionals -------------------------------------------------------
+from fairret.functional import (concatenated_distance_covariance_sqr, distance_correlation_sqr,  # noqa: E402
+                                distance_covariance_sqr, joint_distance_covariance_sqr)
+from fairret.loss import CCdCovLoss, DistanceCorrelationLoss, DistanceCovarianceLoss, JdCovLoss  # noqa: E402
+
+DEPENDENCE = {"dcov": lambda x, z, **kw: distance_covariance_sqr(x, z, **kw),
+              "dcor": lambda x, z, **kw: distance_correlation_sqr(x, z, **kw),
+              "jdcov": lambda x, z, **kw: joint_distance_covariance_sqr(x, z, **kw),
+              "jdcov_scaled": lambda x, z, **kw: joint_distance_covariance_sqr(x, z, scale_invariant=True, **kw),
+              "ccdcov": lambda x, z, **kw: concatenated_distance_covariance_sqr(x, z, **kw)}
+
+
+def _pair(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, generator=g, dtype=torch.float64), torch.randint(0, 2, (n, 1), generator=g).double()
+
+
+@pytest.mark.parametrize("measure", list(DEPENDENCE))
+@pytest.mark.parametrize("backend", ["dense", "tiled", "sorted"])
+@pytest.mark.parametrize("where", ["pred", "attribute"])
+def test_row2_nan_gives_nan_in_every_dependence_measure(measure, backend, where):
+    x, z = _pair()
+    (x if where == "pred" else z)[3, 0] = float("nan")
+    if backend == "sorted" and measure.startswith("jdcov"):
+        backend = "tiled"  # JdCov is not a pair of a 1-D variable: sorted does not apply
+    assert torch.isnan(DEPENDENCE[measure](x, z, backend=backend))
+
+
+def test_row2_losses_and_validation():
+    x, z = _pair()
+    x[0, 0] = float("nan")
+    assert torch.isnan(DistanceCorrelationLoss()(x, z, pred_as_logit=False))
+    x, z = _pair()
+    z[1, 0] = float("nan")
+    assert torch.isnan(JdCovLoss(scale_invariant=True)(x, [z, torch.rand(12, 1, dtype=torch.float64)],
+                                                       pred_as_logit=False))
+    with pytest.raises(ValueError, match="`y` to be finite"):
+        DistanceCorrelationLoss(validate_args=True)(x, z, pred_as_logit=False)
+
+
+# -- row 4: U-statistic dCor with an exactly zero distance variance ----------------------------------------------
+def _degenerate(kind, n):
+    g = torch.Generator().manual_seed(n)
+    if kind == "saturated_pred":  # all but one prediction at 1.0
+        x = torch.ones(n, 1, dtype=torch.float64)
+        x[0] = 0.3
+        return x, torch.rand(n, 1, generator=g, dtype=torch.float64)
+    z = torch.zeros(n, 1, dtype=torch.float64)  # an attribute with one minority row
+    z[2] = 1.0
+    return torch.rand(n, 1, generator=g, dtype=torch.float64), z
+
+
+@pytest.mark.parametrize("kind", ["saturated_pred", "minority_row"])
+@pytest.mark.parametrize("backend", ["dense", "tiled", "sorted"])
+@pytest.mark.parametrize("n", [5, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row4_zero_u_variance_gives_zero_with_finite_gradient(kind, backend, n, dtype):
+    x, z = _degenerate(kind, n)
+    x = x.to(dtype).requires_grad_()
+    z = z.to(dtype)
+    # the exact U-centred distance matrix of the degenerate variable is 0, so Omega(x, x) = Omega(x, z) = 0
+    v = distance_correlation_sqr(x, z, unbiased=True, backend=backend)
+    v.backward()
+    assert v.item() == 0.0
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("backend", ["dense", "tiled", "sorted"])
+def test_row4_near_degenerate_values_are_kept(backend):
+    import dcor
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(30, 1, dtype=torch.float64)
+    x[0], x[1] = 1.0, 0.05  # two distinct outliers: a small but real distance variance
+    z = x + 0.1 * torch.rand(30, 1, generator=g, dtype=torch.float64)
+    ref = dcor.u_distance_correlation_sqr(x.numpy(), z.numpy())
+    assert ref > 0.01
+    got = distance_correlation_sqr(x, z, unbiased=True, backend=backend).item()
+    assert got == pytest.approx(ref, rel=1e-8)
+
+
+# -- row 15: JdCov in bfloat16 -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_row15_half_precision_jdcov_accumulates_in_float32(dtype, unbiased):
+    g = torch.Generator().manual_seed(15)
+    xs = [torch.rand(64, 1, generator=g).to(dtype) for _ in range(3)]
+    # reference: the same (rounded) inputs in float64, brute force
+    ref = joint_distance_covariance_sqr(*[x.double() for x in xs], unbiased=unbiased, backend="dense").item()
+    got = joint_distance_covariance_sqr(*xs, unbiased=unbiased)
+    assert got.dtype == dtype
+    assert abs(ref) > 1e-3
+    assert got.item() == pytest.approx(ref, rel=1e-2)  # the output's own rounding (8 or 11 bits)
+
+
+# -- row 8: (N, C) predictions with float class indices ----------------------------------------------------------
+def test_row8_float_class_indices_are_one_hot():
+    g = torch.Generator().manual_seed(8)
+    pred = torch.softmax(torch.randn(12, 3, generator=g), 1).double()
+    labels = torch.randint(0, 3, (12,), generator=g)
+    sens = torch.eye(2, dtype=torch.float64)[torch.arange(12) % 2]
+    got_float = TruePositiveRate()(pred, sens, labels.double())
+    got_int = TruePositiveRate()(pred, sens, labels)
+    ref = torch.zeros(3, 2, dtype=torch.float64)  # brute force: TPR of class c in group s
+    for c in range(3):
+        for s in range(2):
+            rows = [i for i in range(12) if labels[i] == c and sens[i, s] == 1]
+            ref[c, s] = pred[rows, c].sum() / len(rows) if rows else 0.0
+    torch.testing.assert_close(got_float, ref)
+    torch.testing.assert_close(got_int, ref)
+
+
+def test_row8_bad_float_indices():
+    pred, sens = torch.rand(4, 3), torch.ones(4, 1)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        TruePositiveRate()(pred, sens, torch.tensor([0.0, 1.5, 2.0, 0.0]))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        TruePositiveRate()(pred, sens, torch.tensor([0.0, 3.0, 2.0, 0.0]))
+    out = TruePositiveRate()(pred, sens, torch.tensor([0.0, float("nan"), 2.0, 0.0]))
+    assert torch.isnan(out).all()  # a NaN label is non-finite input: the statistic is NaN, not a dropped row
+
+
+# -- row 10: AGM with a step whose micro-batches are all empty ---------------------------------------------------
+def test_row10_agm_skips_empty_steps():
+    from fairret.modality import AGM
+    g = torch.Generator().manual_seed(10)
+    steps = [([torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)], torch.randint(0, 2, (6,), generator=g))
+             for _ in range(3)]
+    plain, skipping = AGM(momentum=0.3), AGM(momentum=0.3)
+    empty = ([torch.zeros(0, 2), torch.zeros(0, 2)], torch.zeros(0, dtype=torch.long))
+    skipping.update(*empty)
+    assert torch.equal(skipping.coefficients(0), torch.ones(2, dtype=torch.float64))
+    for k, step in enumerate(steps):
+        plain.update(*step)
+        skipping.update(*step)
+        a, b = plain.coefficients(k), skipping.coefficients(k)
+        torch.testing.assert_close(a, b)
+        assert torch.isfinite(b).all()
+        skipping.update(*empty)
+        assert torch.equal(skipping.coefficients(k), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(plain.running, skipping.running)
+
+
+def test_row10_nonfinite_scores_give_nonfinite_coefficients():
+    from fairret.modality import AGM, OGMGE
+    y = torch.tensor([0, 1, 1, 0])
+    bad = torch.randn(4, 2)
+    bad[0, 0] = float("nan")
+    for rule in (AGM(), OGMGE(noise=False)):
+        rule.update([torch.randn(4, 2), torch.randn(4, 2)], y)
+        rule.coefficients(0)
+        running = getattr(rule, "running", torch.zeros(0)).clone()
+        rule.update([bad, torch.randn(4, 2)], y)
+        assert not torch.isfinite(rule.coefficients(1)).all()
+        if isinstance(rule, AGM):  # the averages are not poisoned: the NaN modality's is skipped
+            assert torch.isfinite(rule.running).all()
+            assert rule.running[0] == running[0]
+
+
+# -- row 11 and parts of 16/17: SensitiveEncoder -----------------------------------------------------------------
+def test_row11_nan_category_is_rejected():
+    from fairret.sensitive import SensitiveEncoder
+    enc = SensitiveEncoder({"race": "categorical", "sex": "binary"})
+    with pytest.raises(ValueError, match="`race` to have no missing values, but it holds 2 NaN"):
+        enc.fit({"race": [1.0, float("nan"), 2.0, float("nan")], "sex": ["F", "M", "F", "M"]})
+    with pytest.raises(ValueError, match="`race` to have no missing values"):
+        enc.fit({"race": np.array(["a", np.nan, "b", "a"], dtype=object), "sex": ["F", "M", "F", "M"]})
+    enc.fit({"race": [1.0, 2.0, 2.0, 1.0], "sex": ["F", "M", "F", "M"]})
+    with pytest.raises(ValueError, match="`race` to have no missing values"):
+        enc.transform({"race": [1.0, float("nan")], "sex": ["F", "M"]})
+
+
+def test_row16_row17_encoder_arguments():
+    from fairret.sensitive import SensitiveEncoder, one_hot_groups
+    with pytest.raises(ValueError, match="`columns` to hold at least one row"):
+        SensitiveEncoder({"age": "continuous"}).fit({"age": []})
+    with pytest.raises(ValueError, match=r"`codes` to hold group codes in \[-1, 3\)"):
+        one_hot_groups(torch.tensor([0, 3]), 3)
+    with pytest.raises(ValueError, match=r"`codes` to hold group codes in \[-1, 3\)"):
+        one_hot_groups(torch.tensor([0, -2]), 3)
+    for w in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="`weights` to give `age` a finite non-negative number"):
+            SensitiveEncoder({"age": "continuous"}, weights={"age": w})
+
+
+# -- row 12: intersectional JSD with all-zero one-hot rows -------------------------------------------------------
+def test_row12_all_zero_one_hot_rows_are_ignored_like_minus_one():
+    from fairret.functional.calibration import intersectional_jsd
+    from fairret.metric import IntersectionalJSD
+    from fairret.sensitive import one_hot_groups
+    g = torch.Generator().manual_seed(12)
+    p = torch.rand(200, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, 3, (200,), generator=g)
+    ids[:50] = -1
+    onehot = one_hot_groups(ids, 3)
+    ref = intersectional_jsd(p[50:], ids[50:])  # the ignored rows simply left out
+    torch.testing.assert_close(intersectional_jsd(p, ids), ref)
+    torch.testing.assert_close(intersectional_jsd(p, onehot), ref)
+    m = IntersectionalJSD()
+    m.update(p[:120], onehot[:120])
+    m.update(p[120:], ids[120:])
+    torch.testing.assert_close(m.compute(), ref)
+
+
+# -- row 16: internal errors turned into ValueErrors naming the argument ----------------------------------------
+@pytest.mark.parametrize("loss_cls", [CCdCovLoss, DistanceCovarianceLoss, JdCovLoss])
+def test_row16_attribute_lists_of_different_rows(loss_cls):
+    with pytest.raises(ValueError, match=r"`sens` \(attribute 1\) to have N=8 rows like `pred`, but got 7"):
+        loss_cls()(torch.rand(8, 1), [torch.rand(8, 1), torch.rand(7, 1)])
+    with pytest.raises(ValueError, match=r"`attributes` \(attribute 1\) to have N=8 rows like `pred`"):
+        concatenated_distance_covariance_sqr(torch.rand(8, 1), torch.rand(8, 1), torch.rand(7, 1))
+
+
+def test_row16_nan_into_the_jsd_metric():
+    from fairret.metric import IntersectionalJSD
+    m = IntersectionalJSD()
+    p = torch.rand(20)
+    p[0] = float("nan")
+    m.update(p, torch.randint(0, 2, (20,)))
+    with pytest.raises(ValueError, match="`pred` to be finite"):
+        m.compute()
+
+
+@pytest.mark.parametrize("metric", ["DistanceCorrelation", "CCdCov", "JdCov"])
+def test_row16_empty_update_of_dependence_metrics(metric):
+    import fairret.metric as M
+    g = torch.Generator().manual_seed(16)
+    p, z = torch.rand(20, 1, generator=g), torch.rand(20, 2, generator=g)
+    with_empty, without = getattr(M, metric)(), getattr(M, metric)()
+    with_empty.update(p[:0], z[:0])  # an empty batch adds no rows
+    for m in (with_empty, without):
+        m.update(p[:11], z[:11])
+        m.update(p[11:], z[11:])
+    with_empty.update(p[:0].reshape(0), z[:0])
+    torch.testing.assert_close(with_empty.compute(), without.compute())
+    only_empty = getattr(M, metric)()
+    only_empty.update(p[:0], z[:0])
+    with pytest.raises(ValueError, match="Expected at least"):
+        only_empty.compute()
