@@ -502,3 +502,19 @@ def test_row16_empty_update_of_dependence_metrics(metric):
     only_empty.update(p[:0], z[:0])
     with pytest.raises(ValueError, match="Expected at least"):
         only_empty.compute()
+
+
+# -- "also seen": validate_args=True under torch.compile ----------------------------------------------------------
+def test_validate_args_under_compile_says_why():
+    logits, sens, label = batch(n=16)
+    loss = NormLoss(TruePositiveRate(), validate_args=True)
+    compiled = torch.compile(lambda a, b, c: loss(a, b, c), fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match=r"validate_args=True: fairret's value checks .* fullgraph"):
+        compiled(logits, sens, label)
+    # without fullgraph the checks run eagerly between graphs: the same values, the same errors
+    torch._dynamo.reset()
+    lenient = torch.compile(lambda a, b, c: loss(a, b, c), backend="eager")
+    torch.testing.assert_close(lenient(logits, sens, label), loss(logits, sens, label))
+    logits[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="`pred` to be finite"):
+        lenient(logits, sens, label)
