@@ -90,8 +90,8 @@ VARIANCE_NOISE = 64.0
 def _zero_variance(t_xx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     r"""Whether :math:`T_0(x, x)` (the unnormalised distance variance) is zero up to rounding.
 
-    The U-statistic variance of a variable whose rows all coincide but one is exactly 0 (its U-centred distance
-    matrix vanishes), but computed it is rounding noise, and a ratio of noises is an arbitrary dCor (0.4, -0.8)
+    The U-statistic variance of a variable whose rows all coincide but one (or but two, on opposite sides of the
+    others) is exactly 0 (its U-centred distance matrix vanishes), but computed it is rounding noise, and a ratio of noises is an arbitrary dCor (0.4, -0.8)
     with a huge gradient. The backends' noise is at most about :math:`16\,\epsilon\, n R^2` (measured over
     degenerate inputs, backends, offsets and sizes up to 20,000), with :math:`\epsilon` the machine epsilon of
     the input dtype (float32 at least) and :math:`R^2 = \sum_k (\max_i x_{ik} - \min_i x_{ik})^2` the squared
@@ -133,7 +133,8 @@ def distance_correlation_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool
 
     A distance variance counts as 0 when it is below the rounding level of the input dtype (see
     :func:`_zero_variance`): constant predictions, and for the U-statistic also a variable whose rows all coincide
-    but one. The value is then 0 with a zero gradient. NaN input gives NaN.
+    but one, or but two on opposite sides of the others. The value is then 0 with a zero gradient. NaN input gives
+    NaN.
 
     Args and Raises as :func:`distance_covariance_sqr`.
     """
@@ -146,7 +147,8 @@ def distance_correlation_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool
     yy = ops.product_sum([y, y], 0.0, unbiased, self_backend if y.shape[1] > 1 else backend)
     zero = _zero_variance(xx, x) | _zero_variance(yy, y)
     den = torch.where(zero, torch.ones_like(xx), xx * yy).sqrt()  # double where: finite gradients at zero
-    return torch.where(zero, torch.zeros_like(xy), xy / den).to(x.dtype)
+    # 0 * xy: still NaN when the other variable holds NaN (a constant partner must not hide it)
+    return torch.where(zero, xy * 0, xy / den).to(x.dtype)
 
 
 def joint_distance_covariance_sqr(*xs: torch.Tensor, c: float = 1.0, unbiased: bool = True,
