@@ -28,8 +28,8 @@ The non-finite policy (every family):
   nothing, an empty batch gives 0 (and skips the running averages), a zero distance variance gives a dCor of 0,
   saturated probabilities are handled in log space (the chi-squared projection bounds them to
   [1e-12, 1 - 1e-12]), half-precision inputs are accumulated in float32 or float64;
-* functions that read their data on the host anyway (encoders, the JSD report, GPTQ) raise ``ValueError`` for
-  non-finite values whatever ``validate_args`` says.
+* functions that read their data on the host anyway (the sensitive encoder, ``one_hot_groups``, the JSD report)
+  raise ``ValueError`` for NaN whatever ``validate_args`` says.
 """
 from __future__ import annotations
 
