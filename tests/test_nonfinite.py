@@ -518,3 +518,33 @@ def test_validate_args_under_compile_says_why():
     logits[0, 0] = float("nan")
     with pytest.raises(ValueError, match="`pred` to be finite"):
         lenient(logits, sens, label)
+
+
+# -- found by the fuzz suite ------------------------------------------------------------------------------------
+def test_fuzz_chi_squared_tpr_group_with_saturated_positives_is_feasible():
+    # group 1's positives: p = 1, 1, 0.545, 1 - 9e-14; meeting the target pins the 0.545 row at q = 0 and moves the
+    # saturated rows, whose t must reach ~1e10: the q-space trust region counted the pinned row's (non-)move
+    x = torch.tensor([-30, -0.066, 95, 0.052, 95, 0.18, 0.652, 30, -0.352, -95, -95.]).reshape(-1, 1)
+    sens = torch.eye(2)[torch.tensor([1, 0, 1, 0, 1, 1, 1, 1, 0, 0, 0])]
+    y = torch.tensor([0, 1, 1, 0, 1, 1, 0, 1, 1, 0, 0.]).reshape(-1, 1)
+    q = ChiSquaredProjectionLoss(TruePositiveRate()).project(x, sens, y)[:, 0]
+    p = torch.sigmoid(x[:, 0].double())
+    target = (p * y[:, 0]).sum() / y.sum()
+    for k in range(2):
+        rows = (sens[:, k] == 1) & (y[:, 0] == 1)
+        assert abs(q[rows].mean().item() - target.item()) < 1e-9
+
+
+def test_fuzz_auto_backend_with_one_hot_predictions_that_need_a_gradient():
+    # exactly one-hot (saturated softmax) predictions look categorical; `auto` above the dense range picked the
+    # sorted backend, which takes categorical variables as data, and raised
+    g = torch.Generator().manual_seed(0)
+    x = torch.eye(3)[torch.randint(0, 3, (1100,), generator=g)].requires_grad_()
+    z = torch.rand(1100, 1, generator=g)
+    got = distance_covariance_sqr(x, z)
+    got.backward()
+    ref = distance_covariance_sqr(x.detach(), z, backend="tiled")
+    torch.testing.assert_close(got, ref)
+    assert torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="`sorted` backend cannot run: it takes a categorical variable as data"):
+        distance_covariance_sqr(x, z, backend="sorted")

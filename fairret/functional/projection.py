@@ -190,9 +190,10 @@ def project(
     # accelerators and under torch.compile it runs the fixed number of steps.
     early_exit = p.device.type == "cpu" and not torch.compiler.is_compiling()
     tol = _TOL * (red(at.abs().sum(1)) + b.abs()) if early_exit else None
-    # The quadratic divergences move q = p - w(p) t linearly in t: their trust region is measured in q (a row
-    # moves by at most `radius` in probability), so that rows with a tiny w (chi-squared on saturated
-    # probabilities, where t must reach ~1/w) are reached in a few steps, not after ~log2(1/w) doublings.
+    # The quadratic divergences move q = clip(p - w(p) t) piecewise linearly in t: their trust region is measured
+    # in q (no row's q moves by more than `radius` in probability; rows pinned at 0 or 1 by the box do not count),
+    # so that rows with a tiny w (chi-squared on saturated probabilities, where t must reach ~1/w) are reached in a
+    # few steps, not after ~log2(1/w) doublings.
     q_scale = _QUADRATIC_SCALE[divergence](p) if divergence in _QUADRATIC_SCALE else None
     for level, eps in enumerate(schedule):
         # Trust region in t-space (q-space for the quadratic divergences): no row multiplier moves by more than
@@ -212,7 +213,9 @@ def project(
             ridge = 1e-12 * hess.diagonal().mean() + 1e-300
             delta = torch.linalg.solve(hess + ridge * eye, resid)
             step = delta @ at
-            step = step if q_scale is None else step * q_scale
+            if q_scale is not None:  # how far each row's q moves in the full step; rows the box pins do not move
+                free = p - q_scale * (lam @ at)  # q before the box
+                step = (free - q_scale * step).clamp(0.0, 1.0) - free.clamp(0.0, 1.0)
             # a rank without rows (N = 0) moves nothing; the shape is known without reading data
             move = step.abs().amax() if step.numel() else torch.zeros((), dtype=torch.float64, device=p.device)
             if sync_dist and is_distributed():
