@@ -359,7 +359,12 @@ def check_projection(div, case, dtype, stat_name):
     loss = loss_fn(x_in, s, *args)
     assert torch.isfinite(loss), loss
     loss.backward()
-    assert torch.isfinite(x_in.grad).all()
+    # finite wherever the gradient is representable in the input dtype (float16 stops at 65504: the chi-squared
+    # gradient of a saturated probability can be larger, and then overflows like any float16 gradient)
+    x64 = xt.double().requires_grad_()
+    loss_fn(x64, s.double(), *[a.double() for a in args]).backward()
+    representable = x64.grad.abs() < 0.5 * torch.finfo(dtype).max
+    assert torch.isfinite(x_in.grad)[representable].all()
     assert same(xt, x_in.detach())
     if x.shape[0] == 0:
         assert loss.item() == 0.0
@@ -499,7 +504,7 @@ def test_dcov_and_dcor_match_brute_force_on_every_backend(case, unbiased, backen
         with pytest.raises(ValueError, match="Expected at least"):
             fn(xt, zt, unbiased=unbiased, backend="dense")
         return
-    if backend == "sorted" and not ops.sorted_applicable([xt, zt], 0.0)[0]:
+    if backend == "sorted" and not ops.sorted_applicable([xt, zt], 0.0)[0]:  # an explicit backend says why
         with pytest.raises(ValueError, match="`sorted` backend cannot run"):
             fn(xt, zt, unbiased=unbiased, backend=backend)
         return
