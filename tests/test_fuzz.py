@@ -361,7 +361,7 @@ def check_projection(div, case, dtype, stat_name):
     loss.backward()
     # finite wherever the gradient is representable in the input dtype (float16 stops at 65504: the chi-squared
     # gradient of a saturated probability can be larger, and then overflows like any float16 gradient)
-    x64 = xt.double().requires_grad_()
+    x64 = xt.detach().clone().double().requires_grad_()
     loss_fn(x64, s.double(), *[a.double() for a in args]).backward()
     representable = x64.grad.abs() < 0.5 * torch.finfo(dtype).max
     assert torch.isfinite(x_in.grad)[representable].all()
