@@ -30,7 +30,7 @@ except ImportError as err:  # pragma: no cover - torchmetrics is a core dependen
 from torchmetrics.utilities import dim_zero_cat
 
 from . import ops
-from ._validation import check_finite, check_same_rows, check_tensor, prepare_pred
+from ._validation import check_finite, check_tensor, prepare_pred
 from .functional import distance as D
 from .functional import linear_fractional as F
 from .statistic import LinearFractionalStatistic
@@ -212,12 +212,16 @@ class DependenceMetric(torchmetrics.Metric):
         self._plain = True  # whether the updates gave one plain tensor (no attribute structure)
 
     def update(self, pred: torch.Tensor, sens: D.Attributes) -> None:
-        """Add a batch: predictions ``(N,)``/``(N, p)`` (probabilities or regression outputs) and attributes."""
+        """Add a batch: predictions ``(N,)``/``(N, p)`` (probabilities or regression outputs) and attributes.
+
+        An empty batch (N = 0) adds no rows; :meth:`compute` without enough rows raises ``ValueError``.
+        """
         check_tensor(pred, "pred")
-        pred = pred.detach().reshape(pred.shape[0], -1).to(torch.float64)
-        mats = D.attribute_matrices(D.attribute_list(sens), None, self.categorical, like=pred)
-        for m in mats:
-            check_same_rows(m, "sens", pred, "pred")
+        if pred.ndim == 0:
+            raise ValueError("Expected argument `pred` to have shape (N,) or (N, p), but got a scalar")
+        # (N,) -> (N, 1), (N, ...) -> (N, p); flatten rather than reshape(N, -1), which fails for an empty batch
+        pred = (pred.unsqueeze(1) if pred.ndim == 1 else pred.flatten(1)).detach().to(torch.float64)
+        mats = D.attribute_matrices(D.attribute_list(sens), None, self.categorical, like=pred, name="sens")
         widths = [m.shape[1] for m in mats]
         if self._widths is None:
             self._widths, self._plain = widths, isinstance(sens, torch.Tensor)
@@ -349,9 +353,13 @@ class IntersectionalJSD(torchmetrics.Metric):
         self.add_state("cells", default=[], dist_reduce_fx="cat")
 
     def update(self, pred: torch.Tensor, cells: torch.Tensor) -> None:
-        """Add a batch of predictions and their cell ids."""
-        self.preds.append(pred.detach().reshape(-1).to(torch.float64))
-        self.cells.append(torch.as_tensor(cells).reshape(-1).long())
+        """Add a batch of predictions ``(N,)``/``(N, 1)`` and their cell ids ``(N,)`` (or one-hot ``(N, G)``, an
+        all-zero row meaning no cell, as id -1 does)."""
+        from .functional.calibration import _cells
+
+        pred = check_tensor(pred, "pred").detach().reshape(-1).to(torch.float64)
+        self.preds.append(pred)
+        self.cells.append(_cells(cells, pred.shape[0]))
 
     def compute(self) -> torch.Tensor:
         from .functional.calibration import intersectional_jsd
