@@ -27,7 +27,7 @@ except ImportError as err:  # pragma: no cover - torchmetrics is a core dependen
     raise ImportError("The 'torchmetrics' package must be installed to use fairret.metric: "
                       "`pip install torchmetrics`.") from err
 
-from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.data import dim_zero_cat  # torchmetrics 1.0 has it here only
 
 from . import ops
 from ._validation import check_finite, check_same_rows, check_tensor, prepare_pred
