@@ -194,7 +194,11 @@ def test_monitor_values_equal_metrics_on_the_whole_split():
     assert m["val/fairness/eo_relative_gap"].item() == pytest.approx(eo.compute().max().item(), rel=1e-5, abs=1e-6)
     assert m["val/fairness/jsd"].item() == pytest.approx(jsd.compute().item(), rel=1e-5, abs=1e-6)
     per_group = dp.compute_per_group().reshape(-1)
-    assert m["val/fairness/dp_relative_gap/group_1"].item() == pytest.approx(per_group[1].item(), rel=1e-5, abs=1e-6)
+    assert m["val/fairness/dp_relative_gap/pr/group_1"].item() == pytest.approx(per_group[1].item(), rel=1e-5,
+                                                                                abs=1e-6)
+    tpr_gap = LinearFractionalParity(TruePositiveRate(), 3)
+    tpr_gap.update(prob, data["sens"], data["y"])
+    assert m["val/fairness/eo_relative_gap/tpr"].item() == pytest.approx(tpr_gap.compute().item(), rel=1e-5, abs=1e-6)
     assert "val/fairness/dcor" in m
     assert any(tag == "val/fairness/dp_relative_gap" for tag in logger.sink.figures)
     t.test(module, loader(seed=9))
@@ -429,3 +433,88 @@ def test_fast_dev_run(which):
     else:
         assert reg.last_penalty is not None
         assert reg.lam == 0.5 if which == "regularizer" else reg.lam == 0.25
+
+
+# --- named keys, summary table, one selection from the CLI (issue 24 item 5) ----------------------------------------
+def _hand_table(prob, sens, y):
+    """Per-group positive rate, TPR and FPR of probabilities, by direct float64 sums."""
+    p, s, y = prob.double().reshape(-1, 1), sens.double(), y.double().reshape(-1, 1)
+    return {"pr": ((p * s).sum(0) / s.sum(0)).tolist(),
+            "tpr": ((p * y * s).sum(0) / (y * s).sum(0)).tolist(),
+            "fpr": ((p * (1 - y) * s).sum(0) / ((1 - y) * s).sum(0)).tolist(), "n": s.sum(0).tolist()}
+
+
+def test_names_and_summary_in_a_fast_dev_run(capsys):
+    dm = TabularDataModule("synthetic", n_synthetic=300, batch_size=400, seed=2)
+    torch.manual_seed(0)
+    module = TabularClassifier(num_features=6, hidden=(8,))
+    mon = FairnessMonitor(sens="sens", labels="y", cells="cells")
+    t = pl.Trainer(fast_dev_run=True, accelerator="cpu", devices=1, enable_progress_bar=False,
+                   enable_model_summary=False, callbacks=[mon])
+    t.fit(module, dm)
+    names = dm.group_names
+    assert names == ["race=A", "race=B", "race=C", "sex=Female", "sex=Male"]
+    val = dm.splits["val"].tensors
+    with torch.no_grad():
+        prob = torch.sigmoid(module(val["x"]))
+    ref = _hand_table(prob, val["sens"], val["y"])
+    m = t.callback_metrics
+    for g, name in enumerate(names):
+        for stat, key in (("pr", "dp_relative_gap/pr"), ("tpr", "eo_relative_gap/tpr"),
+                          ("fpr", "eo_relative_gap/fpr")):
+            assert m[f"val/fairness/{key}/{name}"].item() == pytest.approx(ref[stat][g], rel=1e-5, abs=1e-6)
+    assert not any("group_" in k or "stat_" in k for k in m)
+    out = capsys.readouterr().out
+    assert "Fairness summary (validation)" in out  # printed after fit, for the last validation epoch
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()}
+    assert rows["group"] == ["n", "pr", "tpr", "fpr"]
+    for g, name in enumerate(names):
+        n, pr, tpr, fpr = rows[name]
+        assert int(n) == int(ref["n"][g])
+        assert float(pr) == pytest.approx(ref["pr"][g], abs=5e-4)
+        assert float(fpr) == pytest.approx(ref["fpr"][g], abs=5e-4)
+    assert float(rows["max"][2]) == pytest.approx(max(ref["pr"]) - min(ref["pr"]), abs=1e-3)  # "max - min" row
+    assert "jsd" in rows and "dcor" in rows
+    # trainer.test prints its own summary, once, from the test epoch
+    t.test(module, dm)
+    out = capsys.readouterr().out
+    assert out.count("Fairness summary (test)") == 1 and "Fairness summary (validation)" not in out
+    assert "test/fairness/dp_relative_gap/pr/sex=Male" in t.callback_metrics
+
+
+def test_explicit_group_names_and_no_summary(capsys):
+    mon = FairnessMonitor(sens="sens", group_names=["a", "b", "c"], summary=False)
+    t = trainer(callbacks=[mon], max_epochs=1)
+    t.fit(Net(), loader(), loader(seed=9))
+    t.validate(Net(), loader(seed=9))
+    assert {f"val/fairness/dp_relative_gap/pr/{g}" for g in "abc"} <= set(t.callback_metrics)
+    assert "Fairness summary" not in capsys.readouterr().out
+    bad = FairnessMonitor(sens="sens", group_names=["a", "b"])
+    with pytest.raises(ValueError, match=r"`group_names` to name the S=3 columns of `sens`, but got 2"):
+        trainer(callbacks=[bad], max_epochs=1).validate(Net(), loader(seed=9))
+    with pytest.raises(TypeError, match="`group_names` to be a list of strings"):
+        FairnessMonitor(group_names="abc")
+
+
+def test_cli_sets_the_selection_of_every_fairness_callback(tmp_path):
+    from fairret.lightning import FairnessCLI
+    from fairret.lightning.cli import cli_main
+
+    base = ["--data.dataset=synthetic", "--data.n_synthetic=200", "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}", "--config", str(ROOT / "callbacks" / "equalized_odds.yaml")]
+    cli = cli_main([*base, "--fairness.sens", "2", "--fairness.labels", "3"], run=False)
+    cbs = [c for c in cli.trainer.callbacks if isinstance(c, (FairnessRegularizer, FairnessMonitor))]
+    assert len(cbs) == 2
+    assert [c.sens for c in cbs] == [2, 2] and [c.labels for c in cbs] == [3, 3]  # integers, on both callbacks
+    cli = cli_main(["fit", *base, "--trainer.max_epochs=1", "--fairness.sens", "[sens]", "--fairness.labels", "y",
+                    "--fairness.sens", "sens"])
+    assert [c.sens for c in cli.trainer.callbacks if isinstance(c, FairnessMonitor)] == ["sens"]
+    assert "val/fairness/eo_relative_gap/tpr/sex=Male" in cli.trainer.callback_metrics
+    # labels go only where a loss takes them; a wrong selector still names the argument
+    reg = FairnessRegularizer(NormLoss(PositiveRate()), sens="sens")
+    reg.set_selection(labels="y")
+    assert reg.labels is None
+    with pytest.raises(ValueError, match="linear-fractional loss NormLoss needs one"):
+        reg.set_selection(sens=["a", "b"])
+    assert issubclass(FairnessCLI, pl.cli.LightningCLI)

@@ -13,11 +13,11 @@ from .._extras import require_extra
 require_extra("lightning", "fairret.lightning", "lightning")
 
 from ._extract import PredictionCapture, select
-from .cli import config_path
+from .cli import FairnessCLI, config_path
 from .modality import ModalityBalance
 from .monitor import FairnessMonitor
 from .regularizer import FairnessRegularizer
 from .schedule import LambdaSchedule
 
 __all__ = ["FairnessRegularizer", "FairnessMonitor", "LambdaSchedule", "ModalityBalance", "PredictionCapture", "select",
-           "config_path"]
+           "config_path", "FairnessCLI"]

@@ -31,7 +31,8 @@ import torch
 
 __all__ = ["Selector", "select", "check_selector", "peek_train_batch", "PredictionCapture", "find_submodule"]
 
-Selector = Union[None, str, int, Sequence[Union[str, int]], Callable[[Any], Any]]
+# int before str: a command-line value "2" is parsed (by LightningCLI's jsonargparse) as the position 2, not the key "2"
+Selector = Union[None, int, str, List[Union[int, str]], Callable[[Any], Any]]
 
 
 def check_selector(selector: Any, name: str, allow_none: bool = True) -> None:

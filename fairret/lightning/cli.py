@@ -9,17 +9,64 @@ Every ready config (the repository's ``callbacks/`` folder, shipped in the wheel
         "$(python -c 'from fairret.lightning import config_path as c; print(c("demographic_parity"))')"
     python -m fairret.lightning fit --data.dataset adult \\
         --trainer.callbacks+=fairret.lightning.FairnessMonitor --trainer.callbacks.sens=sens
+    # one selection for every fairness callback of the configs (a position: an int)
+    python -m fairret.lightning fit --config callbacks/equalized_odds.yaml --fairness.sens sens --fairness.labels y
+
+:class:`FairnessCLI` is the LightningCLI with the ``--fairness.sens`` / ``--fairness.labels`` options; use it in
+place of ``LightningCLI`` with your own module and data.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from ._extract import Selector
 from .examples import TabularClassifier, TabularDataModule
 
-__all__ = ["cli_main", "config_path"]
+__all__ = ["cli_main", "config_path", "FairnessCLI"]
+
+
+class FairnessCLI(LightningCLI):
+    """``LightningCLI`` with one ``sens``/``labels`` selection for all fairness callbacks.
+
+    ``--fairness.sens`` and ``--fairness.labels`` (or a ``fairness:`` section in a config file) set the selectors
+    of every :class:`~fairret.lightning.FairnessRegularizer` and :class:`~fairret.lightning.FairnessMonitor` of the
+    trainer, over what their own configs say (``--trainer.callbacks.sens`` changes only the last callback listed).
+    Values are parsed as selectors: ``2`` is the position 2 of a tuple batch, ``sens`` a key, ``[sex, race]`` a
+    list. ``labels`` goes to the monitors and to the regularizers whose loss takes labels. Use it exactly like
+    ``LightningCLI``: ``FairnessCLI(MyModule, MyDataModule)``.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--fairness.sens", type=Optional[Selector], default=None,
+                            help="Selector of the sensitive attributes for every fairness callback (key, position, "
+                                 "list)")
+        parser.add_argument("--fairness.labels", type=Optional[Selector], default=None,
+                            help="Selector of the labels for every fairness callback that takes them")
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        sens, labels = config.get("fairness.sens"), config.get("fairness.labels")
+        if sens is None and labels is None:
+            return
+        hit = apply_selection(self.trainer.callbacks, sens, labels)
+        if not hit:
+            raise ValueError("`--fairness.sens`/`--fairness.labels` are set, but the trainer has no "
+                             "FairnessRegularizer or FairnessMonitor callback")
+
+
+def apply_selection(callbacks: List[Any], sens: Selector = None, labels: Selector = None) -> int:
+    """Call ``set_selection(sens, labels)`` on every fairness callback in ``callbacks``; returns how many."""
+    hit = 0
+    for cb in callbacks:
+        if hasattr(cb, "set_selection"):
+            cb.set_selection(sens, labels)
+            hit += 1
+    return hit
 
 
 def config_path(name: Optional[str] = None) -> Path:
@@ -58,8 +105,8 @@ def config_path(name: Optional[str] = None) -> Path:
 
 def cli_main(args: Optional[List[str]] = None, run: bool = True) -> LightningCLI:
     """Build (and with ``run``, execute) the CLI; ``args`` as on the command line (default ``sys.argv``)."""
-    return LightningCLI(TabularClassifier, TabularDataModule, args=args, run=run, save_config_callback=None,
-                        parser_kwargs={"default_env": False})
+    return FairnessCLI(TabularClassifier, TabularDataModule, args=args, run=run, save_config_callback=None,
+                       parser_kwargs={"default_env": False})
 
 
 if __name__ == "__main__":  # pragma: no cover

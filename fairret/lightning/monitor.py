@@ -1,12 +1,27 @@
-r"""``FairnessMonitor``: fairness metrics on validation and test epochs, logged next to accuracy.
+r"""``FairnessMonitor``: fairness metrics on validation and test epochs, logged next to accuracy, and a summary.
 
 Predictions are recorded from the module's forward (or a named submodule) during ``validation_step`` and
-``test_step``, turned into probabilities (sigmoid/softmax when ``pred_as_logit``), and fed with the batch's
-sensitive attributes (and labels) to torchmetrics metrics. At the epoch end every metric is computed over the whole
-epoch (synchronised across DDP ranks by torchmetrics) and logged as ``{stage}/{log_prefix}/{name}``, e.g.
-``val/fairness/dp_relative_gap``; linear-fractional metrics also log each group's value
-(``.../dp_relative_gap/group_k``) and, when the logger accepts matplotlib figures (TensorBoard's ``add_figure``), a
-bar plot of them.
+``test_step``, turned into probabilities (sigmoid/softmax when ``pred_as_logit``; a two-column output becomes the
+positive class' probability), and fed with the batch's sensitive attributes (and labels) to torchmetrics metrics.
+At the epoch end every metric is computed over the whole epoch (synchronised across DDP ranks by torchmetrics) and
+logged under names that carry the metric, the statistic and the group (stage ``val`` or ``test``):
+
+* ``{stage}/{log_prefix}/{name}``, e.g. ``val/fairness/dp_relative_gap``: the metric (for a stack of statistics
+  such as equalised odds, the largest of their gaps);
+* ``{stage}/{log_prefix}/{name}/{stat}``, e.g. ``val/fairness/eo_relative_gap/tpr``: each stacked statistic's gap;
+* ``{stage}/{log_prefix}/{name}/{stat}/{group}``, e.g. ``val/fairness/dp_relative_gap/pr/sex=Female``: each
+  group's statistic (that group's positive rate; ``tpr``, ``fpr`` for equalised odds).
+
+Group names are ``group_names`` if given, else the data module's ``group_names`` attribute (as
+:class:`~fairret.lightning.examples.TabularDataModule` has), else the ``column_names`` of a
+:class:`~fairret.sensitive.SensitiveAttributes` batch entry, else ``group_0``, ``group_1``, ... Statistic names
+are the initials of their class (``pr``, ``tpr``, ``fpr``; :func:`fairret._monitoring.statistic_names`).
+When the logger accepts matplotlib figures (TensorBoard's ``add_figure``), each linear-fractional metric is also
+drawn as a bar plot of the groups.
+
+With ``summary=True`` a table (per group: n and each statistic; overall; max − min; relative gap; then JSD and
+dCor²) is printed on rank 0 at the end of ``trainer.validate`` and ``trainer.test``, and once after
+``trainer.fit`` for its last validation epoch, like Lightning's own table of test results.
 
 Default metrics (``metrics=None``), built at the first batch once the number of groups is known:
 
@@ -21,20 +36,19 @@ Default metrics (``metrics=None``), built at the first batch once the number of 
 
 Example:
     >>> from fairret.lightning import FairnessMonitor
-    >>> FairnessMonitor(sens="sens", labels="y").log_prefix
+    >>> FairnessMonitor(sens="sens", labels="y", group_names=["sex=Female", "sex=Male"]).log_prefix
     'fairness'
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
 import torchmetrics
 
-from .._validation import to_probabilities
-from ..metric import DependenceMetric, DistanceCorrelation, IntersectionalJSD, LinearFractionalParity
-from ..statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
+from .._monitoring import FairnessResult, FairnessTracker, binary_cells, check_metrics, monitor_probabilities
+from ..metric import LinearFractionalParity
 from ._extract import PredictionCapture, Selector, check_selector, select
 
 __all__ = ["FairnessMonitor", "binary_cells"]
@@ -42,17 +56,8 @@ __all__ = ["FairnessMonitor", "binary_cells"]
 _STAGES = ("validate", "test")
 
 
-def binary_cells(sens: torch.Tensor) -> Optional[torch.Tensor]:
-    """Cell ids of the rows of a 0/1 matrix (bit ``j`` = column ``j``), consistent across batches; else None."""
-    sens = sens.reshape(sens.shape[0], -1)
-    if sens.shape[1] > 62 or not bool(((sens == 0) | (sens == 1)).all()):
-        return None
-    weights = 2 ** torch.arange(sens.shape[1], device=sens.device, dtype=torch.long)
-    return (sens.long() * weights).sum(1)
-
-
 class FairnessMonitor(pl.Callback):
-    """Logs fairness metrics over each validation and test epoch.
+    """Logs fairness metrics over each validation and test epoch, named after metric, statistic and group.
 
     Args:
         metrics: name → torchmetrics metric. :class:`~fairret.metric.LinearFractionalParity` gets
@@ -61,7 +66,7 @@ class FairnessMonitor(pl.Callback):
             :class:`~fairret.metric.IntersectionalJSD` gets ``(prob, cells)``, any other metric
             ``(prob, labels)`` (e.g. ``torchmetrics.classification.BinaryAccuracy``). Default: see the module
             docstring.
-        sens: selector of the ``(N, S)`` sensitive matrix in the batch.
+        sens: selector of the ``(N, S)`` sensitive matrix in the batch (a tensor or a SensitiveAttributes).
         labels: selector of the labels (needed by label-conditioned statistics and plain metrics).
         attributes: selector of the attributes for the dependence metrics (default ``sens``); a list selects one
             attribute per entry, as ``sens`` does for the dependence losses in
@@ -72,22 +77,23 @@ class FairnessMonitor(pl.Callback):
         stages: where to monitor: ``"validate"`` and/or ``"test"``.
         log_prefix: metric names are ``{stage}/{log_prefix}/{name}`` with stage ``val`` or ``test``.
         plot: log per-group bar plots when the logger accepts figures.
+        group_names: the names of the S columns of ``sens`` (``["sex=Female", "sex=Male"]``), used in the logged
+            names, the plots and the summary; default: see the module docstring.
+        summary: print the summary table after ``validate``, ``test`` and ``fit`` (rank 0).
+
+    Attributes:
+        last_values: the latest logged value of every key.
+        last_result: per stage (``"validate"``, ``"test"``), the latest :class:`~fairret._monitoring.FairnessResult`
+            (its ``render(title)`` is the printed table).
     """
 
     def __init__(self, metrics: Optional[Dict[str, torchmetrics.Metric]] = None, sens: Selector = "sens",
                  labels: Selector = None, attributes: Selector = None, cells: Selector = None,
                  prediction_module: Optional[str] = None, prediction_output: Selector = None,
                  pred_as_logit: bool = True, stages: Sequence[str] = _STAGES, log_prefix: str = "fairness",
-                 plot: bool = True):
+                 plot: bool = True, group_names: Optional[List[str]] = None, summary: bool = True):
         super().__init__()
-        if metrics is not None:
-            if not isinstance(metrics, dict) or not metrics:
-                raise TypeError(f"Expected argument `metrics` to be a non-empty dict of name -> torchmetrics Metric, "
-                                f"but got {metrics!r}")
-            for name, m in metrics.items():
-                if not isinstance(m, torchmetrics.Metric):
-                    raise TypeError(f"Expected `metrics[{name!r}]` to be a torchmetrics Metric, but got "
-                                    f"{type(m).__name__}")
+        check_metrics(metrics)
         check_selector(sens, "sens", allow_none=False)
         for arg, value in (("labels", labels), ("attributes", attributes), ("cells", cells)):
             check_selector(value, arg)
@@ -95,14 +101,31 @@ class FairnessMonitor(pl.Callback):
         bad = [s for s in stages if s not in _STAGES]
         if not stages or bad:
             raise ValueError(f"Expected argument `stages` to hold 'validate' and/or 'test', but got {list(stages)}")
-        self.metrics: Optional[Dict[str, torchmetrics.Metric]] = dict(metrics) if metrics else None
+        self.tracker = FairnessTracker(metrics, group_names)
         self.sens, self.labels, self.attributes, self.cells = sens, labels, attributes, cells
         self.capture = PredictionCapture(prediction_module, prediction_output)
         self.pred_as_logit = bool(pred_as_logit)
         self.stages = stages
         self.log_prefix = log_prefix
         self.plot = bool(plot)
+        self.summary = bool(summary)
         self.last_values: Dict[str, float] = {}
+        self.last_result: Dict[str, FairnessResult] = {}
+
+    def set_selection(self, sens: Selector = None, labels: Selector = None) -> None:
+        """Replace the ``sens`` and/or ``labels`` selectors (``None``: keep); see
+        :class:`~fairret.lightning.cli.FairnessCLI`."""
+        if sens is not None:
+            check_selector(sens, "sens", allow_none=False)
+            self.sens = sens
+        if labels is not None:
+            check_selector(labels, "labels")
+            self.labels = labels
+
+    @property
+    def metrics(self) -> Optional[Dict[str, torchmetrics.Metric]]:
+        """The metrics (None until the first batch when the defaults are used)."""
+        return self.tracker.metrics
 
     @property
     def state_key(self) -> str:
@@ -115,100 +138,62 @@ class FairnessMonitor(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.capture.detach()
 
-    def _default_metrics(self, sens: torch.Tensor, has_labels: bool, has_cells: bool) -> Dict[str, torchmetrics.Metric]:
-        s = sens.reshape(sens.shape[0], -1).shape[1]
-        metrics: Dict[str, torchmetrics.Metric] = {"dp_relative_gap": LinearFractionalParity(PositiveRate(), s)}
-        if has_labels:
-            eo = StackedLinearFractionalStatistic(TruePositiveRate(), FalsePositiveRate())
-            metrics["eo_relative_gap"] = LinearFractionalParity(eo, (2, s))
-        if has_cells:
-            metrics["jsd"] = IntersectionalJSD()
-        metrics["dcor"] = DistanceCorrelation()
-        return metrics
-
-    def _epoch_start(self, stage: str, pl_module: pl.LightningModule) -> None:
+    def _epoch_start(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if stage not in self.stages:
             return
         if not self.capture.attached:
             self.capture.attach(pl_module)
-        if self.metrics is None:
-            return
-        for m in self.metrics.values():
-            m.to(pl_module.device)
-            m.reset()
+        names = getattr(trainer.datamodule, "group_names", None) if trainer.datamodule is not None else None
+        if names and all(isinstance(n, str) for n in names):  # the data module's names, when it has them
+            self.tracker.fallback_names = list(names)
+        self.tracker.to(pl_module.device)
+        self.tracker.reset()
 
     def _batch_start(self, stage: str) -> None:
         if stage in self.stages:
             self.capture.start()
 
-    def _batch_end(self, stage: str, pl_module: pl.LightningModule, batch: Any) -> None:
+    def _batch_end(self, stage: str, batch: Any) -> None:
         if stage not in self.stages:
             return
         self.capture.stop()
-        pred = self.capture.take().detach()
-        if pred.ndim == 1:
-            pred = pred.unsqueeze(1)
-        pred = pred.float()
-        if self.pred_as_logit:
-            pred = to_probabilities(pred)
+        prob = monitor_probabilities(self.capture.take(), self.pred_as_logit)
         sens = select(batch, self.sens, "sens")
         labels = select(batch, self.labels, "labels")
-        attrs = select(batch, self.attributes, "attributes") if self.attributes is not None else sens
-        cells = select(batch, self.cells, "cells") if self.cells is not None else binary_cells(sens)
-        if self.metrics is None:
-            self.metrics = self._default_metrics(sens, labels is not None, cells is not None)
-            for m in self.metrics.values():
-                m.to(pl_module.device)
-        for name, metric in self.metrics.items():
-            if isinstance(metric, LinearFractionalParity):
-                if metric.requires_labels:
-                    if labels is None:
-                        raise ValueError(f"Metric {name!r} ({type(metric.stat).__name__}) takes the label: set "
-                                         f"argument `labels`")
-                    metric.update(pred, sens, labels)
-                else:
-                    metric.update(pred, sens)
-            elif isinstance(metric, IntersectionalJSD):
-                if cells is None:
-                    raise ValueError(f"Metric {name!r} needs intersectional cells: set argument `cells` (the 0/1 "
-                                     f"`sens` rule does not apply to this batch's sensitive matrix)")
-                metric.update(pred[:, -1], cells)
-            elif isinstance(metric, DependenceMetric):
-                metric.update(pred, attrs)
-            else:
-                if labels is None:
-                    raise ValueError(f"Metric {name!r} ({type(metric).__name__}) is updated with (prob, labels): set "
-                                     f"argument `labels`")
-                metric.update(pred.squeeze(1) if pred.shape[1] == 1 else pred, labels)
+        attrs = select(batch, self.attributes, "attributes") if self.attributes is not None else None
+        cells = select(batch, self.cells, "cells") if self.cells is not None else None
+        self.tracker.update(prob, sens, labels, attrs, cells)
 
     def _epoch_end(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if stage not in self.stages or self.metrics is None:
+        if stage not in self.stages:
+            return
+        result = self.tracker.compute()
+        if result is None:
             return
         tag = "val" if stage == "validate" else "test"
-        for name, metric in self.metrics.items():
-            if not metric.update_called:
-                continue
-            key = f"{tag}/{self.log_prefix}/{name}"
-            value = torch.as_tensor(metric.compute()).float()
-            if value.numel() > 1:  # e.g. one gap per stacked statistic: log each, and the largest as the metric
-                for k, v in enumerate(value.reshape(-1).tolist()):
-                    pl_module.log(f"{key}/stat_{k}", v)
-                value = value.max()
-            self.last_values[key] = float(value)
-            pl_module.log(key, value, sync_dist=False)
-            if isinstance(metric, LinearFractionalParity):
-                per_group = metric.compute_per_group()
-                rows = per_group.reshape(-1, per_group.shape[-1]).tolist()
-                for k, row in enumerate(rows):
-                    stat = f"/stat_{k}" if len(rows) > 1 else ""
-                    for g, v in enumerate(row):
-                        if v == v:  # skip groups never seen (NaN)
-                            pl_module.log(f"{key}{stat}/group_{g}", float(v))
-                if self.plot and trainer.is_global_zero and not trainer.sanity_checking:
-                    self._log_figure(trainer, metric, key)
+        prefix = f"{tag}/{self.log_prefix}"
+        for key, value in result.prefixed(prefix).items():
+            pl_module.log(key, value, sync_dist=False)  # already the value over all ranks
+            if key.count("/") == 2:
+                self.last_values[key] = value
+        if not trainer.sanity_checking:
+            self.last_result[stage] = result
+        if self.plot and trainer.is_global_zero and not trainer.sanity_checking:
+            for name, metric in (self.tracker.metrics or {}).items():
+                if isinstance(metric, LinearFractionalParity) and metric.update_called:
+                    self._log_figure(trainer, metric, f"{prefix}/{name}", result.group_names)
+        fn = getattr(trainer.state.fn, "value", trainer.state.fn)
+        if fn == stage and not trainer.sanity_checking:  # trainer.validate / trainer.test: print now
+            self._print_summary(trainer, stage)
+
+    def _print_summary(self, trainer: pl.Trainer, stage: str) -> None:
+        result = self.last_result.get(stage)
+        if self.summary and result is not None and trainer.is_global_zero:
+            title = {"validate": "Fairness summary (validation)", "test": "Fairness summary (test)"}[stage]
+            print(f"\n{result.render(title)}\n")
 
     @staticmethod
-    def _log_figure(trainer: pl.Trainer, metric: LinearFractionalParity, key: str) -> None:
+    def _log_figure(trainer: pl.Trainer, metric: LinearFractionalParity, key: str, names: List[str]) -> None:
         for logger in trainer.loggers:
             add_figure = getattr(getattr(logger, "experiment", None), "add_figure", None)
             if add_figure is None:
@@ -220,16 +205,16 @@ class FairnessMonitor(pl.Callback):
                 import matplotlib.pyplot as plt
             except ImportError:
                 return
-            fig, _ = metric.plot()
+            fig, _ = metric.plot(group_names=names if len(names) == metric.stat_shape[-1] else None)
             add_figure(key, fig, global_step=trainer.global_step)
             plt.close(fig)
 
     # --- Lightning hooks ----------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer, pl_module):
-        self._epoch_start("validate", pl_module)
+        self._epoch_start("validate", trainer, pl_module)
 
     def on_test_epoch_start(self, trainer, pl_module):
-        self._epoch_start("test", pl_module)
+        self._epoch_start("test", trainer, pl_module)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self._batch_start("validate")
@@ -238,16 +223,22 @@ class FairnessMonitor(pl.Callback):
         self._batch_start("test")
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch_end("validate", pl_module, batch)
+        self._batch_end("validate", batch)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch_end("test", pl_module, batch)
+        self._batch_end("test", batch)
 
     def on_validation_epoch_end(self, trainer, pl_module):
         self._epoch_end("validate", trainer, pl_module)
 
     def on_test_epoch_end(self, trainer, pl_module):
         self._epoch_end("test", trainer, pl_module)
+
+    def on_fit_start(self, trainer, pl_module):
+        self.last_result.pop("validate", None)
+
+    def on_fit_end(self, trainer, pl_module):
+        self._print_summary(trainer, "validate")  # the last validation epoch of the fit
 
     # --- state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

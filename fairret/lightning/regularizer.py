@@ -31,33 +31,12 @@ from typing import Any, Callable, Dict, Optional
 import lightning.pytorch as pl
 import torch
 
-from .._distributed import is_distributed
+from .._penalty import compute_penalty, weighted_penalty
 from .._state import load_module_state
 from .._validation import check_number
 from ._extract import PredictionCapture, Selector, check_selector, peek_train_batch, select
 
 __all__ = ["FairnessRegularizer", "compute_penalty"]
-
-
-def compute_penalty(loss: Callable[..., torch.Tensor], pred: torch.Tensor, sens: Any, labels: Any = None,
-                    pred_as_logit: bool = True) -> torch.Tensor:
-    """``loss(pred, sens[, labels], pred_as_logit=...)`` in float32 (at least) outside autocast, checked scalar.
-
-    This is the computation the callback adds to the training loss; tests and users adding the penalty by hand
-    in ``training_step`` call it to get the identical term.
-    """
-    if pred.ndim == 1:
-        pred = pred.unsqueeze(1)
-    if pred.dtype in (torch.float16, torch.bfloat16):
-        pred = pred.float()
-    args = () if labels is None else (labels,)
-    with torch.autocast(device_type=pred.device.type, enabled=False):
-        value = loss(pred, sens, *args, pred_as_logit=pred_as_logit)
-    if not isinstance(value, torch.Tensor) or value.ndim != 0:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"Expected the penalty of argument `loss` ({type(loss).__name__}) to be a scalar tensor, but "
-                         f"it returned {shape}")
-    return value
 
 
 class FairnessRegularizer(pl.Callback):
@@ -94,23 +73,10 @@ class FairnessRegularizer(pl.Callback):
         if not callable(loss):
             raise TypeError(f"Expected argument `loss` to be a fairret loss module or a callable, but got "
                             f"{type(loss).__name__}")
-        check_selector(sens, "sens", allow_none=False)
-        check_selector(labels, "labels")
-        requires = getattr(loss, "requires_labels", None)  # a plain callable says nothing: not checked
-        statistic = getattr(loss, "statistic", None)
-        what = (f"the statistic {type(statistic).__name__} of the loss" if statistic is not None
-                else f"the loss {type(loss).__name__}")
-        if requires is True and labels is None:
-            raise ValueError(f"{what[0].upper()}{what[1:]} takes the label: set argument `labels` to select it "
-                             f"from the batch")
-        if requires is False and labels is not None:
-            raise ValueError(f"Argument `labels` is set, but {what} takes no labels; remove `labels`")
-        if isinstance(sens, (list, tuple)) and getattr(loss, "statistic", None) is not None:
-            raise ValueError(f"Argument `sens` selects a list of parts, but the linear-fractional loss "
-                             f"{type(loss).__name__} needs one (N, S) sensitive matrix; select a single tensor")
         if not isinstance(log_prefix, str) or not log_prefix:
             raise ValueError(f"Expected argument `log_prefix` to be a non-empty string, but got {log_prefix!r}")
         self.loss = loss
+        self._check_selection(sens, labels)
         self.lam = lam  # validated by the property
         self.sens = sens
         self.labels = labels
@@ -120,6 +86,35 @@ class FairnessRegularizer(pl.Callback):
         self.last_penalty: Optional[torch.Tensor] = None
         self._wrapped: Optional[torch.nn.Module] = None
         self._checked_batch = False
+
+    def _check_selection(self, sens: Selector, labels: Selector) -> None:
+        check_selector(sens, "sens", allow_none=False)
+        check_selector(labels, "labels")
+        loss = self.loss
+        requires = getattr(loss, "requires_labels", None)  # a plain callable says nothing: not checked
+        statistic = getattr(loss, "statistic", None)
+        what = (f"the statistic {type(statistic).__name__} of the loss" if statistic is not None
+                else f"the loss {type(loss).__name__}")
+        if requires is True and labels is None:
+            raise ValueError(f"{what[0].upper()}{what[1:]} takes the label: set argument `labels` to select it "
+                             f"from the batch")
+        if requires is False and labels is not None:
+            raise ValueError(f"Argument `labels` is set, but {what} takes no labels; remove `labels`")
+        if isinstance(sens, (list, tuple)) and statistic is not None:
+            raise ValueError(f"Argument `sens` selects a list of parts, but the linear-fractional loss "
+                             f"{type(loss).__name__} needs one (N, S) sensitive matrix; select a single tensor")
+
+    def set_selection(self, sens: Selector = None, labels: Selector = None) -> None:
+        """Replace the ``sens`` and/or ``labels`` selectors (``None``: keep), checked as in the constructor.
+
+        ``labels`` is applied only when the loss takes labels (or does not say), so that one setting can serve
+        every fairness callback (:class:`~fairret.lightning.cli.FairnessCLI`'s ``--fairness.labels``).
+        """
+        sens = self.sens if sens is None else sens
+        if labels is None or getattr(self.loss, "requires_labels", None) is False:
+            labels = self.labels
+        self._check_selection(sens, labels)
+        self.sens, self.labels = sens, labels
 
     @property
     def lam(self) -> float:
@@ -196,11 +191,7 @@ class FairnessRegularizer(pl.Callback):
         labels = select(batch, self.labels, "labels")
         if self.lam > 0:
             penalty = compute_penalty(self.loss, pred, sens, labels, self.pred_as_logit)
-            scale = self._gradient_scale()
-            term = self.lam * penalty
-            if scale != 1:
-                term = term + (scale - 1) * (term - term.detach())
-            total = task + term.to(task.dtype)
+            total = task + weighted_penalty(self.loss, penalty, self.lam).to(task.dtype)
         else:
             with torch.no_grad():
                 penalty = compute_penalty(self.loss, pred.detach(), sens, labels, self.pred_as_logit)
@@ -215,12 +206,6 @@ class FairnessRegularizer(pl.Callback):
             out["loss"] = total
             return out
         return total
-
-    def _gradient_scale(self) -> int:
-        """World size for a global-batch (``sync_dist``) loss under DDP, else 1 (see the module docstring)."""
-        if getattr(self.loss, "sync_dist", False) and is_distributed():
-            return torch.distributed.get_world_size()
-        return 1
 
     # --- state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

@@ -1,0 +1,356 @@
+r"""The fairness monitor's engine, shared by the Lightning and Hugging Face callbacks (no trainer imports here).
+
+A :class:`FairnessTracker` holds named torchmetrics metrics, feeds each batch to them by their kind, computes them
+over everything seen (synchronised across DDP ranks by torchmetrics) and names every value after its metric, its
+statistic and its group:
+
+* ``{name}``: the metric's value (for a stack of statistics, the largest of their gaps);
+* ``{name}/{stat}``: each stacked statistic's gap (``eo_relative_gap/tpr``, ``eo_relative_gap/fpr``);
+* ``{name}/{stat}/{group}``: each group's statistic (``dp_relative_gap/pr/sex=Female``: that group's positive
+  rate).
+
+Statistic names are the initials of their class (``PositiveRate`` → ``pr``, ``TruePositiveRate`` → ``tpr``);
+group names come from the caller (``group_names``), else from a :class:`~fairret.sensitive.SensitiveAttributes`'
+``column_names``, else ``group_k``. :meth:`FairnessResult.render` is the text table the callbacks print.
+
+Example:
+    >>> import torch
+    >>> tr = FairnessTracker(group_names=["sex=Female", "sex=Male"])
+    >>> sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
+    >>> tr.update(torch.tensor([[0.2], [0.6], [0.4], [0.8]]), sens, labels=torch.tensor([1., 0., 0., 1.]))
+    >>> res = tr.compute()
+    >>> round(res.values["dp_relative_gap"], 4), round(res.values["dp_relative_gap/pr/sex=Male"], 4)
+    (0.2, 0.6)
+    >>> sorted(k for k in res.values if k.startswith("eo_relative_gap/") and k.count("/") == 1)
+    ['eo_relative_gap/fpr', 'eo_relative_gap/tpr']
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torchmetrics
+
+from ._validation import to_probabilities
+from .metric import DependenceMetric, DistanceCorrelation, IntersectionalJSD, LinearFractionalParity
+from .statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
+
+__all__ = ["FairnessTracker", "FairnessResult", "binary_cells", "statistic_names", "monitor_probabilities",
+           "sens_matrix", "check_metrics"]
+
+
+def binary_cells(sens: torch.Tensor) -> Optional[torch.Tensor]:
+    """Cell ids of the rows of a 0/1 matrix (bit ``j`` = column ``j``), consistent across batches; else None."""
+    sens = sens.reshape(sens.shape[0], -1)
+    if sens.shape[1] > 62 or not bool(((sens == 0) | (sens == 1)).all()):
+        return None
+    weights = 2 ** torch.arange(sens.shape[1], device=sens.device, dtype=torch.long)
+    return (sens.long() * weights).sum(1)
+
+
+def statistic_names(statistic: Any) -> List[str]:
+    """Short names of a statistic (one per stacked statistic): the lower-case initials of the class name.
+
+    Example:
+        >>> from fairret.statistic import EqualizedOdds, PositiveRate
+        >>> statistic_names(PositiveRate()), statistic_names(EqualizedOdds())
+        (['pr'], ['tpr', 'fpr'])
+    """
+    parts = list(getattr(statistic, "statistics", [])) if getattr(statistic, "stacked", False) else [statistic]
+    names = ["".join(re.findall(r"[A-Z]", type(s).__name__)).lower() or type(s).__name__.lower() for s in parts]
+    return [n if names.count(n) == 1 else f"{n}{k}" for k, n in enumerate(names)]
+
+
+def sens_matrix(sens: Any) -> torch.Tensor:
+    """The ``(N, S)`` matrix of a tensor or of a :class:`~fairret.sensitive.SensitiveAttributes` (``.matrix``)."""
+    mat = getattr(sens, "matrix", sens)
+    if not isinstance(mat, torch.Tensor):
+        raise TypeError(f"Expected argument `sens` to select a tensor or a SensitiveAttributes, but got "
+                        f"{type(sens).__name__}")
+    return mat.reshape(mat.shape[0], -1)
+
+
+def monitor_probabilities(pred: torch.Tensor, pred_as_logit: bool) -> torch.Tensor:
+    """Detached float ``(N, 1)``/``(N, C)`` probabilities; two-class output becomes the positive class' column.
+
+    Logits become probabilities by the losses' rule (:func:`fairret._validation.to_probabilities`); a two-column
+    output (a Hugging Face sequence classifier's binary head) is reduced to ``P(class 1)`` so that the binary
+    metrics apply.
+    """
+    pred = pred.detach().float()
+    if pred.ndim == 1:
+        pred = pred.unsqueeze(1)
+    pred = pred.reshape(pred.shape[0], -1)
+    if pred_as_logit:
+        pred = to_probabilities(pred)
+    if pred.shape[1] == 2:
+        pred = pred[:, 1:]
+    return pred
+
+
+def check_metrics(metrics: Any) -> Optional[Dict[str, torchmetrics.Metric]]:
+    """``None`` or a copy of a non-empty dict of name → torchmetrics Metric; a clear error otherwise."""
+    if metrics is None:
+        return None
+    if not isinstance(metrics, dict) or not metrics:
+        raise TypeError(f"Expected argument `metrics` to be a non-empty dict of name -> torchmetrics Metric, "
+                        f"but got {metrics!r}")
+    for name, m in metrics.items():
+        if not isinstance(m, torchmetrics.Metric):
+            raise TypeError(f"Expected `metrics[{name!r}]` to be a torchmetrics Metric, but got {type(m).__name__}")
+    return dict(metrics)
+
+
+class _GroupCount(torchmetrics.Metric):
+    """Column sums of the sensitive matrix (the number of rows per group for 0/1 columns)."""
+
+    full_state_update = False
+
+    def __init__(self, num_groups: int):
+        super().__init__()
+        self.add_state("total", default=torch.zeros(num_groups, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("rows", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, sens: torch.Tensor) -> None:
+        self.total += sens.detach().to(torch.float64).sum(0)
+        self.rows += sens.shape[0]
+
+    def compute(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.total, self.rows
+
+
+@dataclass
+class FairnessResult:
+    """The values of one epoch, named (see the module docstring), and what the summary table shows.
+
+    Attributes:
+        values: relative key → value (``dp_relative_gap``, ``eo_relative_gap/tpr``, ``dp_relative_gap/pr/sex=Male``).
+        headline: metric name → value (the keys without a ``/``).
+        group_names: the S group names.
+        counts: rows per group (column sums of the sensitive matrix), or None.
+        rows: rows seen.
+        columns: per-group columns of the table: ``(label, per-group values, overall, relative gap)``.
+    """
+
+    values: Dict[str, float]
+    headline: Dict[str, float]
+    group_names: List[str]
+    counts: Optional[List[float]] = None
+    rows: int = 0
+    columns: List[Tuple[str, List[float], float, float]] = field(default_factory=list)
+
+    def prefixed(self, prefix: str) -> Dict[str, float]:
+        """``values`` with keys ``{prefix}/{key}``."""
+        return {f"{prefix}/{k}": v for k, v in self.values.items()}
+
+    def render(self, title: str) -> str:
+        """A text table: one row per group (n and each statistic), the overall value, the largest difference
+        between two groups (max − min, same units as the statistic), the metric's relative gap, then the other
+        metrics' values.
+
+        Example:
+            >>> res = FairnessResult({"dp": 0.6, "dp/pr/a": 0.5, "dp/pr/b": 1.0, "jsd": 0.01},
+            ...                      {"dp": 0.6, "jsd": 0.01}, ["a", "b"], [3.0, 1.0], 4,
+            ...                      [("pr", [0.5, 1.0], 0.625, 0.6)])
+            >>> print(res.render("Fairness (test)"))
+            Fairness (test), 4 rows
+            group              n     pr
+            a                  3  0.500
+            b                  1  1.000
+            all                4  0.625
+            max - min             0.500
+            relative gap          0.600
+            jsd                  0.0100
+        """
+        fmt = lambda v: "nan" if v != v else f"{v:.3f}"  # noqa: E731
+        width = max([len("relative gap")] + [len(g) for g in self.group_names]) + 2
+        cw = max([7] + [len(c[0]) + 1 for c in self.columns])
+        lines = [f"{title}, {self.rows} rows"]
+        if self.columns:
+            lines.append(f"{'group':<{width}}{'n':>6}" + "".join(f"{c[0]:>{cw}}" for c in self.columns))
+            counts = self.counts or [float("nan")] * len(self.group_names)
+
+            def n_str(v: float) -> str:
+                return "" if v != v else (f"{int(v)}" if float(v).is_integer() else f"{v:.1f}")
+
+            for g, name in enumerate(self.group_names):
+                lines.append(f"{name:<{width}}{n_str(counts[g]):>6}" + "".join(
+                    f"{fmt(c[1][g]):>{cw}}" for c in self.columns))
+            lines.append(f"{'all':<{width}}{n_str(float(self.rows)):>6}" + "".join(
+                f"{fmt(c[2]):>{cw}}" for c in self.columns))
+            spreads = []
+            for c in self.columns:
+                seen = [v for v in c[1] if v == v]
+                spreads.append(max(seen) - min(seen) if seen else float("nan"))
+            lines.append(f"{'max - min':<{width}}{'':>6}" + "".join(f"{fmt(s):>{cw}}" for s in spreads))
+            lines.append(f"{'relative gap':<{width}}{'':>6}" + "".join(f"{fmt(c[3]):>{cw}}" for c in self.columns))
+        for name, v in self.headline.items():  # the metrics without per-group values (JSD, dCor², ...)
+            if not any(k.startswith(name + "/") for k in self.values):
+                lines.append(f"{name:<{width}}{'':>6}{v:>{cw}.4f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render("Fairness")
+
+
+class FairnessTracker:
+    """Named fairness metrics over an epoch (see the module docstring).
+
+    Args:
+        metrics: name → torchmetrics metric, fed by kind: :class:`~fairret.metric.LinearFractionalParity` gets
+            ``(prob, sens[, labels])``, every :class:`~fairret.metric.DependenceMetric` ``(prob, attributes)``,
+            :class:`~fairret.metric.IntersectionalJSD` ``(prob, cells)``, any other ``(prob, labels)``. Default
+            (``None``, built at the first update once S is known): ``dp_relative_gap`` (positive rate),
+            ``eo_relative_gap`` (TPR and FPR stacked, with labels), ``jsd`` (with cells), ``dcor``.
+        group_names: the S group names (default: as in the module docstring).
+    """
+
+    def __init__(self, metrics: Optional[Dict[str, torchmetrics.Metric]] = None,
+                 group_names: Optional[Sequence[str]] = None):
+        self.metrics = check_metrics(metrics)
+        if group_names is not None and (isinstance(group_names, str) or
+                                        not all(isinstance(g, str) for g in group_names)):
+            raise TypeError(f"Expected argument `group_names` to be a list of strings, but got {group_names!r}")
+        self.group_names: Optional[List[str]] = list(group_names) if group_names is not None else None
+        self.fallback_names: Optional[List[str]] = None  # e.g. a data module's, used when they fit S
+        self._batch_names: Optional[List[str]] = None
+        self._counts: Optional[_GroupCount] = None
+        self._device: Optional[torch.device] = None
+
+    # --- state ----------------------------------------------------------------------------------------------------
+    def _all(self) -> List[torchmetrics.Metric]:
+        return list((self.metrics or {}).values()) + ([self._counts] if self._counts is not None else [])
+
+    def to(self, device: Any) -> "FairnessTracker":
+        self._device = torch.device(device)
+        for m in self._all():
+            m.to(device)
+        return self
+
+    def reset(self) -> None:
+        for m in self._all():
+            m.reset()
+
+    def _default_metrics(self, s: int, classes: int, has_labels: bool, has_cells: bool) -> Dict[str, Any]:
+        shape = (s,) if classes == 1 else (classes, s)
+        metrics: Dict[str, torchmetrics.Metric] = {"dp_relative_gap": LinearFractionalParity(PositiveRate(), shape)}
+        if has_labels:
+            eo = StackedLinearFractionalStatistic(TruePositiveRate(), FalsePositiveRate())
+            metrics["eo_relative_gap"] = LinearFractionalParity(eo, (2, *shape))
+        if has_cells and classes == 1:
+            metrics["jsd"] = IntersectionalJSD()
+        metrics["dcor"] = DistanceCorrelation()
+        return metrics
+
+    # --- batches --------------------------------------------------------------------------------------------------
+    def update(self, prob: torch.Tensor, sens: Any, labels: Any = None, attributes: Any = None,
+               cells: Any = None) -> None:
+        """Add a batch: probabilities ``(N, 1)``/``(N, C)`` (see :func:`monitor_probabilities`), the sensitive
+        matrix ``(N, S)`` (or a SensitiveAttributes), labels, the dependence metrics' attributes (default
+        ``sens``) and intersectional cell ids (default: from a 0/1 ``sens``)."""
+        mat = sens_matrix(sens)
+        if self._batch_names is None and getattr(sens, "column_names", None) is not None:
+            self._batch_names = list(sens.column_names)
+        attrs = sens if attributes is None else attributes
+        if cells is None:
+            cells = binary_cells(mat)
+        if self.metrics is None:
+            self.metrics = self._default_metrics(mat.shape[1], prob.shape[1], labels is not None, cells is not None)
+            if self._device is not None:
+                for m in self.metrics.values():
+                    m.to(self._device)
+        if self._counts is None:
+            self._counts = _GroupCount(mat.shape[1]).to(self._device or mat.device)
+        if self._counts.total.shape[0] == mat.shape[1]:
+            self._counts.update(mat)
+        for name, metric in self.metrics.items():
+            if isinstance(metric, LinearFractionalParity):
+                if metric.requires_labels:
+                    if labels is None:
+                        raise ValueError(f"Metric {name!r} ({type(metric.stat).__name__}) takes the label: set "
+                                         f"argument `labels`")
+                    metric.update(prob, mat, labels)
+                else:
+                    metric.update(prob, mat)
+            elif isinstance(metric, IntersectionalJSD):
+                if cells is None:
+                    raise ValueError(f"Metric {name!r} needs intersectional cells: set argument `cells` (the 0/1 "
+                                     f"`sens` rule does not apply to this batch's sensitive matrix)")
+                metric.update(prob[:, -1], cells)
+            elif isinstance(metric, DependenceMetric):
+                metric.update(prob, attrs)
+            else:
+                if labels is None:
+                    raise ValueError(f"Metric {name!r} ({type(metric).__name__}) is updated with (prob, labels): set "
+                                     f"argument `labels`")
+                metric.update(prob.squeeze(1) if prob.shape[1] == 1 else prob, labels)
+
+    # --- epoch end ------------------------------------------------------------------------------------------------
+    def names_for(self, s: int) -> List[str]:
+        """The S group names: ``group_names``, else the ``column_names`` of a SensitiveAttributes seen, else
+        ``fallback_names``, else ``group_k``."""
+        if self.group_names is not None:
+            if len(self.group_names) != s:
+                raise ValueError(f"Expected argument `group_names` to name the S={s} columns of `sens`, but got "
+                                 f"{len(self.group_names)} names: {self.group_names}")
+            return list(self.group_names)
+        for names in (self._batch_names, self.fallback_names):
+            if names is not None and len(names) == s:
+                return list(names)
+        return [f"group_{k}" for k in range(s)]
+
+    @staticmethod
+    def _row_labels(metric: LinearFractionalParity) -> List[str]:
+        stats = statistic_names(metric.stat)
+        shape = metric.stat_shape
+        lead = shape[1:-1] if getattr(metric.stat, "stacked", False) else shape[:-1]
+        classes = math.prod(lead)
+        if classes == 1:
+            return stats
+        return [f"{s}_class{c}" for s in stats for c in range(classes)]
+
+    def compute(self) -> Optional[FairnessResult]:
+        """Every metric over everything seen (all ranks), named; None before the first update."""
+        if self.metrics is None:
+            return None
+        values: Dict[str, float] = {}
+        headline: Dict[str, float] = {}
+        columns: List[Tuple[str, List[float], float, float]] = []
+        names: List[str] = []
+        for name, metric in self.metrics.items():
+            if not metric.update_called:
+                continue
+            value = torch.as_tensor(metric.compute()).float()
+            gaps = value.reshape(-1).tolist()
+            if isinstance(metric, LinearFractionalParity):
+                labels = self._row_labels(metric)
+                per_group = metric.compute_per_group()
+                rows = per_group.reshape(-1, per_group.shape[-1]).tolist()
+                overall = metric.compute_overall().reshape(-1).tolist()
+                names = self.names_for(per_group.shape[-1])
+                if len(gaps) != len(labels):
+                    gaps = gaps[:1] * len(labels)
+                for r, (label, row) in enumerate(zip(labels, rows)):
+                    if len(labels) > 1:
+                        values[f"{name}/{label}"] = gaps[r]
+                    for g, v in zip(names, row):
+                        if v == v:  # skip groups never seen (NaN)
+                            values[f"{name}/{label}/{g}"] = float(v)
+                    columns.append((label, row, overall[r] if r < len(overall) else float("nan"), gaps[r]))
+            top = float(value.max()) if value.numel() > 1 else float(value)
+            values[name] = headline[name] = top
+        dup = {c[0] for c in columns if [d[0] for d in columns].count(c[0]) > 1}
+        if dup:  # the same statistic in two metrics: name the metric in the column
+            owners = [n for n, m in self.metrics.items() if isinstance(m, LinearFractionalParity) and m.update_called
+                      for _ in self._row_labels(m)]
+            columns = [(f"{o}:{c[0]}" if c[0] in dup else c[0], *c[1:]) for o, c in zip(owners, columns)]
+        counts, rows_seen = None, 0
+        if self._counts is not None and self._counts.update_called:
+            total, rows_t = self._counts.compute()
+            counts, rows_seen = total.tolist(), int(rows_t)
+            if not names:
+                names = self.names_for(len(counts))
+        return FairnessResult(values, headline, names, counts, rows_seen, columns)
