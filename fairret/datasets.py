@@ -64,6 +64,18 @@ class TabularDataset:
         sensitive: protected attribute name → ``(N,)`` NumPy array of raw values (strings or numbers), ready for
             :class:`fairret.sensitive.SensitiveEncoder`.
         extra: other columns (e.g. COMPAS ``decile_score``, Adult ``split``).
+        standardized: whether :meth:`standardize` scaled the features. The loaders return raw features unless
+            ``standardize=True`` (Adult's ``fnlwgt`` is about 1e5, ``capital-gain`` up to 1e5): scale them before
+            training a network, with statistics from the training rows.
+
+    Example:
+        >>> ds = TabularDataset("toy", torch.tensor([[1., 0.], [3., 1.]]), ["x", "flag"], torch.tensor([0., 1.]),
+        ...                     {"sex": np.array(["F", "M"])})
+        >>> ds
+        TabularDataset('toy': 2 rows, 2 features (raw), label rate 0.500, sensitive ['sex'])
+        >>> ds.standardize().features  # the 0/1 column is left as it is
+        tensor([[-1.,  0.],
+                [ 1.,  1.]])
     """
 
     name: str
@@ -72,9 +84,34 @@ class TabularDataset:
     label: torch.Tensor
     sensitive: Dict[str, np.ndarray]
     extra: Dict[str, np.ndarray] = field(default_factory=dict)
+    standardized: bool = False
 
     def __len__(self) -> int:
         return self.features.shape[0]
+
+    def __repr__(self) -> str:
+        rate = float(self.label.float().mean()) if len(self) else float("nan")
+        scale = "standardised" if self.standardized else "raw"
+        return (f"TabularDataset({self.name!r}: {len(self)} rows, {self.features.shape[1]} features ({scale}), "
+                f"label rate {rate:.3f}, sensitive {list(self.sensitive)})")
+
+    def standardize(self, fit_on: Optional["TabularDataset"] = None) -> "TabularDataset":
+        """A copy whose non-binary feature columns have mean 0 and standard deviation 1 on ``fit_on`` (default:
+        these rows); 0/1 columns (one-hot categories) are unchanged, constant columns only centred.
+
+        Fit on the training rows and apply the same statistics to the test rows:
+        ``test.standardize(fit_on=train)``.
+        """
+        ref = (self if fit_on is None else fit_on).features
+        if ref.shape[1] != self.features.shape[1]:
+            raise ValueError(f"Expected argument `fit_on` to have {self.features.shape[1]} features, but it has "
+                             f"{ref.shape[1]}")
+        binary = ((ref == 0) | (ref == 1)).all(0)
+        mu = torch.where(binary, torch.zeros_like(ref[0]), ref.mean(0))
+        sd = torch.where(binary, torch.ones_like(ref[0]), ref.std(0, unbiased=False))
+        sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+        return TabularDataset(self.name, (self.features - mu) / sd, list(self.feature_names), self.label,
+                              dict(self.sensitive), dict(self.extra), True)
 
     def subset(self, index: Union[np.ndarray, torch.Tensor, Sequence[int]]) -> "TabularDataset":
         """Rows selected by an index array or boolean mask."""
@@ -84,7 +121,7 @@ class TabularDataset:
         t = torch.as_tensor(idx, dtype=torch.long)
         return TabularDataset(self.name, self.features[t], list(self.feature_names), self.label[t],
                               {k: v[idx] for k, v in self.sensitive.items()},
-                              {k: v[idx] for k, v in self.extra.items()})
+                              {k: v[idx] for k, v in self.extra.items()}, self.standardized)
 
 
 def _cache_dir() -> Path:
@@ -196,7 +233,7 @@ def _one_hot(values: np.ndarray, name: str):
 
 def load_compas(path: Optional[PathLike] = None, *, propublica_filter: bool = True,
                 include_sensitive_in_features: bool = False, download: bool = False,
-                sha256: Optional[str] = None) -> TabularDataset:
+                sha256: Optional[str] = None, standardize: bool = False) -> TabularDataset:
     """COMPAS two-year recidivism (ProPublica ``compas-scores-two-years.csv``).
 
     Label ``two_year_recid``; protected attributes ``race`` (six values), ``sex`` and ``age`` (years). Features:
@@ -209,6 +246,8 @@ def load_compas(path: Optional[PathLike] = None, *, propublica_filter: bool = Tr
         include_sensitive_in_features: also put sex and race (one-hot) among the features.
         download: allow downloading (needs ``sha256=``, no checksum is pinned for this file).
         sha256: checksum for the download.
+        standardize: standardise the non-binary features on all returned rows (:meth:`TabularDataset.standardize`;
+            for a held-out split, load raw and use ``test.standardize(fit_on=train)`` instead).
     """
     file = find_data_file("compas/compas-scores-two-years.csv", path, download=download, sha256=sha256)
     raw = _read_csv(file)
@@ -251,7 +290,8 @@ def load_compas(path: Optional[PathLike] = None, *, propublica_filter: bool = Tr
     y = torch.from_numpy(raw["two_year_recid"].astype(np.float32))
     sens = {"race": raw["race"].astype(str), "sex": raw["sex"].astype(str), "age": raw["age"].astype(np.float64)}
     extra = {"decile_score": raw["decile_score"].astype(np.float64)}
-    return TabularDataset("compas", x, names, y, sens, extra)
+    ds = TabularDataset("compas", x, names, y, sens, extra)
+    return ds.standardize() if standardize else ds
 
 
 ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
@@ -260,7 +300,8 @@ ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "ma
 
 
 def load_adult(path: Optional[PathLike] = None, *, split: str = "all", drop_missing: bool = True,
-               include_sensitive_in_features: bool = False, download: bool = False) -> TabularDataset:
+               include_sensitive_in_features: bool = False, download: bool = False,
+               standardize: bool = False) -> TabularDataset:
     """UCI Adult (census income > 50K), both splits encoded consistently.
 
     Label ``Y`` (1 for ``>50K``); protected attributes ``sex``, ``race`` and ``age``. Features: the numeric
@@ -273,6 +314,8 @@ def load_adult(path: Optional[PathLike] = None, *, split: str = "all", drop_miss
         drop_missing: drop rows with a ``?`` (30,162 train and 15,060 test rows remain).
         include_sensitive_in_features: also put sex and race (one-hot) among the features.
         download: allow downloading (``adult.test`` has no pinned checksum).
+        standardize: standardise the non-binary features (``fnlwgt`` is about 1e5 raw) with the mean and standard
+            deviation of the *training* rows (:meth:`TabularDataset.standardize`), whatever ``split`` returns.
     """
     if split not in ("all", "train", "test"):
         raise ValueError(f"Expected argument `split` to be 'all', 'train' or 'test', but got {split!r}")
@@ -307,6 +350,8 @@ def load_adult(path: Optional[PathLike] = None, *, split: str = "all", drop_miss
         {"sex": raw["sex"].astype(str), "race": raw["race"].astype(str), "age": raw["age"].astype(np.float64)},
         {"split": raw["split"].astype(str)},
     )
+    if standardize:
+        ds = ds.standardize(fit_on=ds.subset(ds.extra["split"] == "train"))
     if split != "all":
         ds = ds.subset(ds.extra["split"] == split)
     return ds

@@ -156,7 +156,26 @@ class LinearFractionalParity(torchmetrics.Metric):
             return self._sums().overall_values().to(torch.get_default_dtype())
 
     def compute(self) -> torch.Tensor:
-        """``gap_fn(per_group, overall)`` over the groups with a defined statistic."""
+        """``gap_fn(per_group, overall)`` over everything seen, for the groups with a defined statistic.
+
+        The predictions given to :meth:`update` are probabilities (or regression outputs), not logits: apply
+        ``fairret._validation.to_probabilities`` (sigmoid/softmax) first.
+
+        Returns:
+            The gap over the last (group) axis, so of shape ``stat_shape[:-1]``: a scalar for a plain statistic
+            on ``(N, 1)`` predictions; ``(K,)``, one gap per stacked statistic (equalised odds: ``[TPR gap, FPR
+            gap]``), ``(C,)`` per class, ``(K, C)`` both. Take ``.max()`` for one number. With the default
+            :func:`gap_relative_abs_max` the gap is a fraction of the overall value (0.1: a group 10% above or
+            below it), not a difference in points; :func:`gap_max_min` gives the latter.
+
+        Example:
+            >>> from fairret.statistic import EqualizedOdds
+            >>> m = LinearFractionalParity(EqualizedOdds(), stat_shape=(2, 2), gap_fn=gap_max_min)
+            >>> sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
+            >>> m.update(torch.tensor([[0.9], [0.2], [0.6], [0.4]]), sens, torch.tensor([1., 0., 1., 0.]))
+            >>> m.compute()  # TPRs 0.9 vs 0.6, FPRs 0.2 vs 0.4
+            tensor([0.3000, 0.2000])
+        """
         sums = self._sums()
         overall = sums.overall_values()
         vals = sums.group_values()
@@ -291,6 +310,7 @@ class DistanceCorrelation(DependenceMetric):
         self.unbiased = unbiased
 
     def compute(self) -> torch.Tensor:
+        """dCor² over every row seen (all ranks): a scalar tensor in [0, 1] (0: independent)."""
         p, zs = self._data()
         return D.distance_correlation_sqr(p, torch.cat(zs, dim=1), unbiased=self.unbiased, backend=self.backend,
                                           validate_args=self.validate_args)
@@ -331,6 +351,7 @@ class CCdCov(DependenceMetric):
                              f"got {len(self._widths)}")
 
     def compute(self) -> torch.Tensor:
+        """CCdCov² over every row seen (all ranks): a scalar tensor (the U-statistic may be slightly negative)."""
         p, zs = self._data()
         return D.concatenated_distance_covariance_sqr(p, *zs, weights=self.weights, unbiased=self.unbiased,
                                                       backend=self.backend, validate_args=self.validate_args)
@@ -355,6 +376,7 @@ class JdCov(DependenceMetric):
         self.c, self.unbiased, self.scale_invariant, self.blocks = c, unbiased, scale_invariant, blocks
 
     def compute(self) -> torch.Tensor:
+        """JdCov² over every row seen (all ranks): a scalar tensor."""
         p, zs = self._data()
         if self.blocks is not None or self._plain:
             z = torch.cat(zs, dim=1)
@@ -390,6 +412,8 @@ class IntersectionalJSD(torchmetrics.Metric):
         self.cells.append(_cells(cells, pred.shape[0]))
 
     def compute(self) -> torch.Tensor:
+        """The generalised JSD in bits between the cells' prediction distributions: a scalar tensor (0: the same
+        distribution in every cell)."""
         from .functional.calibration import intersectional_jsd
 
         return intersectional_jsd(dim_zero_cat(self.preds), dim_zero_cat(self.cells), bandwidth=self.bandwidth,

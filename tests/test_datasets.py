@@ -1,5 +1,6 @@
 
 import pytest
+import torch
 
 from fairret.datasets import find_data_file, load_adult, load_compas
 
@@ -35,3 +36,16 @@ def test_lookup_env_var_and_errors(data_dir, tmp_path, monkeypatch):
         find_data_file("adult/adult.test", download=True)
     with pytest.raises(ValueError, match=r"Expected argument `split`"):
         load_adult(data_dir, split="valid")
+
+
+def test_standardize_scales_non_binary_columns_on_the_training_rows(data_dir):
+    raw = load_adult(data_dir)
+    std = load_adult(data_dir, standardize=True, split="test")
+    train = raw.subset(raw.extra["split"] == "train").features.double()
+    test = raw.subset(raw.extra["split"] == "test").features.double()
+    j = raw.feature_names.index("fnlwgt")
+    expected = (test[:, j] - train[:, j].mean()) / train[:, j].std(unbiased=False)
+    torch.testing.assert_close(std.features[:, j].double(), expected, rtol=1e-4, atol=1e-4)
+    k = next(i for i, n in enumerate(raw.feature_names) if n.startswith("workclass"))
+    torch.testing.assert_close(std.features[:, k], test[:, k].float())  # one-hot columns untouched
+    assert "standardised" in repr(std) and "raw" in repr(raw) and "rows" in repr(raw)

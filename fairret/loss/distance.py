@@ -94,6 +94,29 @@ class DistanceCovarianceLoss(_DependenceLoss):
 
     def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
                 **stat_kwargs: Any) -> torch.Tensor:
+        """dCov² (dCor² for :class:`DistanceCorrelationLoss`) between the predictions and all attributes concatenated: a scalar tensor (0-dim), differentiable in ``pred``.
+
+        Args:
+            pred: ``(N,)`` or ``(N, 1)`` logits (the default, ``pred_as_logit=True``: a sigmoid is applied;
+                ``(N, C)``: a softmax over the columns), or probabilities / regression outputs with
+                ``pred_as_logit=False``.
+            sens: the attributes, detached: a tensor ``(N,)``/``(N, k)`` (one attribute), a list of tensors
+                (one per attribute), or a :class:`~fairret.sensitive.SensitiveAttributes` (one per block).
+            *stat_args: none (a dependence loss takes no labels; passing some raises ``TypeError``).
+            pred_as_logit: whether ``pred`` holds logits.
+
+        Returns:
+            A scalar tensor; 0 when the predictions do not depend on the attributes (up to the estimator's bias).
+
+        Example:
+            >>> import torch
+            >>> torch.manual_seed(0) and None
+            >>> z = torch.randint(0, 2, (32, 1)).float(); age = torch.rand(32, 1)
+            >>> logits = (3 * z + torch.randn(32, 1)).requires_grad_()
+            >>> value = DistanceCovarianceLoss()(logits, [z, age])
+            >>> value.shape, bool(value > 0)
+            (torch.Size([]), True)
+        """
         p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
         z = torch.cat(zs, dim=1)
         return self._measure(p, z, unbiased=self.unbiased, backend=self.backend, validate_args=self.validate_args)
@@ -132,6 +155,29 @@ class JdCovLoss(_DependenceLoss):
 
     def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
                 **stat_kwargs: Any) -> torch.Tensor:
+        """JdCov² of the predictions and the attributes (each list entry or block one variable): a scalar tensor (0-dim), differentiable in ``pred``.
+
+        Args:
+            pred: ``(N,)`` or ``(N, 1)`` logits (the default, ``pred_as_logit=True``: a sigmoid is applied;
+                ``(N, C)``: a softmax over the columns), or probabilities / regression outputs with
+                ``pred_as_logit=False``.
+            sens: the attributes, detached: a tensor ``(N,)``/``(N, k)`` (one attribute), a list of tensors
+                (one per attribute), or a :class:`~fairret.sensitive.SensitiveAttributes` (one per block).
+            *stat_args: none (a dependence loss takes no labels; passing some raises ``TypeError``).
+            pred_as_logit: whether ``pred`` holds logits.
+
+        Returns:
+            A scalar tensor; 0 when the predictions do not depend on the attributes (up to the estimator's bias).
+
+        Example:
+            >>> import torch
+            >>> torch.manual_seed(0) and None
+            >>> z = torch.randint(0, 2, (32, 1)).float(); age = torch.rand(32, 1)
+            >>> logits = (3 * z + torch.randn(32, 1)).requires_grad_()
+            >>> value = JdCovLoss()(logits, [z, age])
+            >>> value.shape, bool(value > 0)
+            (torch.Size([]), True)
+        """
         p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
         kw = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant, backend=self.backend,
                   validate_args=self.validate_args)
@@ -159,6 +205,29 @@ class CCdCovLoss(_DependenceLoss):
 
     def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
                 **stat_kwargs: Any) -> torch.Tensor:
+        """CCdCov² between the predictions and the weighted concatenation of the attributes: a scalar tensor (0-dim), differentiable in ``pred``.
+
+        Args:
+            pred: ``(N,)`` or ``(N, 1)`` logits (the default, ``pred_as_logit=True``: a sigmoid is applied;
+                ``(N, C)``: a softmax over the columns), or probabilities / regression outputs with
+                ``pred_as_logit=False``.
+            sens: the attributes, detached: a tensor ``(N,)``/``(N, k)`` (one attribute), a list of tensors
+                (one per attribute), or a :class:`~fairret.sensitive.SensitiveAttributes` (one per block).
+            *stat_args: none (a dependence loss takes no labels; passing some raises ``TypeError``).
+            pred_as_logit: whether ``pred`` holds logits.
+
+        Returns:
+            A scalar tensor; 0 when the predictions do not depend on the attributes (up to the estimator's bias).
+
+        Example:
+            >>> import torch
+            >>> torch.manual_seed(0) and None
+            >>> z = torch.randint(0, 2, (32, 1)).float(); age = torch.rand(32, 1)
+            >>> logits = (3 * z + torch.randn(32, 1)).requires_grad_()
+            >>> value = CCdCovLoss()(logits, [z, age])
+            >>> value.shape, bool(value > 0)
+            (torch.Size([]), True)
+        """
         p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
         return D.concatenated_distance_covariance_sqr(p, *zs, weights=self.weights, unbiased=self.unbiased,
                                                       backend=self.backend, validate_args=self.validate_args)

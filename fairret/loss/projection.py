@@ -116,7 +116,32 @@ class ProjectionLoss(FairnessLoss):
 
     def forward(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, pred_as_logit: bool = True,
                 target_statistic: Optional[torch.Tensor] = None, **stat_kwargs: Any) -> torch.Tensor:
-        """Mean divergence between the predictions and their fair projection (a scalar tensor)."""
+        """Mean divergence between the predictions and their fair projection.
+
+        Args:
+            pred: ``(N, 1)`` logits (default ``pred_as_logit=True``: a sigmoid is applied) or probabilities.
+            sens: ``(N, S)`` sensitive matrix (one-hot groups).
+            *stat_args: arguments of the statistic (the label for label-conditioned statistics).
+            pred_as_logit: whether ``pred`` holds logits.
+            target_statistic: the value every group's statistic is projected to; default the overall statistic
+                (held constant). A stacked statistic (equalised odds) constrains all its rows at once.
+            **stat_kwargs: keyword arguments of the statistic.
+
+        Returns:
+            A scalar tensor (0-dim): the mean over rows of the divergence to the fair projection; 0 for an empty
+            batch.
+
+        Example:
+            >>> import torch
+            >>> from fairret.loss import KLProjectionLoss
+            >>> from fairret.statistic import PositiveRate
+            >>> sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
+            >>> loss = KLProjectionLoss(PositiveRate())
+            >>> bool(loss(torch.tensor([[2.], [1.], [-1.], [-2.]]), sens) > 0)
+            True
+            >>> float(loss(torch.zeros(4, 1), sens))  # equal rates: already fair
+            0.0
+        """
         q = self.project(pred, sens, *stat_args, pred_as_logit=pred_as_logit, target_statistic=target_statistic,
                          **stat_kwargs)
         raw = pred.unsqueeze(-1) if pred.ndim == 1 else pred

@@ -177,7 +177,16 @@ class ViolationLoss(FairnessLoss):
             **stat_kwargs: keyword arguments of the statistic.
 
         Returns:
-            A scalar tensor.
+            A scalar tensor (0-dim); for a stacked statistic or multiclass predictions the violations of every row
+            are penalised together (:class:`NormLoss` sums them), so the result is still one scalar.
+
+        Example:
+            >>> import torch
+            >>> from fairret.loss import NormLoss
+            >>> from fairret.statistic import PositiveRate
+            >>> sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
+            >>> NormLoss(PositiveRate())(torch.tensor([[0.2], [0.6], [0.4], [0.8]]), sens, pred_as_logit=False)
+            tensor(0.4000)
         """
         return self.penalize(*self._violation(pred, sens, *stat_args, pred_as_logit=pred_as_logit,
                                               target_statistic=target_statistic, **stat_kwargs))
