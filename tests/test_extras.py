@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
      "fairret.quant.model needs the 'quant' extra (missing: transformers): pip install 'fairret-plus[quant]'"),
     ("safetensors", "import runpy; runpy.run_module('fairret.quant', run_name='__main__')",
      "python -m fairret.quant needs the 'quant' extra (missing: safetensors): pip install 'fairret-plus[quant]'"),
+    ("transformers", "import fairret.huggingface",
+     "fairret.huggingface needs the 'quant' extra (missing: transformers): pip install 'fairret-plus[quant]'"),
     ("lightning", "import fairret.lightning",
      "fairret.lightning needs the 'lightning' extra (missing: lightning): pip install 'fairret-plus[lightning]'"),
     ("lightning", "import fairret.demo; fairret.demo.main(['--quiet'])",
@@ -32,7 +34,7 @@ def test_the_core_imports_without_the_extras():
     # check (.ci/package)
     blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in ("lightning", "jsonargparse"))
     code = ("import fairret.loss, fairret.metric, fairret.statistic, fairret.postprocess, fairret.quant, "
-            "fairret.modality, fairret.sensitive, fairret.datasets, fairret.demo")
+            "fairret.modality, fairret.sensitive, fairret.datasets, fairret.demo, fairret._monitoring, fairret._penalty")
     res = subprocess.run([sys.executable, "-c", f"import sys; {blocked}; {code}"], capture_output=True, text=True,
                          cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
