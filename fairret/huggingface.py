@@ -35,8 +35,8 @@ Example:
     ...     pass
     >>> # MyTrainer(model=model, args=args, train_dataset=ds, fairness_loss=NormLoss(PositiveRate()), lam=0.5,
     >>> #           callbacks=[FairnessMonitorCallback(group_names=["sex=Female", "sex=Male"])])
-    >>> FairnessMonitorCallback(sens="sens").keys()
-    ['sens']
+    >>> FairnessMonitorCallback(sens="sens").keys()  # the batch keys it reads
+    ['sens', 'labels']
 """
 from __future__ import annotations
 
