@@ -1,6 +1,7 @@
 """Fair-GPTQ against plain GPTQ (ours): time per layer, and bias/fidelity on the real MiniLM.
 
     python benchmarks/bench_quant.py --part time [--dim 4096] [--pairs 1053] [--seq 12] [--reps 3] [--device cpu|cuda]
+    python benchmarks/bench_quant.py --part floor   (the compute floor of the SmolLM2 command line: quant_floor.md)
     python benchmarks/bench_quant.py --part minilm [--bits 4 3] [--alphas 0.02 0.05 0.1 0.3] [--position-pairs]
                                      [--fair-layers REGEX] [--split-seeds 0 1 2 3] [--out FILE]
 
@@ -145,7 +146,7 @@ def minilm_rows(results: Dict[str, Tuple[float, ...]], n_cal: int, align: bool, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["time", "minilm", "causal"], default="time")
+    ap.add_argument("--part", choices=["time", "minilm", "causal", "floor"], default="time")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     ap.add_argument("--alphas", type=float, nargs="+", default=None,
                     help="α values (minilm: 0.02 0.05 0.1 0.3; causal: the selection grid, 0.01 0.03 0.1 0.3)")
@@ -188,6 +189,13 @@ def main() -> None:
         args.alphas = args.alphas if args.alphas_given else [0.01, 0.03, 0.1, 0.3]
         args.out = args.out or str(Path(args.csv).with_name("quant_causal.md"))
         quant_causal.run(args)
+        return
+    if args.part == "floor":
+        import quant_floor
+
+        text = quant_floor.run(args)
+        print(text)
+        Path(args.out or Path(args.csv).with_name("quant_floor.md")).write_text(text)
         return
     if args.part == "minilm":
         minilm(args.bits, args.alphas, Path(args.out or Path(args.csv).with_name("quant_minilm.md")),
