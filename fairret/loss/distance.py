@@ -133,8 +133,8 @@ class JdCovLoss(_DependenceLoss):
     def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
                 **stat_kwargs: Any) -> torch.Tensor:
         p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
-        kw: Dict[str, Any] = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant, backend=self.backend,
-                  validate_args=self.validate_args)
+        kw: Dict[str, Any] = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant,
+                                  backend=self.backend, validate_args=self.validate_args)
         if len(zs) >= 2:
             with torch.no_grad():
                 self.attribute_dependence = self.c * D.joint_distance_covariance_sqr(*zs, **kw)
