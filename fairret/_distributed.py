@@ -62,15 +62,15 @@ class _AllGatherRows(torch.autograd.Function):
         n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
         sizes = [torch.zeros_like(n) for _ in range(world)]
         dist.all_gather(sizes, n)
-        sizes = [int(s) for s in sizes]
-        biggest = max(sizes)
+        counts = [int(s) for s in sizes]
+        biggest = max(counts)
         padded = x.new_zeros((biggest, *x.shape[1:]))
         padded[: x.shape[0]] = x.detach()
         parts = [torch.zeros_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded)
         rank = dist.get_rank()
-        ctx.offset, ctx.n = sum(sizes[:rank]), x.shape[0]
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+        ctx.offset, ctx.n = sum(counts[:rank]), x.shape[0]
+        return torch.cat([p[:s] for p, s in zip(parts, counts)])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,8 @@ def load_module_state(module: torch.nn.Module, state: Dict[str, torch.Tensor]) -
         sub = module.get_submodule(".".join(path)) if path else module
         if leaf in sub._buffers:
             sub._buffers[leaf] = value.clone()
-        elif leaf in sub._parameters and sub._parameters[leaf] is not None:
+        elif (param := sub._parameters.get(leaf)) is not None:
             with torch.no_grad():
-                sub._parameters[leaf].copy_(value)
+                param.copy_(value)
         else:
             raise KeyError(f"Saved state has {key!r}, which the module {type(module).__name__} lacks")

@@ -34,7 +34,7 @@ The non-finite policy (every family):
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, overload
 
 import torch
 
@@ -139,6 +139,12 @@ def prepare_pred(pred: torch.Tensor, name: str = "pred") -> torch.Tensor:
     return pred.unsqueeze(-1) if pred.ndim == 1 else pred
 
 
+@overload
+def prepare_sens(sens: torch.Tensor, pred: torch.Tensor) -> torch.Tensor: ...
+@overload
+def prepare_sens(sens: None, pred: torch.Tensor) -> None: ...
+@overload
+def prepare_sens(sens: Optional[torch.Tensor], pred: torch.Tensor) -> Optional[torch.Tensor]: ...
 def prepare_sens(sens: Optional[torch.Tensor], pred: torch.Tensor) -> Optional[torch.Tensor]:
     """Check the sensitive matrix against ``(N, C)`` predictions and return it as ``(N, S)`` in pred's dtype."""
     if sens is None:

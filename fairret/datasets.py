@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, TypedDict, Union
 
 import numpy as np
 import torch
@@ -36,7 +36,12 @@ PathLike = Union[str, os.PathLike]
 
 #: Canonical sources. ``sha256`` is the checksum of the canonical file; where none is pinned, a download needs
 #: the caller's ``sha256=`` (nothing unverified is ever written to the cache).
-SOURCES: Dict[str, Dict[str, Optional[str]]] = {
+class _Source(TypedDict):
+    url: str
+    sha256: Optional[str]
+
+
+SOURCES: Dict[str, _Source] = {
     "compas/compas-scores-two-years.csv": {
         "url": "https://raw.githubusercontent.com/propublica/compas-analysis/master/compas-scores-two-years.csv",
         "sha256": None,

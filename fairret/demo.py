@@ -266,7 +266,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     pl.seed_everything(job["seed"])  # its log line is silenced by _quiet (verbose= needs a newer lightning)
     cls = TabularRegressor if task == "regression" else TabularClassifier
     model = cls(num_features=dm.num_features, hidden=(64,), lr=1e-3)
-    callbacks = []
+    callbacks: List[pl.Callback] = []
     if setting.make is not None:
         callbacks.append(FairnessRegularizer(setting.make(), lam=job["lam"], sens=setting.sens,
                                              labels=setting.labels, pred_as_logit=task != "regression"))
@@ -426,7 +426,7 @@ def _classification_findings(rows: List[Dict[str, Any]], max_gap: float, max_acc
 
 def _time_costs(rows: List[Dict[str, Any]], base: Dict[str, Any]) -> List[str]:
     """Training time per run of each penalised setting (mean over its λ) relative to the unconstrained model's."""
-    times = {}
+    times: Dict[str, List[float]] = {}
     for a in rows:
         if a["family"] in PENALISED:
             times.setdefault(a["setting"], []).append(a["seconds"])
@@ -508,9 +508,9 @@ def plots(aggs: List[Dict[str, Any]], out: Path) -> List[Path]:
         for (ds, name), rs in _group(dep, ("dataset", "setting")).items():
             base = next((a for a in aggs if a["dataset"] == ds and a["family"] == "baseline"
                          and a["task"] == "classification"), None)
-            pts = ([(0.0, base["jsd"])] if base else []) + sorted((a["lam"], a["jsd"]) for a in rs)
-            lam = [max(p[0], 0.3) for p in pts]  # λ = 0 drawn at the left edge of the log axis
-            ax.plot(lam, [p[1] for p in pts], marker="o", label=f"{ds} {name}")
+            curve = ([(0.0, base["jsd"])] if base else []) + sorted((a["lam"], a["jsd"]) for a in rs)
+            lam = [max(p[0], 0.3) for p in curve]  # λ = 0 drawn at the left edge of the log axis
+            ax.plot(lam, [p[1] for p in curve], marker="o", label=f"{ds} {name}")
         ax.set_xscale("log")
         ax.set_xlabel("λ (baseline at the left edge)")
         ax.set_ylabel("test JSD across race × sex cells (bits)")

@@ -92,6 +92,11 @@ class LinearFractionalParity(torchmetrics.Metric):
     is_differentiable = True
     higher_is_better = False
     full_state_update = False
+    # the states (add_state in __init__), declared for the type checker
+    num: torch.Tensor
+    denom: torch.Tensor
+    overall_num: torch.Tensor
+    overall_denom: torch.Tensor
 
     def __init__(self, statistic: LinearFractionalStatistic, stat_shape: Union[int, Tuple[int, ...]],
                  gap_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = gap_relative_abs_max, *,
@@ -245,6 +250,9 @@ class DependenceMetric(torchmetrics.Metric):
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+    # the states (add_state in __init__), declared for the type checker
+    preds: List[torch.Tensor]
+    attrs: List[torch.Tensor]
 
     def __init__(self, backend: str = "auto", *, categorical: str = "onehot", validate_args: bool = False,
                  **torchmetrics_kwargs: Any):
@@ -346,9 +354,10 @@ class CCdCov(DependenceMetric):
     def update(self, pred: torch.Tensor, sens: D.Attributes) -> None:
         """Add a batch (see :class:`DependenceMetric`); the number of attributes must match ``weights``."""
         super().update(pred, sens)
-        if self.weights is not None and len(self.weights) != len(self._widths):
+        n_attrs = len(self._widths or ())  # set by the first update
+        if self.weights is not None and len(self.weights) != n_attrs:
             raise ValueError(f"Expected argument `sens` to hold one attribute per weight ({len(self.weights)}), but "
-                             f"got {len(self._widths)}")
+                             f"got {n_attrs}")
 
     def compute(self) -> torch.Tensor:
         """CCdCov² over every row seen (all ranks): a scalar tensor (the U-statistic may be slightly negative)."""
@@ -395,6 +404,9 @@ class IntersectionalJSD(torchmetrics.Metric):
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+    # the states (add_state in __init__), declared for the type checker
+    preds: List[torch.Tensor]
+    cells: List[torch.Tensor]
 
     def __init__(self, bandwidth: float = 0.15, grid: int = 1000, weights: str = "cell", **torchmetrics_kwargs: Any):
         super().__init__(**torchmetrics_kwargs)

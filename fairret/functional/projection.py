@@ -33,7 +33,7 @@ by :func:`projection_residual`.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +182,7 @@ def project(
     lam = torch.zeros(a.shape[1], dtype=torch.float64, device=p.device)
     eye = torch.eye(a.shape[1], dtype=torch.float64, device=p.device)
     iters = _DEFAULT_ITERS[divergence] if n_iter is None else int(n_iter)
-    schedule = _TV_SCHEDULE + (tv_eps,) if divergence == "tv" else (0.0,)
+    schedule: Tuple[float, ...] = _TV_SCHEDULE + (tv_eps,) if divergence == "tv" else (0.0,)
     if divergence == "tv":
         schedule = tuple(e for e in schedule if e >= tv_eps)
     at = a.T.contiguous()  # (M, N): row-major sweeps over samples
@@ -207,7 +207,7 @@ def project(
         # the last smoothing level of the total variation polishes with more steps
         for _ in range(iters if level < len(schedule) - 1 or len(schedule) == 1 else 5 * iters):
             resid = b + red(at @ sol.q)
-            if early_exit and bool((resid.abs() <= tol).all()):
+            if tol is not None and bool((resid.abs() <= tol).all()):  # tol: set when early_exit
                 break
             hess = red((at * sol.w) @ a)
             ridge = 1e-12 * hess.diagonal().mean() + 1e-300

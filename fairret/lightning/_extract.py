@@ -25,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Literal, Optional, Sequence, Union, overload
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 __all__ = ["Selector", "select", "check_selector", "peek_train_batch", "PredictionCapture", "find_submodule"]
 
@@ -97,9 +98,16 @@ def select(batch: Any, selector: Selector, name: str) -> Any:
             raise ValueError(f"Argument `{name}` selects position {selector} of the batch, but the batch has only "
                              f"{len(batch)} parts")
         return batch[selector]
+    if not callable(selector):  # a sequence other than a list or tuple (check_selector refuses it too)
+        raise TypeError(f"Expected argument `{name}` to be a key (str), a position (int), a non-empty list of those, "
+                        f"or a callable, but got {selector!r}")
     return selector(batch)
 
 
+@overload
+def find_submodule(root: torch.nn.Module, name: str, arg: str, strict: Literal[True] = ...) -> torch.nn.Module: ...
+@overload
+def find_submodule(root: torch.nn.Module, name: str, arg: str, strict: bool) -> Optional[torch.nn.Module]: ...
 def find_submodule(root: torch.nn.Module, name: str, arg: str, strict: bool = True) -> Optional[torch.nn.Module]:
     """``root``'s submodule with the dotted ``name``; an unknown name raises an error that names the argument
     ``arg`` and lists candidates (or returns None when not ``strict``)."""
@@ -132,7 +140,7 @@ class PredictionCapture:
         check_selector(output, "prediction_output")
         self.module_name = module or ""
         self.output = output
-        self._handle = None
+        self._handle: Optional[RemovableHandle] = None
         self._active = False
         self._outputs: List[Any] = []
         self._warned = False

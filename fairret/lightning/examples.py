@@ -23,7 +23,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -71,8 +71,9 @@ class _DictDataset(Dataset):
         return {k: v[idx] for k, v in self.tensors.items()}
 
 
-def _collate_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The batch fetched by ``__getitems__`` is already collated."""
+def _collate_batch(batch: Any) -> Dict[str, torch.Tensor]:
+    """The batch fetched by ``__getitems__`` (a dict of tensors, not the list DataLoader's typing assumes) is already
+    collated."""
     return batch
 
 
@@ -273,12 +274,15 @@ class TabularClassifier(_SharedSteps):
 
     def setup(self, stage: str) -> None:
         if self.net is None:
-            dm = self.trainer.datamodule if self._trainer is not None else None
+            # Lightning sets Trainer.datamodule in its data connector; the Trainer class does not declare it
+            dm = self.trainer.datamodule if self._trainer is not None else None  # type: ignore[attr-defined]
             if dm is None or getattr(dm, "num_features", None) is None:
                 raise ValueError("TabularClassifier needs `num_features` or a TabularDataModule to take it from")
             self._build(dm.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.net is None:
+            raise RuntimeError("TabularClassifier is not built: give `num_features`, or fit it with a TabularDataModule")
         return self.net(x)
 
     def _shared(self, batch: Dict[str, torch.Tensor], stage: str) -> torch.Tensor:

@@ -26,10 +26,11 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import lightning.pytorch as pl
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from ..modality.balancer import ModalityBalancer
 from ..modality.rules import BalanceRule
@@ -88,13 +89,23 @@ class ModalityBalance(pl.Callback):
         self.scale_head, self.labels, self.seed, self.sync_dist = scale_head, labels, int(seed), sync_dist
         self.log_prefix = log_prefix
         self.balancer: Optional[ModalityBalancer] = None
-        self._handle = None
+        self._handle: Optional[RemovableHandle] = None
         self._target: Optional[torch.Tensor] = None
         self._pending_state: Optional[Dict[str, Any]] = None
 
     @property
     def modalities(self):
         return list(self.encoders)
+
+    def _balancer(self) -> ModalityBalancer:
+        if self.balancer is None:
+            raise RuntimeError("ModalityBalance: the balancer is built in setup(stage='fit'), which has not run")
+        return self.balancer
+
+    def _head_widths(self) -> List[int]:
+        if self.widths is None:  # __init__ requires `widths` with `head`
+            raise RuntimeError("ModalityBalance: `head` is set without `widths`")
+        return self.widths
 
     @property
     def state_key(self) -> str:
@@ -111,12 +122,13 @@ class ModalityBalance(pl.Callback):
             if not isinstance(head, torch.nn.Linear):
                 raise ValueError(f"Argument `head` must name an nn.Linear fusion head, but {self.head!r} is a "
                                  f"{type(head).__name__}")
-            if sum(self.widths) != head.in_features:
-                raise ValueError(f"Argument `widths` adds up to {sum(self.widths)}, but the head takes "
+            widths = self._head_widths()
+            if sum(widths) != head.in_features:
+                raise ValueError(f"Argument `widths` adds up to {sum(widths)}, but the head takes "
                                  f"{head.in_features} input columns")
             if self.scale_head:
-                starts = [sum(self.widths[:i]) for i in range(len(self.widths))]
-                slices = {m: [(head.weight, slice(s, s + w))] for m, s, w in zip(self.encoders, starts, self.widths)}
+                starts = [sum(widths[:i]) for i in range(len(widths))]
+                slices = {m: [(head.weight, slice(s, s + w))] for m, s, w in zip(self.encoders, starts, widths)}
             self._handle = head.register_forward_hook(self._head_hook)
         self.balancer = ModalityBalancer(self.rule, groups, slices, seed=self.seed, sync_dist=self.sync_dist)
         if self._pending_state is not None:
@@ -137,10 +149,10 @@ class ModalityBalance(pl.Callback):
     def _head_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._target is None or not module.training or not torch.is_grad_enabled():
             return  # only the training forward: not validation, nor auxiliary no-grad passes (e.g. AGM's masks)
-        feats = torch.split(args[0].detach().float(), self.widths, dim=-1)
+        feats = torch.split(args[0].detach().float(), self._head_widths(), dim=-1)
         with torch.no_grad(), torch.autocast(device_type=args[0].device.type, enabled=False):
             logits = linear_head_slices(module, feats)
-        self.balancer.update(logits, self._target)
+        self._balancer().update(logits, self._target)
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         if self.scores_attr is not None and self._target is not None:
@@ -148,13 +160,14 @@ class ModalityBalance(pl.Callback):
             if values is None:
                 raise ValueError(f"Argument `scores_attr`={self.scores_attr!r}: the module did not set it in "
                                  f"training_step")
-            self.balancer.update([v.detach() for v in values], self._target)
+            self._balancer().update([v.detach() for v in values], self._target)
         self._target = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step
-        self.balancer.step = step
-        coeffs = self.balancer.apply()
+        balancer = self._balancer()
+        balancer.step = step
+        coeffs = balancer.apply()
         if step % max(1, trainer.log_every_n_steps) == 0:  # Lightning's log costs ~1 ms a call: log as it logs
             pl_module.log_dict({f"{self.log_prefix}/k_{m}": k for m, k in coeffs.items()}, on_step=True,
                                on_epoch=False)

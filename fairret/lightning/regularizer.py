@@ -144,7 +144,7 @@ class FairnessRegularizer(pl.Callback):
             def training_step(*args: Any, **kwargs: Any) -> Any:
                 return self._step(pl_module, original, args, kwargs)
 
-            pl_module.training_step = training_step  # instance attribute: the DDP wrapper calls it too
+            setattr(pl_module, "training_step", training_step)  # instance attribute: the DDP wrapper calls it too
             self._wrapped = pl_module
         self._checked_batch = False
         batch = peek_train_batch(trainer)

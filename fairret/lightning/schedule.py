@@ -98,7 +98,8 @@ class LambdaSchedule(pl.Callback):
         return self.ramp_factor(step) * self.base_lam
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        regs = [c for c in trainer.callbacks if isinstance(c, FairnessRegularizer)]
+        # Lightning sets Trainer.callbacks in its callback connector; the Trainer class does not declare it
+        regs = [c for c in trainer.callbacks if isinstance(c, FairnessRegularizer)]  # type: ignore[attr-defined]
         if self.regularizer is not None:
             regs = [c for c in regs if c.log_prefix == self.regularizer]
         if len(regs) != 1:

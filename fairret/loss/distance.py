@@ -22,7 +22,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -179,8 +179,8 @@ class JdCovLoss(_DependenceLoss):
             (torch.Size([]), True)
         """
         p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
-        kw = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant, backend=self.backend,
-                  validate_args=self.validate_args)
+        kw: Dict[str, Any] = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant,
+                                  backend=self.backend, validate_args=self.validate_args)
         if len(zs) >= 2:
             with torch.no_grad():
                 self.attribute_dependence = self.c * D.joint_distance_covariance_sqr(*zs, **kw)

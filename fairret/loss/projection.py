@@ -103,8 +103,9 @@ class ProjectionLoss(FairnessLoss):
             # the overall statistic only: without sens the group sums are not computed
             sums = self.statistic.sums(p64, None, *stat_args, sync_dist=self.sync_dist, **stat_kwargs)
             target = sums.overall_values().detach()
-        coefs = self.statistic.coefficients(p64, *stat_args, **stat_kwargs)
-        coefs = tuple(c.detach() if isinstance(c, torch.Tensor) else c for c in coefs)
+        c0, c1, d0, d1 = (c.detach() if isinstance(c, torch.Tensor) else c
+                          for c in self.statistic.coefficients(p64, *stat_args, **stat_kwargs))
+        coefs = (c0, c1, d0, d1)
         if target_statistic is not None:
             check_target_shape(target, F._stat_shape(coefs, p64))
         intercept, slope = F.fixed_constraint(target, s64, *coefs, like=p64)

@@ -61,6 +61,10 @@ class ViolationLoss(FairnessLoss):
             with the device; see :mod:`fairret._validation`).
     """
 
+    # buffers (register_buffer in __init__; None until the first batch with momentum), declared for the type checker
+    running_target: Optional[torch.Tensor]
+    running_denom: Optional[torch.Tensor]
+
     def __init__(self, statistic: Statistic, *, momentum: Optional[float] = None, sync_dist: bool = True,
                  validate_args: bool = False):
         super().__init__()
@@ -116,10 +120,11 @@ class ViolationLoss(FairnessLoss):
             n = torch.tensor(float(prob.shape[0]), dtype=prob.dtype, device=prob.device)
             n = all_reduce_sum(n) if self.sync_dist else n
             overall_ok = F._lf_valid(sums.overall_denom.detach())
-            den = self._update_running(den.detach() / n, overall, sums.valid, overall_ok) * n
+            running_den, running_target = self._update_running(den.detach() / n, overall, sums.valid, overall_ok)
+            den = running_den * n
             if target is None:
                 # a target not defined by any batch yet (NaN): this batch's own overall statistic
-                target = torch.where(torch.isnan(self.running_target), overall, self.running_target)
+                target = torch.where(torch.isnan(running_target), overall, running_target)
         if target is None:
             target = overall
         stats, valid = F._lf_compute(sums.num, den)
@@ -127,8 +132,9 @@ class ViolationLoss(FairnessLoss):
         return F.statistic_violation(stats, target.detach().unsqueeze(-1), valid), valid
 
     def _update_running(self, den_rate: torch.Tensor, overall: torch.Tensor, present: torch.Tensor,
-                        overall_ok: torch.Tensor) -> torch.Tensor:
-        """Update the moving averages with this batch where its values are defined; return ``running_denom``.
+                        overall_ok: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Update the moving averages with this batch where its values are defined; return ``running_denom`` and
+        ``running_target``.
 
         Undefined updates are skipped, entry by entry, with tensor operations only (no host synchronisation): a
         group absent from the batch (``present`` False) or with a non-finite denominator keeps its running
@@ -138,21 +144,25 @@ class ViolationLoss(FairnessLoss):
         Non-finite batches thus never poison the averages: their loss is non-finite through the numerators, and
         a step skipped by e.g. a gradient scaler leaves no trace.
         """
+        if self.momentum is None:  # only called with momentum set
+            raise RuntimeError("running averages need `momentum`")
         m = float(self.momentum)
         with torch.no_grad():
             ok = present & torch.isfinite(den_rate)
             target_ok = overall_ok & torch.isfinite(overall)
-            if self.running_denom is None or self.running_denom.shape != den_rate.shape:
-                self.running_denom = torch.where(ok, den_rate, torch.zeros_like(den_rate))
-                self.running_target = torch.where(target_ok, overall, torch.full_like(overall, float("nan")))
+            denom, target = self.running_denom, self.running_target  # both None until the first batch
+            if denom is None or target is None or denom.shape != den_rate.shape:
+                denom = torch.where(ok, den_rate, torch.zeros_like(den_rate))
+                target = torch.where(target_ok, overall, torch.full_like(overall, float("nan")))
             elif self.training:
-                seen = F._lf_valid(self.running_denom)
-                upd = torch.where(seen, (1 - m) * self.running_denom + m * den_rate, den_rate)
-                self.running_denom = torch.where(ok, upd, self.running_denom)
-                known = ~torch.isnan(self.running_target)
-                upd = torch.where(known, (1 - m) * self.running_target + m * overall, overall)
-                self.running_target = torch.where(target_ok, upd, self.running_target)
-        return self.running_denom
+                seen = F._lf_valid(denom)
+                upd = torch.where(seen, (1 - m) * denom + m * den_rate, den_rate)
+                denom = torch.where(ok, upd, denom)
+                known = ~torch.isnan(target)
+                upd = torch.where(known, (1 - m) * target + m * overall, overall)
+                target = torch.where(target_ok, upd, target)
+            self.running_denom, self.running_target = denom, target
+        return denom, target
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The running buffers are created by the first batch; a fresh module loading a checkpoint that has them

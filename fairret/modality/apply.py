@@ -17,7 +17,7 @@ __all__ = ["scale_grad", "ScaleGrad", "HeadSlice", "scale_parameter_gradients", 
            "add_gradient_noise", "noise_generator"]
 
 #: A slice of a fusion head's weight (and optionally bias) owned by one modality: ``(weight, columns)``.
-HeadSlice = Tuple[torch.nn.Parameter, slice]
+HeadSlice = Tuple[torch.Tensor, slice]  # a Parameter, or a module attribute typed as a Tensor (nn.Linear.weight)
 
 
 class ScaleGrad(torch.autograd.Function):
@@ -78,19 +78,19 @@ def gradient_stds(params: Iterable[torch.nn.Parameter]) -> Dict[int, torch.Tenso
     combined in float64, ``var = (|g|^2 - (sum g)^2 / n) / (n - 1)`` clamped at 0. With float32 accumulation the
     relative error is about 1e-7 (mean/std)^2: immaterial for a noise scale.
     """
-    by_device: Dict[torch.device, List[torch.nn.Parameter]] = {}
+    by_device: Dict[torch.device, List[Tuple[torch.nn.Parameter, torch.Tensor]]] = {}
     for p in params:
         if p.grad is not None and p.grad.numel() >= 2:
-            by_device.setdefault(p.grad.device, []).append(p)
+            by_device.setdefault(p.grad.device, []).append((p, p.grad))
     out: Dict[int, torch.Tensor] = {}
-    for device, ps in by_device.items():
-        grads = [p.grad for p in ps]
+    for device, pairs in by_device.items():
+        grads = [g for _, g in pairs]
         norms = torch.stack([q.double() for q in torch._foreach_norm(grads)])
         sums = torch.stack([g.sum().double() for g in grads])
         n = torch.tensor([g.numel() for g in grads], dtype=torch.float64, device=device)
         stds = ((norms * norms - sums * sums / n).clamp_min(0) / (n - 1)).sqrt()
-        for i, p in enumerate(ps):
-            out[id(p)] = stds[i].to(p.grad.dtype)
+        for i, (p, g) in enumerate(pairs):
+            out[id(p)] = stds[i].to(g.dtype)
     return out
 
 

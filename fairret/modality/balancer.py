@@ -132,28 +132,28 @@ def mmpareto_backward(rule: MMPareto, loss_mm: torch.Tensor, unimodal_losses: Ma
     """MMPareto's gradients into ``.grad``: each encoder gets the Pareto combination of its multimodal and
     unimodal gradients; ``shared`` parameters (the fusion and unimodal heads) the plain sum of every loss's
     gradient. Returns the weights used per modality."""
-    groups = {k: list(v) for k, v in groups.items()}
-    missing = [k for k in groups if k not in unimodal_losses]
+    by_name = {k: list(v) for k, v in groups.items()}  # lists: iterated more than once
+    missing = [k for k in by_name if k not in unimodal_losses]
     if missing:
         raise ValueError(f"Expected a unimodal loss for every modality in `groups`; missing {missing}")
-    shared = list(shared)
-    enc = [p for ps in groups.values() for p in ps]
-    g_mm = _grads(loss_mm, enc + shared, retain=True)
+    shared_params = list(shared)
+    enc = [p for ps in by_name.values() for p in ps]
+    g_mm = _grads(loss_mm, enc + shared_params, retain=True)
     g_mm_enc, g_mm_shared = g_mm[: len(enc)], g_mm[len(enc):]
     weights, start = {}, 0
-    uni_shared = [torch.zeros_like(p) for p in shared]
-    names = list(groups)
+    uni_shared = [torch.zeros_like(p) for p in shared_params]
+    names = list(by_name)
     for i, name in enumerate(names):
-        params = groups[name]
+        params = by_name[name]
         last = i == len(names) - 1
-        g_u = _grads(unimodal_losses[name], params + shared, retain=not last)
+        g_u = _grads(unimodal_losses[name], params + shared_params, retain=not last)
         combined, w = rule.combine(g_mm_enc[start:start + len(params)], g_u[: len(params)])
         for p, g in zip(params, combined):
             _add_grad(p, g)
         uni_shared = [a + b for a, b in zip(uni_shared, g_u[len(params):])]
         weights[name] = w
         start += len(params)
-    for p, a, b in zip(shared, g_mm_shared, uni_shared):
+    for p, a, b in zip(shared_params, g_mm_shared, uni_shared):
         _add_grad(p, a + b)
     return weights
 
@@ -163,21 +163,21 @@ def balgrad_backward(rule: BalGrad, task_loss: torch.Tensor, unimodal_logits: Se
                      shared: Iterable[torch.nn.Parameter] = ()) -> Dict[str, bool]:
     """BalGrad's gradients into ``.grad``: per encoder the (projected) task gradient plus the weighted KL gradient;
     ``shared`` parameters get the plain sum. Returns, per modality, whether its task gradient was projected."""
-    groups = {k: list(v) for k, v in groups.items()}
-    shared = list(shared)
-    enc = [p for ps in groups.values() for p in ps]
+    by_name = {k: list(v) for k, v in groups.items()}  # lists: iterated more than once
+    shared_params = list(shared)
+    enc = [p for ps in by_name.values() for p in ps]
     kl = rule.kl_loss(unimodal_logits, target)
-    g_t = _grads(task_loss, enc + shared, retain=True)
-    g_k = _grads(kl, enc + shared, retain=False)
+    g_t = _grads(task_loss, enc + shared_params, retain=True)
+    g_k = _grads(kl, enc + shared_params, retain=False)
     out, start = {}, 0
-    for name, params in groups.items():
+    for name, params in by_name.items():
         sl = slice(start, start + len(params))
         combined, projected = rule.combine(g_t[sl], g_k[sl])
         for p, g in zip(params, combined):
             _add_grad(p, g)
         out[name] = projected
         start += len(params)
-    for p, a, b in zip(shared, g_t[len(enc):], g_k[len(enc):]):
+    for p, a, b in zip(shared_params, g_t[len(enc):], g_k[len(enc):]):
         _add_grad(p, a + b)
     return out
 

@@ -55,9 +55,15 @@ class BalanceRule(torch.nn.Module):
     computed); running state across steps lives in other buffers and is checkpointed with ``state_dict``.
     """
 
-    def __init__(self):
+    stats: torch.Tensor  # the buffer (register_buffer in __init__), declared for the type checker
+
+    def __init__(self) -> None:
         super().__init__()
         self.register_buffer("stats", torch.zeros(0, dtype=torch.float64))
+
+    def update(self, scores: Sequence[torch.Tensor], target: torch.Tensor) -> None:  # pragma: no cover - abstract
+        """Add a micro-batch's per-modality scores (unimodal logits, or contributions) to :attr:`stats`."""
+        raise NotImplementedError
 
     def _accumulate(self, values: torch.Tensor) -> None:
         values = values.detach().to(torch.float64)
@@ -124,6 +130,8 @@ class AGM(BalanceRule):
         alpha: modulation strength α > 0.
         momentum: weight of the newest step in the running means of the scores, in (0, 1].
     """
+
+    running: torch.Tensor  # the buffer (register_buffer in __init__), declared for the type checker
 
     def __init__(self, alpha: float = 1.0, momentum: float = 0.1):
         super().__init__()

@@ -43,7 +43,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -304,7 +304,7 @@ def _poisoned(launch: Launcher) -> Launcher:
 def _diagnose(xs, c, unbiased, grad_vars, launch: Launcher, threads: int) -> str:
     """The first launch whose outputs differ from :func:`modes_reference` by more than the tolerance, or the worst."""
     tol = SELF_CHECK_RTOL[xs[0].dtype]
-    found = {"worst": (-1.0, ""), "first": ""}
+    found: Dict[str, Any] = {"worst": (-1.0, ""), "first": ""}
 
     def both(X, n, P, d, off, rs, consts, pr, unbiased_, gm, mode, tile, out, out2, grid, threads_, shared):
         ref, ref2 = out.clone().fill_(float("nan")), out2.clone().fill_(float("nan"))
@@ -376,13 +376,13 @@ def _self_check(launch: Launcher, device: torch.device, threads: int) -> Tuple[b
                 return False, (f"self-check against the tiled backend failed on {device}: {what}: the launch raised "
                                f"{type(err).__name__}: {str(err).strip()[:300]}")
             tol = SELF_CHECK_RTOL[dt]
-            for name, err in errs:
-                if not err <= tol:
+            for name, rel in errs:
+                if not rel <= tol:
                     where = _diagnose(xs, c, unbiased, list(grad_vars), launch, threads)
                     return False, (f"self-check against the tiled backend failed on {device}: {what}: {name}: "
-                                   f"relative error {err:.1e} > tolerance {tol:.0e}"
+                                   f"relative error {rel:.1e} > tolerance {tol:.0e}"
                                    + (f"; first differing launch: {where}" if where else ""))
-                worst[dt] = max(worst[dt], err)
+                worst[dt] = max(worst[dt], rel)
     secs = time.perf_counter() - t0
     return True, (f"verified against the tiled backend on {device} in {secs:.2f} s ({len(SELF_CHECK_PROBLEMS)} "
                   "problems in float32 and float64; largest relative errors "
@@ -451,7 +451,7 @@ def _forward(xs: Sequence[torch.Tensor], c: float, unbiased: bool, grad_vars: Se
     tile = choose_tile(X.element_size(), P, d, threads) if tile is None else tile
     grid = (n + threads - 1) // threads
     shared = shared_bytes(X.element_size(), tile, P, d, threads)
-    f64 = dict(dtype=torch.float64, device=dev)
+    f64: Dict[str, Any] = dict(dtype=torch.float64, device=dev)
     dummy = torch.zeros(1, **f64)  # placeholder for a buffer the mode does not read or write
 
     def run(mode, rs, consts, pr, gm, out, out2):

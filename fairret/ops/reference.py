@@ -66,6 +66,8 @@ def product_sum_dense(xs: Sequence[torch.Tensor], c: float, unbiased: bool) -> t
         x = x - x.mean(0, keepdim=True).detach()
         term = c - centre(pairwise_distances(x), unbiased)
         prod = term if prod is None else prod * term
+    if prod is None:
+        raise ValueError("Expected argument `xs` to hold at least one tensor, but got none")
     if unbiased:
         prod = prod.masked_fill(torch.eye(n, dtype=torch.bool, device=prod.device), 0.0)
     return prod.sum()

@@ -164,6 +164,7 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
     total = torch.zeros((), dtype=torch.float64, device=xs[0].device)
     grads = {m: _RowAcc(n, tile, xs[0].device, xs[m].shape[1]) for m in grad_vars}
     rd, td = centring_divisors(n, unbiased)
+    p_rows = [] if p_rows is None else p_rows  # needed (and given) only with grad_vars
     gc = {m: ((p_rows[m] / rd).to(dt), (p_rows[m].sum() / td).to(dt)) for m in grad_vars}
     for i0, i1, j0, j1 in _blocks(n, tile):
         diag = i0 == j0

@@ -63,6 +63,11 @@ class StereoItem(SentencePair):
     """A StereoSet item: the pair, its bias type, the target term, the unrelated sentence and the context
     (intersentence: the sentence the three candidates continue; intrasentence: the template with ``BLANK``)."""
 
+    # set in __init__ (fields of this subclass, not of the frozen dataclass), declared for the type checker
+    target: str
+    unrelated: str
+    context: str
+
     def __init__(self, stereotype: str, anti_stereotype: str, bias_type: str, target: str, unrelated: str,
                  context: str = ""):
         super().__init__(stereotype, anti_stereotype, bias_type)
@@ -265,7 +270,7 @@ class _Scorer:
             p = u.prefix
             ids[b, :p] = torch.tensor(seqs[u.members[0]][:p], dtype=torch.long)
             pos[b, :p] = torch.arange(p)
-            if packed:
+            if mask4 is not None:
                 mask4[b, 0, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
             off = p
             for i in u.members:
@@ -273,7 +278,7 @@ class _Scorer:
                 k = len(s) - p
                 ids[b, off:off + k] = torch.tensor(s[p:], dtype=torch.long)
                 pos[b, off:off + k] = torch.arange(p, len(s))
-                if packed:
+                if mask4 is not None:
                     mask4[b, 0, off:off + k, :p] = True
                     mask4[b, 0, off:off + k, off:off + k] = torch.ones(k, k, dtype=torch.bool).tril()
                 # token t of sequence i is predicted at its position t - 1: in the prefix, or in its own part
@@ -285,12 +290,12 @@ class _Scorer:
                 owners.append(torch.full_like(t, i))
                 off += k
             mask2[b, :off] = 1
-            if packed:
+            if mask4 is not None:
                 idx = torch.arange(off, T)
                 mask4[b, 0, idx, idx] = True  # padding rows see themselves (a row seeing nothing gives NaN)
         r, w, tgt, own = torch.cat(rows), torch.cat(where), torch.cat(targets), torch.cat(owners)
         dev = self.device
-        if packed:
+        if mask4 is not None:
             logits = self._logits(ids.to(dev), mask4.to(dev), pos.to(dev), r.to(dev), w.to(dev))
             lp = logits(tgt.to(dev)).double().cpu()
             if self.packing_ok is None:  # once: the packed rows must score as the plain ones do
@@ -614,13 +619,22 @@ class CausalReport:
     tokens: Optional[torch.Tensor] = None
     choices: Optional[torch.Tensor] = None
 
+    def _passages(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.nll is None or self.tokens is None:
+            raise ValueError("Expected the report to hold passage results (`nll` and `tokens`), but it has none")
+        return self.nll, self.tokens
+
     def perplexity(self) -> float:
         """Perplexity on the passages (nan without passages)."""
-        return float(_ppl(self.nll, self.tokens.double())) if self.nll is not None and self.nll.numel() else math.nan
+        if self.nll is None or not self.nll.numel():
+            return math.nan
+        nll, tokens = self._passages()
+        return float(_ppl(nll, tokens.double()))
 
     def perplexity_ci(self, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Tuple[float, float]:
         """Bootstrap interval of the perplexity (passages resampled)."""
-        return bootstrap_ci([self.nll, self.tokens.double()], _ppl, n_boot, level, seed)
+        nll, tokens = self._passages()
+        return bootstrap_ci([nll, tokens.double()], _ppl, n_boot, level, seed)
 
     def summary(self, reference: Optional["CausalReport"] = None, ci: bool = True, n_boot: int = 2000,
                 seed: int = 0) -> Dict[str, Any]:

@@ -26,7 +26,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -106,7 +106,11 @@ def dequantize(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g
 class QuantLinear(torch.nn.Module):
     """A linear layer stored as GPTQ-v1 tensors; ``forward`` dequantizes (``scale * (code - zero)``) and multiplies."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], bits: int, bias: torch.Tensor = None):
+    # buffers (register_buffer in __init__), declared for the type checker
+    bias: Optional[torch.Tensor]
+    _weight: torch.Tensor
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], bits: int, bias: Optional[torch.Tensor] = None):
         super().__init__()
         codes, zeros, scales, g_idx = unpack_layer(tensors, bits)
         for k, v in tensors.items():
@@ -127,7 +131,7 @@ class QuantLinear(torch.nn.Module):
 
 
 def write_checkpoint(directory: os.PathLike, tensors: Mapping[str, torch.Tensor], quantize_config: Mapping,
-                     model_config: Mapping = None) -> Path:
+                     model_config: Optional[Mapping] = None) -> Path:
     """Write ``model.safetensors``, ``quantize_config.json`` (and ``config.json`` with ``quantization_config``)
     atomically: each file goes to a temporary name in the same folder and is renamed when complete."""
     from safetensors.torch import save_file

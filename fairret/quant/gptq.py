@@ -111,7 +111,7 @@ class HessianAccumulator:
     @property
     def S(self) -> torch.Tensor:
         """The float64 sum of the outer products added so far."""
-        if self._pending_rows:
+        if self._pending is not None and self._pending_rows:  # rows are pending only in the float32 mode
             self._S.add_(self._pending)
             self._pending.zero_()
             self._pending_rows = 0
@@ -257,7 +257,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
     gpos_list = gpos.tolist()
     diag = U.diagonal().tolist()
     with _one_thread():  # the loop's small operations on one thread
-        scale = zero = None
+        scale: torch.Tensor; zero: torch.Tensor  # set at column 0 by every branch below
         for b0 in range(0, d_in, block_size):
             b1 = min(b0 + block_size, d_in)
             Wb = Wt[b0:b1]  # a view: updated in place

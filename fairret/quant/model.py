@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 
@@ -77,12 +77,14 @@ def linear_layers(block: torch.nn.Module) -> Dict[str, torch.nn.Module]:
 
 def _weight(m: torch.nn.Module) -> torch.Tensor:
     """``(d_out, d_in)`` weight (Conv1D stores ``(d_in, d_out)``)."""
-    return m.weight.T if type(m).__name__ == "Conv1D" else m.weight
+    weight = cast(torch.Tensor, m.weight)  # a linear layer's parameter (Module.__getattr__ is typed Tensor | Module)
+    return weight.T if type(m).__name__ == "Conv1D" else weight
 
 
 def _set_weight(m: torch.nn.Module, w: torch.Tensor) -> None:
+    weight = cast(torch.Tensor, m.weight)
     with torch.no_grad():
-        m.weight.copy_((w.T if type(m).__name__ == "Conv1D" else w).to(m.weight.dtype))
+        weight.copy_((w.T if type(m).__name__ == "Conv1D" else w).to(weight.dtype))
 
 
 def pair_batches(tokenizer: Any, pairs: Sequence, batch_size: int = 16, max_length: int = 64,
@@ -213,10 +215,12 @@ def _quantize_group(layers: Dict[str, torch.nn.Module], names: Sequence[str], H:
     """Quantize layers that share ``H`` as one stacked matrix (GPTQ's rows are independent given ``H``): the fair
     shift first on the layers in ``fair``, then one rounding loop; write the dequantized weights into the layers,
     their GPTQ-v1 tensors into ``packed`` and the fair layers' diagnostics into ``stats``."""
+    if fair and H_delta is None:
+        raise ValueError(f"Expected `H_delta` for the fair layers {list(fair)}, but got None")
     Ws = []
     for name in names:
         W = _weight(layers[name]).detach().to(torch.float64)
-        if name in fair:
+        if name in fair and H_delta is not None:
             shifted = fair_shift(W, H, H_delta, st.alpha, st.first_order, st.damp)
             stats[f"{prefix}.{name}"] = {"shift": float((shifted - W).norm() / W.norm().clamp_min(1e-30))}
             W = shifted
@@ -233,7 +237,7 @@ def _quantize_group(layers: Dict[str, torch.nn.Module], names: Sequence[str], H:
             packed[full] = pack_layer(part)
         except ValueError:
             packed[full] = {}
-        if name in fair:
+        if name in fair and H_delta is not None:
             W0 = _weight(layers[name]).detach().to(torch.float64)
             Hd = H_delta.to(torch.float64)
             stats[full]["pair_energy_fp"] = float((W0 @ Hd * W0).sum())
@@ -458,7 +462,7 @@ def save_quantized(qm: QuantizedModel, directory: Any) -> Any:
             seen[ptr] = k
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     qc = dict(qm.config, model_class=type(qm.model).__name__)
-    cfg = qm.model.config.to_dict() if hasattr(qm.model, "config") else {}
+    cfg = cast(Any, qm.model).config.to_dict() if hasattr(qm.model, "config") else {}  # a transformers model
     return write_checkpoint(directory, tensors, qc, cfg)
 
 

@@ -28,7 +28,7 @@ import abc
 import inspect
 import pprint
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, ClassVar, List, Optional, Tuple, cast
 
 import torch
 
@@ -96,27 +96,30 @@ class LinearFractionalStatistic(Statistic):
     """
 
     @abc.abstractmethod
-    def num_intercept(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def num_intercept(self, *args: Any, **kwargs: Any) -> F.Coef:
         """Intercept :math:`c_0` of the numerator."""
         raise NotImplementedError
 
     @abc.abstractmethod
-    def num_slope(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def num_slope(self, *args: Any, **kwargs: Any) -> F.Coef:
         """Slope :math:`c_1` of the numerator."""
         raise NotImplementedError
 
     @abc.abstractmethod
-    def denom_intercept(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def denom_intercept(self, *args: Any, **kwargs: Any) -> F.Coef:
         """Intercept :math:`d_0` of the denominator."""
         raise NotImplementedError
 
     @abc.abstractmethod
-    def denom_slope(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def denom_slope(self, *args: Any, **kwargs: Any) -> F.Coef:
         """Slope :math:`d_1` of the denominator."""
         raise NotImplementedError
 
     #: Whether the output carries a leading K axis of stacked statistics.
     stacked: bool = False
+
+    #: The coefficient methods' shared signature, set when a subclass implements them (see ``__init_subclass__``).
+    expected_signature: ClassVar[Optional[inspect.Signature]] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -144,11 +147,11 @@ class LinearFractionalStatistic(Statistic):
             >>> TruePositiveRate().requires_labels, PositiveRate().requires_labels
             (True, False)
         """
-        sig = getattr(self, "expected_signature", None)
+        sig = self.expected_signature
         return sig is not None and requires_arguments(sig, 1)
 
     def _check_stat_args(self, *stat_args: Any, **stat_kwargs: Any) -> None:
-        sig = getattr(self, "expected_signature", None)
+        sig = self.expected_signature
         if sig is None:
             return
         try:
@@ -538,17 +541,21 @@ class StackedLinearFractionalStatistic(LinearFractionalStatistic):
             raise ValueError("All statistics should be instances of LinearFractionalStatistic (and not stacked).")
         self.statistics = torch.nn.ModuleList(statistics)
 
+    def _members(self) -> List[LinearFractionalStatistic]:
+        # the ModuleList holds only LinearFractionalStatistic instances (checked in __init__)
+        return cast(List[LinearFractionalStatistic], list(self.statistics))
+
     @property
     def requires_labels(self) -> bool:
         """Whether any stacked statistic takes the label (all receive the same arguments)."""
-        return any(s.requires_labels for s in self.statistics)
+        return any(s.requires_labels for s in self._members())
 
     def _check_stat_args(self, *stat_args: Any, **stat_kwargs: Any) -> None:
-        for s in self.statistics:
+        for s in self._members():
             s._check_stat_args(*stat_args, **stat_kwargs)
 
     def coefficients(self, pred, *stat_args, **stat_kwargs):
-        per = [s.coefficients(pred, *stat_args, **stat_kwargs) for s in self.statistics]
+        per = [s.coefficients(pred, *stat_args, **stat_kwargs) for s in self._members()]
         return F.stack_coefficients(per, pred)
 
     def _stack(self, method: str, *args: Any, **kwargs: Any) -> torch.Tensor:
