@@ -97,7 +97,7 @@ class ViolationLoss(FairnessLoss):
                    target_statistic: Optional[torch.Tensor] = None, **stat_kwargs: Any
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The violation tensor and the mask of groups with a defined statistic (None: all of them)."""
-        raw, prob, sens = prepare_inputs(pred, sens, pred_as_logit, self.validate_args)
+        raw, prob, sens = prepare_inputs(pred, sens, pred_as_logit, self.validate_args, who=type(self).__name__)
         target = target_tensor(target_statistic, prob)
         if not isinstance(self.statistic, LinearFractionalStatistic):
             if target is None:
