@@ -245,7 +245,8 @@ class FairnessReport:
     def plot(self, statistics: Optional[Sequence[str]] = None, attributes: Optional[Sequence[str]] = None):
         """Per-group values with their intervals, one panel per statistic (needs matplotlib, the ``plot`` extra).
 
-        Small groups are drawn hollow. Returns ``(figure, axes)``.
+        Two panels a row; small groups are drawn hollow, the overall value dashed. Returns ``(figure, axes)``, one
+        axis per statistic.
         """
         try:
             import matplotlib.pyplot as plt
@@ -258,11 +259,17 @@ class FairnessReport:
                 raise ValueError(f"Expected argument `statistics` to name statistics of this report "
                                  f"{self.statistics}, but got {s!r}")
         rows = [r for r in self.rows if r.attribute in attrs]
-        fig, axes = plt.subplots(1, len(stats), figsize=(max(4.0, 0.45 * len(rows)) * len(stats) / 1.5, 3.6),
+        ncols = min(2, len(stats))
+        nrows = -(-len(stats) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * max(4.0, 2.0 + 0.3 * len(rows)), 3.8 * nrows),
                                  squeeze=False)
+        axes = axes.reshape(-1)
+        for ax in axes[len(stats):]:
+            ax.set_visible(False)
+        axes = axes[:len(stats)]
         xs = np.arange(len(rows))
         names = [f"{r.attribute}={r.group}" for r in rows]
-        for ax, s in zip(axes[0], stats):
+        for ax, s in zip(axes, stats):
             k = 100.0 if _STATS[s][4] else 1.0
             for x, r in zip(xs, rows):
                 v = r.values[s]
@@ -278,7 +285,7 @@ class FairnessReport:
             ax.set_xticklabels(names, rotation=40, ha="right", fontsize=8)
             ax.set_title(_STATS[s][0] + (" (%)" if k == 100.0 else ""))
         fig.tight_layout()
-        return fig, axes[0]
+        return fig, list(axes)
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------

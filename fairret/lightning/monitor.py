@@ -117,10 +117,12 @@ class FairnessMonitor(pl.Callback):
 
     def _default_metrics(self, sens: torch.Tensor, has_labels: bool, has_cells: bool) -> Dict[str, torchmetrics.Metric]:
         s = sens.reshape(sens.shape[0], -1).shape[1]
-        metrics: Dict[str, torchmetrics.Metric] = {"dp_relative_gap": LinearFractionalParity(PositiveRate(), s)}
+        # the predictions reach the metrics as this callback's pred_as_logit made them: taken as given
+        metrics: Dict[str, torchmetrics.Metric] = {
+            "dp_relative_gap": LinearFractionalParity(PositiveRate(), s, pred_as_logit=False)}
         if has_labels:
             eo = StackedLinearFractionalStatistic(TruePositiveRate(), FalsePositiveRate())
-            metrics["eo_relative_gap"] = LinearFractionalParity(eo, (2, s))
+            metrics["eo_relative_gap"] = LinearFractionalParity(eo, (2, s), pred_as_logit=False)
         if has_cells:
             metrics["jsd"] = IntersectionalJSD()
         metrics["dcor"] = DistanceCorrelation()
