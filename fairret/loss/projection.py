@@ -117,7 +117,12 @@ class ProjectionLoss(FairnessLoss):
 
     def forward(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, pred_as_logit: bool = True,
                 target_statistic: Optional[torch.Tensor] = None, **stat_kwargs: Any) -> torch.Tensor:
-        """Mean divergence between the predictions and their fair projection (a scalar tensor)."""
+        """Mean divergence between the predictions and their fair projection (a scalar tensor).
+
+        ``pred`` ``(N, 1)`` logits (probabilities with ``pred_as_logit=False``), ``sens`` an ``(N, S)`` group
+        matrix or a :class:`~fairret.sensitive.SensitiveAttributes` (as in
+        :meth:`fairret.loss.ViolationLoss.forward`), then the statistic's arguments (the label).
+        """
         q = self.project(pred, sens, *stat_args, pred_as_logit=pred_as_logit, target_statistic=target_statistic,
                          **stat_kwargs)
         raw = pred.unsqueeze(-1) if pred.ndim == 1 else pred
