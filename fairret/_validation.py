@@ -283,6 +283,7 @@ def check_groups(sens: torch.Tensor, who: str, read_values: bool = False, name: 
         return
     _reads_values()
     s = sens.detach()
+    s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))  # non-finite values are the non-finite policy's
     cmax = s.amax(dim=0, keepdim=True)
     indicator = ((s == 0) | (s == cmax)).all(dim=0) & (s.amin(dim=0) >= 0)
     bad = (~indicator).nonzero().flatten().tolist()

@@ -448,8 +448,17 @@ class IntersectionalJSD(torchmetrics.Metric):
 
     def update(self, pred: torch.Tensor, cells: torch.Tensor) -> None:
         """Add a batch of predictions ``(N,)``/``(N, 1)`` and their cell ids ``(N,)`` (or one-hot ``(N, G)``, an
-        all-zero row meaning no cell, as id -1 does)."""
+        all-zero row meaning no cell, as id -1 does), or a :class:`~fairret.sensitive.SensitiveAttributes` with one
+        intersection block (its cell ids)."""
         from .functional.calibration import _cells
+        from .sensitive import SensitiveAttributes
+
+        if isinstance(cells, SensitiveAttributes):
+            inter = [b.name for b in cells.blocks if b.kind == "intersection"]
+            if len(inter) != 1:
+                raise ValueError(f"Expected argument `cells` to hold exactly one intersection block to take the cells "
+                                 f"from, but it has {inter}; pass cells.group_ids[name] for the one you mean")
+            cells = cells.group_ids[inter[0]]
 
         pred = check_tensor(pred, "pred").detach().reshape(-1).to(torch.float64)
         self.preds.append(pred)

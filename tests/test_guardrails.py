@@ -179,3 +179,19 @@ def test_sensitive_attributes_same_meaning_in_losses_and_metric():
                                                                          m2.compute_per_group(), equal_nan=True)
     assert torch.allclose(PositiveRate()(torch.sigmoid(logits), sa), PositiveRate()(torch.sigmoid(logits),
                                                                                    sa.group_matrix()))
+
+
+def test_intersectional_jsd_takes_sensitive_attributes():
+    from fairret.metric import IntersectionalJSD
+
+    rng = np.random.default_rng(2)
+    n = 60
+    cols = {"race": rng.choice(["a", "b"], n), "sex": np.array(["F", "M"] * (n // 2))}
+    sa = SensitiveEncoder({"race": "categorical", "sex": "binary"}, intersections=[("race", "sex")]).fit_transform(cols)
+    prob = torch.rand(n)
+    m1, m2 = IntersectionalJSD(grid=200), IntersectionalJSD(grid=200)
+    m1.update(prob, sa)
+    m2.update(prob, sa.group_ids["race&sex"])
+    assert torch.equal(m1.compute(), m2.compute())
+    with pytest.raises(ValueError, match="exactly one intersection block"):
+        IntersectionalJSD().update(prob, sa.select(["race", "sex"]))
