@@ -236,10 +236,12 @@ class FairnessTracker:
 
     def _default_metrics(self, s: int, classes: int, has_labels: bool, has_cells: bool) -> Dict[str, Any]:
         shape = (s,) if classes == 1 else (classes, s)
-        metrics: Dict[str, torchmetrics.Metric] = {"dp_relative_gap": LinearFractionalParity(PositiveRate(), shape)}
+        # the predictions reach the metrics as probabilities already (update's ``prob``): taken as given
+        metrics: Dict[str, torchmetrics.Metric] = {
+            "dp_relative_gap": LinearFractionalParity(PositiveRate(), shape, pred_as_logit=False)}
         if has_labels:
             eo = StackedLinearFractionalStatistic(TruePositiveRate(), FalsePositiveRate())
-            metrics["eo_relative_gap"] = LinearFractionalParity(eo, (2, *shape))
+            metrics["eo_relative_gap"] = LinearFractionalParity(eo, (2, *shape), pred_as_logit=False)
         if has_cells and classes == 1:
             metrics["jsd"] = IntersectionalJSD()
         metrics["dcor"] = DistanceCorrelation()

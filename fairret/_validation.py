@@ -30,10 +30,43 @@ The non-finite policy (every family):
   [1e-12, 1 - 1e-12]), half-precision inputs are accumulated in float32 or float64;
 * functions that read their data on the host anyway (the sensitive encoder, ``one_hot_groups``, the JSD report)
   raise ``ValueError`` for NaN whatever ``validate_args`` says.
+
+Predictions: logits or probabilities (the one convention)
+---------------------------------------------------------
+
+Every fairret function that takes model outputs has the argument ``pred_as_logit``, with one meaning:
+
+* ``True``: ``pred`` holds logits; probabilities are :func:`to_probabilities` of them (the sigmoid of one
+  column, the softmax over several);
+* ``False``: ``pred`` holds probabilities (rate statistics) or regression outputs (``MeanPrediction``, the
+  dependence losses), used as given;
+* ``None`` (*decide from the values*, torchmetrics' rule): logits when any value lies outside [0, 1],
+  probabilities otherwise (so logits that all happen to lie in [0, 1] are read as probabilities: say
+  ``pred_as_logit=True`` when you know). It reads the data, so only evaluation code offers it.
+
+Defaults: the losses and the Lightning callbacks assume logits (``pred_as_logit=True``, as in fairret 0.1.3; they
+run in the training loop and read no data to decide); :class:`~fairret.metric.LinearFractionalParity` and
+:func:`~fairret.report.fairness_report` decide from the values (``None``). Values that contradict what was said
+are reported: a rate metric given ``pred_as_logit=False`` and values outside [0, 1] warns (:class:`PredictionWarning`),
+as does a metric left to decide that reads a batch as logits; with ``validate_args=True`` a projection loss
+given ``pred_as_logit=False`` raises for values outside [0, 1].
+
+Groups for rate statistics
+--------------------------
+
+Rate losses and metrics compare the statistic of each *column* of ``sens`` (a group, rows weighted by its
+values) with the overall one. :func:`check_groups` warns (:class:`SensitiveGroupsWarning`, the fix in the
+message) when ``sens`` cannot mean that: an ``(N,)`` vector or a single column (one group, so the other one
+is never compared: a binary attribute needs both columns), or, where values are read, a column that is not a 0/1
+indicator (negative, or more than two distinct values: a continuous attribute). A
+:class:`~fairret.sensitive.SensitiveAttributes` given as ``sens`` is turned into its
+:meth:`~fairret.sensitive.SensitiveAttributes.group_matrix` (both values of a binary attribute) by
+:func:`as_group_matrix`.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional, overload
 
 import torch
@@ -50,7 +83,20 @@ __all__ = [
     "prepare_pred",
     "prepare_sens",
     "to_probabilities",
+    "resolve_pred_as_logit",
+    "check_groups",
+    "as_group_matrix",
+    "PredictionWarning",
+    "SensitiveGroupsWarning",
 ]
+
+
+class PredictionWarning(UserWarning):
+    """Predictions whose values contradict ``pred_as_logit`` (see the module's convention)."""
+
+
+class SensitiveGroupsWarning(UserWarning):
+    """A sensitive matrix that a rate loss or metric cannot read as groups (see :func:`check_groups`)."""
 
 
 def check_tensor(x: Any, name: str) -> torch.Tensor:
@@ -146,9 +192,11 @@ def prepare_sens(sens: None, pred: torch.Tensor) -> None: ...
 @overload
 def prepare_sens(sens: Optional[torch.Tensor], pred: torch.Tensor) -> Optional[torch.Tensor]: ...
 def prepare_sens(sens: Optional[torch.Tensor], pred: torch.Tensor) -> Optional[torch.Tensor]:
-    """Check the sensitive matrix against ``(N, C)`` predictions and return it as ``(N, S)`` in pred's dtype."""
+    """Check the sensitive matrix against ``(N, C)`` predictions and return it as ``(N, S)`` in pred's dtype (a
+    :class:`~fairret.sensitive.SensitiveAttributes` as its group matrix, :func:`as_group_matrix`)."""
     if sens is None:
         return None
+    sens = as_group_matrix(sens, "statistic")
     check_tensor(sens, "sens")
     check_ndim(sens, "sens", (1, 2), "(N, S)")
     if sens.ndim == 1:
@@ -175,3 +223,96 @@ def to_probabilities(pred: torch.Tensor) -> torch.Tensor:
     if pred.ndim == 2 and pred.shape[1] > 1:
         return torch.softmax(pred, dim=1)
     return torch.sigmoid(pred)
+
+
+def resolve_pred_as_logit(pred: torch.Tensor, pred_as_logit: Optional[bool], who: str,
+                          rate: bool = True) -> bool:
+    """Apply the convention to ``pred``: ``pred_as_logit`` itself when it is a bool, else decide from the values.
+
+    Reads ``pred`` (a host synchronisation) when ``pred_as_logit`` is None, or when it is False and ``rate`` (a
+    rate statistic, which needs probabilities): then values outside [0, 1] warn with :class:`PredictionWarning`.
+    ``who`` names the caller in the messages.
+
+    Example:
+        >>> resolve_pred_as_logit(torch.tensor([0.2, 0.9]), None, "m"), resolve_pred_as_logit(torch.tensor([-1.]), True, "m")
+        (False, True)
+    """
+    if pred_as_logit is not None and not isinstance(pred_as_logit, bool):
+        raise TypeError(f"Expected argument `pred_as_logit` to be True, False or None, but got {pred_as_logit!r}")
+    if pred_as_logit is True or (pred_as_logit is False and not rate) or pred.numel() == 0:
+        return bool(pred_as_logit)
+    _reads_values()
+    finite = pred[torch.isfinite(pred)]
+    outside = bool(((finite < 0) | (finite > 1)).any()) if finite.numel() else False
+    if pred_as_logit is None:
+        return outside
+    if outside:
+        warnings.warn(f"{who}: `pred` holds values outside [0, 1] (span [{float(finite.min()):.4g}, "
+                      f"{float(finite.max()):.4g}]) but pred_as_logit=False says they are probabilities, so the rates "
+                      f"are not rates. Pass pred_as_logit=True for logits (or None to decide from the values); for "
+                      f"regression outputs use MeanPrediction.", PredictionWarning, stacklevel=3)
+    return False
+
+
+def check_groups(sens: torch.Tensor, who: str, read_values: bool = False, name: str = "sens") -> None:
+    """Warn (:class:`SensitiveGroupsWarning`) when ``sens`` cannot be the groups of a rate loss or metric.
+
+    Shapes are always checked (free): an ``(N,)`` vector or a single column is one group only. With
+    ``read_values`` (a host synchronisation) also the columns: negative values, or more than two distinct values
+    in a column (continuous attributes, scores) are not group memberships.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     check_groups(torch.tensor([[1., 0.], [0., 1.]]), "NormLoss", read_values=True)
+        ...     check_groups(torch.tensor([[1.], [0.]]), "NormLoss")
+        >>> len(w), "both values" in str(w[0].message)
+        (1, True)
+    """
+    if not isinstance(sens, torch.Tensor) or sens.ndim not in (1, 2):
+        return  # the shape checks that follow raise the errors
+    fix = ("pass one column per group, e.g. torch.stack([1 - s, s], dim=1) for a 0/1 attribute s, "
+           "torch.nn.functional.one_hot(codes) for group codes, or the SensitiveAttributes itself (not its "
+           "`matrix`: a binary attribute is one column there)")
+    if sens.ndim == 1:
+        warnings.warn(f"{who}: argument `{name}` has shape (N,), read as a single group column: only the rows "
+                      f"where it is nonzero form a group, compared with everyone, so a binary attribute's other "
+                      f"value is never compared (this can push the model to predict almost always one class). To "
+                      f"compare both values, {fix}.", SensitiveGroupsWarning, stacklevel=3)
+        return
+    if sens.shape[1] == 1:
+        warnings.warn(f"{who}: argument `{name}` has a single column, i.e. one group compared with everyone: a "
+                      f"binary attribute's other value is never compared (this can push the model to predict almost "
+                      f"always one class). To compare both values, {fix}.", SensitiveGroupsWarning, stacklevel=3)
+    if not read_values or sens.shape[0] == 0:
+        return
+    _reads_values()
+    s = sens.detach()
+    s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))  # non-finite values are the non-finite policy's
+    cmax = s.amax(dim=0, keepdim=True)
+    indicator = ((s == 0) | (s == cmax)).all(dim=0) & (s.amin(dim=0) >= 0)
+    bad = (~indicator).nonzero().flatten().tolist()
+    if bad:
+        warnings.warn(f"{who}: columns {bad[:10]} of argument `{name}` are not group indicators (0/1, or 0 and one "
+                      f"weight): negative values or more than two distinct values, e.g. a continuous attribute. A "
+                      f"rate statistic reads each column as a group with these membership weights. One-hot encode "
+                      f"the groups (SensitiveEncoder kind 'categorical', or bins of a continuous attribute), or use a "
+                      f"dependence loss/metric (DistanceCorrelationLoss, CCdCovLoss) for continuous attributes. "
+                      f"Soft group memberships are read as intended: filter SensitiveGroupsWarning then.",
+                      SensitiveGroupsWarning, stacklevel=3)
+
+
+def as_group_matrix(sens: Any, who: str) -> Any:
+    """A :class:`~fairret.sensitive.SensitiveAttributes` as its group matrix (continuous blocks left out with a
+    warning naming them); anything else unchanged."""
+    from .sensitive import SensitiveAttributes
+
+    if not isinstance(sens, SensitiveAttributes):
+        return sens
+    if sens.has_continuous():
+        cont = [b.name for b in sens.blocks if b.kind not in sens.GROUP_KINDS]
+        warnings.warn(f"{who}: the continuous attributes {cont} of `sens` have no groups and are left out of this "
+                      f"rate statistic; pass sens.select([...]) without them to silence this, and a dependence loss "
+                      f"for them", SensitiveGroupsWarning, stacklevel=3)
+    return sens.group_matrix()

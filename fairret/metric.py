@@ -17,6 +17,7 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,12 +31,13 @@ except ImportError as err:  # pragma: no cover - torchmetrics is a core dependen
 from torchmetrics.utilities.data import dim_zero_cat  # torchmetrics 1.0 has it here only
 
 from . import ops
-from ._validation import check_finite, check_tensor, prepare_pred
+from ._validation import (PredictionWarning, as_group_matrix, check_finite, check_groups, check_tensor, prepare_pred,
+                          resolve_pred_as_logit, to_probabilities)
 from .functional import distance as D
 from .functional import linear_fractional as F
-from .statistic import LinearFractionalStatistic
+from .statistic import LinearFractionalStatistic, MeanPrediction
 
-__all__ = ["gap_abs_max", "gap_relative_abs_max", "gap_max_min", "LinearFractionalParity", "DependenceMetric",
+__all__ = ["gap_abs_max", "gap_relative_abs_max", "gap_max_min", "fill_absent", "LinearFractionalParity", "DependenceMetric",
            "DistanceCorrelation", "CCdCov", "JdCov", "IntersectionalJSD"]
 
 
@@ -70,6 +72,20 @@ def gap_max_min(vals: torch.Tensor, target_val: Optional[torch.Tensor] = None) -
     return torch.amax(vals, dim=-1) - torch.amin(vals, dim=-1)
 
 
+def fill_absent(vals: torch.Tensor, valid: torch.Tensor, overall: torch.Tensor) -> torch.Tensor:
+    """Per-group values ``(..., S)`` where each group without a defined value (``valid`` False) repeats the first
+    defined group of its row (the ``overall`` value ``(..., 1)`` where none is): then no maximum, minimum or gap
+    over groups, to the overall value or between groups, sees the absent ones.
+
+    Example:
+        >>> fill_absent(torch.tensor([0.0, 0.3, 0.5]), torch.tensor([False, True, True]), torch.tensor([0.4]))
+        tensor([0.3000, 0.3000, 0.5000])
+    """
+    first = vals.gather(-1, valid.to(torch.uint8).argmax(-1, keepdim=True))
+    fill = torch.where(valid.any(-1, keepdim=True), first, overall.to(vals.dtype))
+    return torch.where(valid, vals, fill.expand_as(vals))
+
+
 class LinearFractionalParity(torchmetrics.Metric):
     """Gap between per-group and overall values of a linear-fractional statistic over a whole dataset.
 
@@ -80,9 +96,21 @@ class LinearFractionalParity(torchmetrics.Metric):
         gap_fn: ``gap_fn(per_group, overall)``; default :func:`gap_relative_abs_max` (the largest relative gap of a
             group to the overall value); :func:`gap_abs_max` (absolute), :func:`gap_max_min` (the largest
             difference between two groups).
+        pred_as_logit: ``True`` for logits, ``False`` for probabilities (or regression outputs with
+            :class:`~fairret.statistic.MeanPrediction`), ``None`` (default) to decide from the values of each batch:
+            logits when any lies outside [0, 1] (torchmetrics' rule; a warning says so once, pass ``True`` to
+            silence it). :class:`~fairret.statistic.MeanPrediction` with ``None`` takes regression outputs as
+            given. The one convention is described in :mod:`fairret._validation`. ``False`` with values outside
+            [0, 1] for a rate statistic warns (:class:`~fairret._validation.PredictionWarning`).
         validate_args: also check at each update that ``pred`` and ``sens`` are finite (off by default: the check
             synchronises with the device; see :mod:`fairret._validation`).
         **torchmetrics_kwargs: passed to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
+
+    ``sens`` may be an ``(N, S)`` group matrix or a :class:`~fairret.sensitive.SensitiveAttributes` (its
+    :meth:`~fairret.sensitive.SensitiveAttributes.group_matrix`: both values of a binary attribute). The first
+    update after construction or :meth:`reset` checks that ``sens`` holds groups and warns
+    (:class:`~fairret._validation.SensitiveGroupsWarning`) for a single column, an ``(N,)`` vector or
+    non-indicator columns (with ``validate_args``, every update does).
 
     Groups that never appear (zero denominator) are left out of the gap (their value is NaN in
     :meth:`compute_per_group`): ``gap_fn`` sees them as a copy of a present group's value in the same row of the
@@ -100,7 +128,7 @@ class LinearFractionalParity(torchmetrics.Metric):
 
     def __init__(self, statistic: LinearFractionalStatistic, stat_shape: Union[int, Tuple[int, ...]],
                  gap_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = gap_relative_abs_max, *,
-                 validate_args: bool = False, **torchmetrics_kwargs: Any):
+                 pred_as_logit: Optional[bool] = None, validate_args: bool = False, **torchmetrics_kwargs: Any):
         super().__init__(**torchmetrics_kwargs)
         if not isinstance(statistic, LinearFractionalStatistic):
             raise TypeError(f"Expected argument `statistic` to be a LinearFractionalStatistic, but got "
@@ -108,7 +136,12 @@ class LinearFractionalParity(torchmetrics.Metric):
         shape = (stat_shape,) if isinstance(stat_shape, int) else tuple(stat_shape)
         if not shape or any((not isinstance(d, int)) or d < 1 for d in shape):
             raise ValueError(f"Expected argument `stat_shape` to be a positive int or tuple of them, got {stat_shape!r}")
+        if pred_as_logit is not None and not isinstance(pred_as_logit, bool):
+            raise TypeError(f"Expected argument `pred_as_logit` to be True, False or None, but got {pred_as_logit!r}")
         self.stat = statistic
+        self.pred_as_logit = pred_as_logit
+        self._groups_checked = False
+        self._told_logits = False
         self.stat_shape = shape
         self.validate_args = validate_args
         self.gap_fn = gap_fn
@@ -125,9 +158,24 @@ class LinearFractionalParity(torchmetrics.Metric):
         return self.stat.requires_labels
 
     def update(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, **stat_kwargs: Any) -> None:
-        """Add a batch: ``pred`` probabilities ``(N, 1)`` or ``(N, C)``, ``sens`` ``(N, S)``, statistic args."""
+        """Add a batch: ``pred`` ``(N,)``, ``(N, 1)`` or ``(N, C)`` (logits or probabilities as ``pred_as_logit``
+        says), ``sens`` ``(N, S)`` or a SensitiveAttributes, then the statistic's arguments (the label)."""
+        sens = as_group_matrix(sens, "LinearFractionalParity")
         check_tensor(sens, "sens")  # None would mean one group holding everyone: a gap of 0
+        check_groups(sens, "LinearFractionalParity", read_values=self.validate_args or not self._groups_checked)
+        self._groups_checked = True
         pred = prepare_pred(pred).detach()
+        regression = isinstance(self.stat, MeanPrediction)
+        as_logit = (False if regression and self.pred_as_logit is None else
+                    resolve_pred_as_logit(pred, self.pred_as_logit, "LinearFractionalParity", rate=not regression))
+        if as_logit and self.pred_as_logit is None and not self._told_logits:
+            self._told_logits = True
+            warnings.warn("LinearFractionalParity: `pred` holds values outside [0, 1], read as logits (sigmoid/softmax) "
+                          "since pred_as_logit=None decides from the values. Pass pred_as_logit=True to say so (and "
+                          "silence this), or pred_as_logit=False with MeanPrediction for regression outputs.",
+                          PredictionWarning, stacklevel=2)
+        if as_logit:
+            pred = to_probabilities(pred)
         if self.validate_args:
             check_finite(pred, "pred")
             check_finite(sens, "sens")
@@ -161,34 +209,32 @@ class LinearFractionalParity(torchmetrics.Metric):
             return self._sums().overall_values().to(torch.get_default_dtype())
 
     def compute(self) -> torch.Tensor:
-        """``gap_fn(per_group, overall)`` over everything seen, for the groups with a defined statistic.
-
-        The predictions given to :meth:`update` are probabilities (or regression outputs), not logits: apply
-        ``fairret._validation.to_probabilities`` (sigmoid/softmax) first.
+        """``gap_fn(per_group, overall)`` over the groups with a defined statistic.
 
         Returns:
-            The gap over the last (group) axis, so of shape ``stat_shape[:-1]``: a scalar for a plain statistic
-            on ``(N, 1)`` predictions; ``(K,)``, one gap per stacked statistic (equalised odds: ``[TPR gap, FPR
-            gap]``), ``(C,)`` per class, ``(K, C)`` both. Take ``.max()`` for one number. With the default
-            :func:`gap_relative_abs_max` the gap is a fraction of the overall value (0.1: a group 10% above or
-            below it), not a difference in points; :func:`gap_max_min` gives the latter.
+            A scalar for a plain statistic on ``(N, 1)`` predictions; one gap per stacked statistic ``(K,)`` for a
+            stack (e.g. ``(2,)`` for equalised odds: the TPR gap, then the FPR gap; take ``.max()`` for one
+            figure), ``(C,)`` per class for multiclass, ``(K, C)`` both: the shape ``stat_shape[:-1]``. With the
+            default :func:`gap_relative_abs_max` the gap is a fraction of the overall value (0.1: a group 10% above
+            or below it), not a difference in points; :func:`gap_max_min` gives the latter.
 
         Example:
             >>> from fairret.statistic import EqualizedOdds
-            >>> m = LinearFractionalParity(EqualizedOdds(), stat_shape=(2, 2), gap_fn=gap_max_min)
-            >>> sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
-            >>> m.update(torch.tensor([[0.9], [0.2], [0.6], [0.4]]), sens, torch.tensor([1., 0., 1., 0.]))
-            >>> m.compute()  # TPRs 0.9 vs 0.6, FPRs 0.2 vs 0.4
-            tensor([0.3000, 0.2000])
+            >>> m = LinearFractionalParity(EqualizedOdds(), (2, 2), gap_fn=gap_max_min, pred_as_logit=False)
+            >>> y = torch.tensor([1., 1., 0., 1., 0., 0.])
+            >>> m.update(torch.tensor([1., 0., 0., 1., 1., 0.]), torch.tensor([[1., 0.]] * 3 + [[0., 1.]] * 3), y)
+            >>> m.compute()  # TPR 0.5 vs 1.0, FPR 0.0 vs 0.5
+            tensor([0.5000, 0.5000])
         """
         sums = self._sums()
         overall = sums.overall_values()
-        vals = sums.group_values()
-        # an absent group repeats the first present one (no gap, to the overall value or between groups)
-        first = vals.gather(-1, sums.valid.to(torch.uint8).argmax(-1, keepdim=True))
-        fill = torch.where(sums.valid.any(-1, keepdim=True), first, overall)
-        vals = torch.where(sums.valid, vals, fill.expand_as(vals))
+        vals = fill_absent(sums.group_values(), sums.valid, overall)
         return self.gap_fn(vals, overall).to(torch.get_default_dtype())
+
+    def reset(self) -> None:
+        """Forget the sums; the next update checks ``sens`` again."""
+        super().reset()
+        self._groups_checked = False
 
     def plot(self, val: Optional[torch.Tensor] = None, ax: Optional[Any] = None,
              group_names: Optional[Sequence[str]] = None):
@@ -211,13 +257,16 @@ class LinearFractionalParity(torchmetrics.Metric):
         vals = vals.reshape(-1, vals.shape[-1])
         s = vals.shape[-1]
         names = list(group_names) if group_names is not None else [f"group {k}" for k in range(s)]
+        stats = getattr(self.stat, "statistics", None)
+        row_names = ([type(st).__name__ for st in stats] if stats is not None and len(stats) == len(vals)
+                     else [f"row {r}" for r in range(len(vals))])
         if len(names) != s:
             raise ValueError(f"Expected argument `group_names` to have {s} names, but got {len(names)}")
         fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(max(4, 0.8 * s * len(vals)), 3))
         width = 0.8 / len(vals)
         for r, row in enumerate(vals):
             xs = [k + r * width for k in range(s)]
-            ax.bar(xs, row.tolist(), width=width, label=f"row {r}" if len(vals) > 1 else None)
+            ax.bar(xs, row.tolist(), width=width, label=row_names[r] if len(vals) > 1 else None)
             if overall is not None:
                 ax.axhline(float(overall[min(r, len(overall) - 1)]), linestyle="--", color="k", linewidth=1)
         ax.set_xticks([k + width * (len(vals) - 1) / 2 for k in range(s)])
@@ -416,8 +465,17 @@ class IntersectionalJSD(torchmetrics.Metric):
 
     def update(self, pred: torch.Tensor, cells: torch.Tensor) -> None:
         """Add a batch of predictions ``(N,)``/``(N, 1)`` and their cell ids ``(N,)`` (or one-hot ``(N, G)``, an
-        all-zero row meaning no cell, as id -1 does)."""
+        all-zero row meaning no cell, as id -1 does), or a :class:`~fairret.sensitive.SensitiveAttributes` with one
+        intersection block (its cell ids)."""
         from .functional.calibration import _cells
+        from .sensitive import SensitiveAttributes
+
+        if isinstance(cells, SensitiveAttributes):
+            inter = [b.name for b in cells.blocks if b.kind == "intersection"]
+            if len(inter) != 1:
+                raise ValueError(f"Expected argument `cells` to hold exactly one intersection block to take the cells "
+                                 f"from, but it has {inter}; pass cells.group_ids[name] for the one you mean")
+            cells = cells.group_ids[inter[0]]
 
         pred = check_tensor(pred, "pred").detach().reshape(-1).to(torch.float64)
         self.preds.append(pred)

@@ -2,7 +2,10 @@ r"""Encoding protected attributes into the sensitive matrix and the metadata oth
 
 A :class:`SensitiveEncoder` is fitted on training columns and turns any split into a :class:`SensitiveAttributes`:
 
-* ``binary`` columns become one 0/1 column (the second of the two sorted values is 1),
+* ``binary`` columns become one 0/1 column (the second of the two sorted values is 1): the right encoding for the
+  dependence losses, but a single column is *one* group for a rate loss. Give the rate losses and the metric the
+  :class:`SensitiveAttributes` itself (they use :meth:`SensitiveAttributes.group_matrix`: both values of a binary
+  attribute, one column each), not its ``matrix``; a rate loss given a single column warns,
 * ``categorical`` columns become one-hot columns (one per category seen when fitting),
 * ``continuous`` columns become one column, min-max scaled to [0, 1] on the fitting data (or standardised),
 * ``intersections`` (tuples of categorical/binary attribute names) become one-hot columns over the cells of the
@@ -91,6 +94,105 @@ class SensitiveAttributes:
     def columns_of(self, name: str) -> torch.Tensor:
         """The ``(N, k)`` columns of attribute ``name`` (weights applied)."""
         return self.matrix[:, self.block(name).columns]
+
+    #: Block kinds that define groups (rate statistics compare them); ``continuous`` blocks do not.
+    GROUP_KINDS = ("binary", "categorical", "intersection")
+
+    def _group_blocks(self, names: Optional[Sequence[str]]) -> List[AttributeBlock]:
+        blocks = [self.block(n) for n in names] if names is not None else \
+            [b for b in self.blocks if b.kind in self.GROUP_KINDS]
+        for b in blocks:
+            if b.kind not in self.GROUP_KINDS:
+                raise ValueError(f"Attribute `{b.name}` is continuous: it has no groups for a rate statistic; use a "
+                                 f"dependence loss or metric (e.g. DistanceCorrelationLoss) for it")
+        return blocks
+
+    def group_matrix(self, names: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """The ``(N, G)`` group-membership matrix that rate statistics, losses and metrics use.
+
+        One column per group of each binary, categorical and intersection block (all of them, or those in
+        ``names``), in block order, each multiplied by its block's weight. A binary attribute gives **two**
+        columns (both of its values), unlike :attr:`matrix`; continuous blocks are left out (they have no groups).
+        Rows with a value unseen when fitting belong to no group of that attribute. Column names:
+        :meth:`group_names`.
+
+        Example:
+            >>> s = SensitiveEncoder({"sex": "binary", "age": "continuous"}).fit_transform(
+            ...     {"sex": ["F", "M", "M"], "age": [20., 30., 40.]})
+            >>> s.matrix.shape, s.group_matrix(), s.group_names()
+            (torch.Size([3, 2]), tensor([[1., 0.],
+                    [0., 1.],
+                    [0., 1.]]), ['sex=F', 'sex=M'])
+        """
+        blocks = self._group_blocks(names)
+        if not blocks:
+            raise ValueError(f"Expected a binary, categorical or intersection attribute to take groups from, but "
+                             f"the blocks are {[(b.name, b.kind) for b in self.blocks]}")
+        dtype = self.matrix.dtype if self.matrix.is_floating_point() else torch.get_default_dtype()
+        mats = [one_hot_groups(self.group_ids[b.name], len(b.categories), dtype).to(self.matrix.device) * b.weight
+                for b in blocks]
+        return torch.cat(mats, dim=1)
+
+    def group_names(self, names: Optional[Sequence[str]] = None) -> List[str]:
+        """The names of the columns of :meth:`group_matrix`, e.g. ``sex=F`` or ``race&sex=a&F``."""
+        out = []
+        for b in self._group_blocks(names):
+            for c in b.categories:
+                out.append(f"{b.name}=" + ("&".join(str(x) for x in c) if isinstance(c, tuple) else str(c)))
+        return out
+
+    def has_continuous(self) -> bool:
+        """Whether a block is continuous (left out of :meth:`group_matrix`)."""
+        return any(b.kind not in self.GROUP_KINDS for b in self.blocks)
+
+    def select(self, names: Sequence[str]) -> "SensitiveAttributes":
+        """The attributes named in ``names`` only (their blocks and columns, in the order given)."""
+        blocks = [self.block(n) for n in names]
+        mats, new_blocks, colnames, start = [], [], [], 0
+        for b in blocks:
+            width = b.stop - b.start
+            mats.append(self.matrix[:, b.columns])
+            colnames.extend(self.column_names[b.columns])
+            new_blocks.append(AttributeBlock(b.name, b.kind, start, start + width, list(b.categories), b.weight))
+            start += width
+        ids = {k: v for k, v in self.group_ids.items() if k in set(names)}
+        drop = {k: v for k, v in self.dropped_cells.items() if k in set(names)}
+        return SensitiveAttributes(torch.cat(mats, dim=1), new_blocks, colnames, ids, drop)
+
+    def __getitem__(self, index: Any) -> "SensitiveAttributes":
+        """Rows selected like a tensor's first axis (a slice, an index tensor or list, a boolean mask; an int keeps
+        its row as ``N = 1``), e.g. a mini-batch ``sens[idx]``; the blocks and names are kept.
+
+        Example:
+            >>> s = SensitiveEncoder({"sex": "binary"}).fit_transform({"sex": ["F", "M", "M", "F"]})
+            >>> s[1:3].matrix.tolist(), s[torch.tensor([0, 3])].group_ids["sex"].tolist(), len(s[2])
+            ([[1.0], [1.0]], [0, 0], 1)
+        """
+        if isinstance(index, tuple):
+            raise IndexError("SensitiveAttributes selects rows only: index it with one slice, index or mask")
+        if isinstance(index, int) and not isinstance(index, bool):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"Row {index} is out of range for {n} rows")
+            index = slice(index % n, index % n + 1)
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.matrix.device)
+        elif not isinstance(index, slice):
+            index = torch.as_tensor(np.asarray(index), device=self.matrix.device)
+        matrix = self.matrix[index]
+        ids = {k: v[index.to(v.device) if isinstance(index, torch.Tensor) else index]
+               for k, v in self.group_ids.items()}
+        return SensitiveAttributes(matrix, list(self.blocks), list(self.column_names), ids, dict(self.dropped_cells))
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape ``(N, S)`` of :attr:`matrix`."""
+        return self.matrix.shape
+
+    @property
+    def device(self) -> torch.device:
+        """The device of :attr:`matrix`."""
+        return self.matrix.device
 
     def to(self, *args: Any, **kwargs: Any) -> "SensitiveAttributes":
         """A copy with the tensors moved/cast like :meth:`torch.Tensor.to` (group ids only moved)."""

@@ -1,7 +1,8 @@
 """Resampling intervals and paired tests for the figures fairret reports (pure torch and the standard library).
 
 * :func:`bootstrap_ci`: a percentile bootstrap interval of a statistic of per-item values (items resampled with
-  replacement, several value columns resampled together, so ratios and products of per-item sums work).
+  replacement, several value columns resampled together, so ratios and products of per-item sums work);
+  :func:`bootstrap_cis` gives the intervals of several statistics from the same replicates.
 * :func:`binomial_two_sided`: the exact two-sided binomial p-value (the probability under ``p = 1/2`` of a split at
   least as unbalanced as the one seen).
 * :func:`paired_flips`: the exact McNemar test for two models judged on the same items: how many items flip from
@@ -27,7 +28,7 @@ from typing import Callable, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["bootstrap_ci", "binomial_two_sided", "Flips", "paired_flips", "pool_flips"]
+__all__ = ["bootstrap_ci", "bootstrap_cis", "binomial_two_sided", "Flips", "paired_flips", "pool_flips"]
 
 
 def bootstrap_ci(values: Union[torch.Tensor, Sequence[torch.Tensor]], statistic: Callable[..., torch.Tensor],
@@ -50,6 +51,30 @@ def bootstrap_ci(values: Union[torch.Tensor, Sequence[torch.Tensor]], statistic:
     Raises:
         ValueError: no items, tensors of different lengths, ``level`` outside (0, 1) or ``n_boot < 1``.
     """
+    lo, hi = bootstrap_cis(values, lambda *t: statistic(*t).reshape(-1, 1), n_boot, level, seed)
+    return float(lo[0]), float(hi[0])
+
+
+def bootstrap_cis(values: Union[torch.Tensor, Sequence[torch.Tensor]], statistic: Callable[..., torch.Tensor],
+                  n_boot: int = 2000, level: float = 0.95, seed: int = 0, *, omit_nan: bool = False
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Percentile bootstrap intervals of several statistics from the same replicates (:func:`bootstrap_ci`'s core).
+
+    Args:
+        values, n_boot, level, seed: as in :func:`bootstrap_ci`.
+        statistic: maps the resampled tensors (leading replicate dimension ``B``) to ``(B, *shape)`` statistics.
+        omit_nan: leave replicates where a statistic is NaN (e.g. a group drawn without any row) out of its
+            interval; an interval is NaN only when every replicate is. Default: a NaN replicate makes it NaN.
+
+    Returns:
+        ``(low, high)``, float64 tensors of ``shape``.
+
+    Example:
+        >>> x = torch.tensor([0., 1.] * 50)
+        >>> lo, hi = bootstrap_cis(x, lambda v: torch.stack([v.mean(-1), 2 * v.mean(-1)], -1), n_boot=500)
+        >>> bool(lo[0] < 0.5 < hi[0]), torch.allclose(2 * lo[0], lo[1])
+        (True, True)
+    """
     tensors = [values] if isinstance(values, torch.Tensor) else list(values)
     if not tensors or any(not isinstance(t, torch.Tensor) for t in tensors):
         raise TypeError("Expected argument `values` to be a tensor or a sequence of tensors")
@@ -69,10 +94,11 @@ def bootstrap_ci(values: Union[torch.Tensor, Sequence[torch.Tensor]], statistic:
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         idx = torch.randint(0, n, (b, n), generator=gen)
-        stats.append(statistic(*[t.cpu()[idx] for t in tensors]).reshape(b).to(torch.float64))
+        out = statistic(*[t.cpu()[idx] for t in tensors])
+        stats.append(out.reshape(b, *out.shape[1:]).to(torch.float64))
     s = torch.cat(stats)
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    lo, hi = torch.quantile(s, q).tolist()
+    lo, hi = (torch.nanquantile if omit_nan else torch.quantile)(s, q, dim=0)
     return lo, hi
 
 

@@ -5,18 +5,23 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from .._validation import check_finite, check_probability, prepare_pred, prepare_sens, to_probabilities
+from .._validation import (as_group_matrix, check_finite, check_groups, check_probability, prepare_pred, prepare_sens,
+                           to_probabilities)
 
 
 def prepare_inputs(pred: torch.Tensor, sens: torch.Tensor, pred_as_logit: bool, validate_args: bool,
-                   probabilities: bool = False):
+                   probabilities: bool = False, who: str = "loss"):
     """Validate inputs and return ``(raw (N, C), prob (N, C), sens (N, S))``.
 
-    ``prob`` is :func:`~fairret._validation.to_probabilities` of logits, or ``pred`` itself.
+    ``prob`` is :func:`~fairret._validation.to_probabilities` of logits, or ``pred`` itself. A
+    :class:`~fairret.sensitive.SensitiveAttributes` becomes its group matrix; ``sens`` that cannot be groups
+    warns (:func:`~fairret._validation.check_groups`; its values only with ``validate_args``).
     """
     raw = prepare_pred(pred)
     if sens is None:
         raise ValueError("Expected argument `sens` to be a (N, S) tensor, but got None")
+    sens = as_group_matrix(sens, who)
+    check_groups(sens, who, read_values=validate_args)
     sens = prepare_sens(sens, raw)
     if validate_args:
         check_finite(raw, "pred")

@@ -91,7 +91,8 @@ class ProjectionLoss(FairnessLoss):
     def project(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, pred_as_logit: bool = True,
                 target_statistic: Optional[torch.Tensor] = None, **stat_kwargs: Any) -> torch.Tensor:
         """The fair projection ``q`` of shape ``(N, 1)``: the probability of the positive class per row."""
-        raw, prob, sens = prepare_inputs(pred, sens, pred_as_logit, self.validate_args, probabilities=True)
+        raw, prob, sens = prepare_inputs(pred, sens, pred_as_logit, self.validate_args, probabilities=True,
+                                           who=type(self).__name__)
         if raw.shape[1] != 1:
             raise ValueError(f"Expected argument `pred` to have shape (N, 1) for a projection loss (binary "
                              f"predictions), but got {tuple(raw.shape)}; use NormLoss or LSELoss for multiclass")
@@ -121,7 +122,8 @@ class ProjectionLoss(FairnessLoss):
 
         Args:
             pred: ``(N, 1)`` logits (default ``pred_as_logit=True``: a sigmoid is applied) or probabilities.
-            sens: ``(N, S)`` sensitive matrix (one-hot groups).
+            sens: ``(N, S)`` group matrix (one-hot groups) or a :class:`~fairret.sensitive.SensitiveAttributes`
+                (as in :meth:`fairret.loss.ViolationLoss.forward`).
             *stat_args: arguments of the statistic (the label for label-conditioned statistics).
             pred_as_logit: whether ``pred`` holds logits.
             target_statistic: the value every group's statistic is projected to; default the overall statistic

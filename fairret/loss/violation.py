@@ -101,7 +101,7 @@ class ViolationLoss(FairnessLoss):
                    target_statistic: Optional[torch.Tensor] = None, **stat_kwargs: Any
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The violation tensor and the mask of groups with a defined statistic (None: all of them)."""
-        raw, prob, sens = prepare_inputs(pred, sens, pred_as_logit, self.validate_args)
+        raw, prob, sens = prepare_inputs(pred, sens, pred_as_logit, self.validate_args, who=type(self).__name__)
         target = target_tensor(target_statistic, prob)
         if not isinstance(self.statistic, LinearFractionalStatistic):
             if target is None:
@@ -180,9 +180,12 @@ class ViolationLoss(FairnessLoss):
         Args:
             pred: ``(N, 1)`` logits (or probabilities / regression outputs with ``pred_as_logit=False``), or
                 ``(N, C)`` multiclass logits (softmax) or probabilities.
-            sens: ``(N, S)`` sensitive matrix.
+            sens: ``(N, S)`` group matrix (one column per group), or a
+                :class:`~fairret.sensitive.SensitiveAttributes` (its ``group_matrix()``: both values of a binary
+                attribute). A single column or an ``(N,)`` vector warns (:func:`fairret._validation.check_groups`).
             *stat_args: arguments of the statistic (usually the label).
-            pred_as_logit: apply a sigmoid (one column) or softmax (several) first.
+            pred_as_logit: apply a sigmoid (one column) or softmax (several) first (the convention:
+                :mod:`fairret._validation`).
             target_statistic: target value(s); default the overall statistic (held constant).
             **stat_kwargs: keyword arguments of the statistic.
 
