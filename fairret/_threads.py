@@ -36,27 +36,39 @@ __all__ = ["single_threaded", "run_parallel", "worker_count"]
 T = TypeVar("T")
 
 
+_outer = threading.local()  # the thread count the user had set, while inside single_threaded()
+
+
 @contextmanager
 def single_threaded() -> Iterator[None]:
-    """Run the torch ops of the block with one intra-op thread; the previous setting is restored on exit.
+    """Run the torch ops of the block with one intra-op thread; the previous setting is restored on exit (and is
+    what :func:`worker_count` goes by inside the block).
 
     :func:`torch.set_num_threads` acts on the calling thread's OpenMP and MKL settings (and on the default that
     threads started later pick up), so the block changes nothing for ops that other threads run meanwhile.
     """
     before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
+    outer = getattr(_outer, "threads", None)
+    if outer is None:
+        _outer.threads = before
     try:
-        yield
+        if before == 1:
+            yield
+        else:
+            torch.set_num_threads(1)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(before)
     finally:
-        torch.set_num_threads(before)
+        _outer.threads = outer
 
 
 def worker_count(tasks: int) -> int:
-    """Threads worth starting for ``tasks`` independent pieces: :func:`torch.get_num_threads`, at most ``tasks``."""
-    return max(1, min(torch.get_num_threads(), tasks))
+    """Threads worth starting for ``tasks`` independent pieces: the user's :func:`torch.get_num_threads` (as set
+    outside any :func:`single_threaded` block), at most ``tasks``."""
+    threads = getattr(_outer, "threads", None) or torch.get_num_threads()
+    return max(1, min(threads, tasks))
 
 
 def run_parallel(tasks: Sequence[Callable[[], T]], workers: int) -> List[T]:

@@ -316,6 +316,30 @@ def test_sorted_gradients_equal_dense(unbiased, kind):
         torch.testing.assert_close(g_sorted, g_dense, rtol=1e-9, atol=1e-12)
 
 
+def test_sorted_values_do_not_depend_on_the_thread_count():
+    """Single-threaded ops and a split of the dominance sums that depends only on n (large enough to split here):
+    the same bits for 1 and 2 threads, with ties in x (float32 rounding) and against dcor."""
+    from fairret.ops.sorted import _SPLIT_MIN
+    rng = np.random.default_rng(4)
+    n = _SPLIT_MIN + 1001
+    x = np.round(rng.normal(size=n), 3)
+    y = x + rng.normal(size=n)
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            tx = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+            val = distance_covariance_sqr(tx, torch.tensor(y, dtype=torch.float32), backend="sorted")
+            out.append((val, torch.autograd.grad(val, tx)[0]))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    x32, y32 = (v.astype(np.float32).astype(np.float64) for v in (x, y))
+    want = dcor.distance_covariance_sqr(x32, y32, method="MERGESORT")
+    assert out[0][0].item() == pytest.approx(want, rel=1e-5)
+
+
 def test_sorted_gradcheck_and_gradgradcheck():
     rng = np.random.default_rng(2)
     tx = torch.tensor(rng.normal(size=(11, 1)), requires_grad=True)

@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .._threads import run_parallel, single_threaded
+from .._threads import run_parallel, single_threaded, worker_count
 from ._common import _Prep, _row_sums as _row_sums_sorted, centring_divisors, p_rows_closed_form, sign_gradient
 
 __all__ = ["product_sum_tiled", "DEFAULT_TILE", "CHAINS", "differentiable_grads", "backward_grads"]
@@ -130,11 +130,12 @@ def _chains(n: int, tile: int) -> List[List[Tile]]:
     return [c for c in out if c]
 
 
-def _sweep_tiles(n: int, tile: int, device: torch.device, threads: int, widths: Dict[str, Optional[int]],
+def _sweep_tiles(n: int, tile: int, device: torch.device, widths: Dict[str, Optional[int]],
                  body: Callable[[_Work, Tile], None]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Run ``body(work, tile)`` over every tile of the upper triangle, chain by chain, and add up the chains'
-    totals and per-row sums in chain order (float64). Without grad mode on CPU the chains run in up to
-    ``threads`` threads; with grad mode (a graph is being built) they run in turn in the calling thread."""
+    totals and per-row sums in chain order (float64). Without grad mode on CPU the chains run in as many threads
+    as :func:`~fairret._threads.worker_count` allows; with grad mode (a graph is being built) they run in turn in
+    the calling thread."""
     chains = _chains(n, tile)
     graph = torch.is_grad_enabled()
     local = threading.local()
@@ -153,7 +154,7 @@ def _sweep_tiles(n: int, tile: int, device: torch.device, threads: int, widths: 
     if graph:
         works = [run(c) for c in chains]
     else:
-        workers = min(threads, len(chains)) if device.type == "cpu" else 1
+        workers = worker_count(len(chains)) if device.type == "cpu" else 1
         works = run_parallel([lambda c=c: run(c) for c in chains], workers)
     total = works[0].total
     for w in works[1:]:
@@ -222,7 +223,7 @@ def _norms(x: torch.Tensor) -> Optional[torch.Tensor]:
     return (x * x).sum(1) if x.shape[1] > 1 else None
 
 
-def _row_sums(x: torch.Tensor, tile: int, threads: int) -> torch.Tensor:
+def _row_sums(x: torch.Tensor, tile: int) -> torch.Tensor:
     """Distance row sums in float64."""
     n = x.shape[0]
     if x.shape[1] == 1:
@@ -236,7 +237,7 @@ def _row_sums(x: torch.Tensor, tile: int, threads: int) -> torch.Tensor:
         if j0 != i0:
             work.add_rows("r", j0, a.sum(0))
 
-    return _sweep_tiles(n, tile, x.device, threads, {"r": None}, body)[1]["r"]
+    return _sweep_tiles(n, tile, x.device, {"r": None}, body)[1]["r"]
 
 
 def _prepare(xs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -277,7 +278,7 @@ def _product(work: _Work, key: str, fs: List[torch.Tensor], like: torch.Tensor) 
 
 
 def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_vars: Sequence[int],
-           p_rows: Optional[Dict[int, torch.Tensor]], threads: int) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+           p_rows: Optional[Dict[int, torch.Tensor]]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """One pass over the tiles: ``T_c`` and, for the variables in ``grad_vars``, ``dT/dx``.
 
     ``p_rows[m]`` holds the row sums of ``P^(m)`` (over ``j``, or ``j != i`` for U); needed for the gradient.
@@ -285,7 +286,7 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
     """
     n = xs[0].shape[0]
     dt = xs[0].dtype
-    cents = [_Centring(_row_sums(x, tile, threads), n, unbiased, dt) for x in xs]
+    cents = [_Centring(_row_sums(x, tile), n, unbiased, dt) for x in xs]
     norms = [_norms(x) for x in xs]
     cval = torch.tensor(c, dtype=dt, device=xs[0].device)
     rd, td = centring_divisors(n, unbiased)
@@ -334,19 +335,19 @@ def _sweep(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_var
             if not diag:
                 work.add_rows(f"g{m}", j0, 2.0 * (x[j0:j1] * wt.sum(0).unsqueeze(1) - wt.T @ x[i0:i1]))
 
-    total, rows = _sweep_tiles(n, tile, xs[0].device, threads, {f"g{m}": xs[m].shape[1] for m in grad_vars}, body)
+    total, rows = _sweep_tiles(n, tile, xs[0].device, {f"g{m}": xs[m].shape[1] for m in grad_vars}, body)
     return total, [rows[f"g{m}"] for m in grad_vars]
 
 
-def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_vars: Sequence[int],
-                threads: int) -> Dict[int, torch.Tensor]:
+def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, grad_vars: Sequence[int]
+                ) -> Dict[int, torch.Tensor]:
     """Row sums of ``P^(m) = prod_{k != m} (c - A^(k))`` (a sweep, or closed form for two variables)."""
     n = xs[0].shape[0]
     closed = p_rows_closed_form(n, len(xs), c, unbiased, xs[0].device)
     if closed is not None:
         return {m: closed for m in grad_vars}
     dt = xs[0].dtype
-    cents = [_Centring(_row_sums(x, tile, threads), n, unbiased, dt) for x in xs]
+    cents = [_Centring(_row_sums(x, tile), n, unbiased, dt) for x in xs]
     norms = [_norms(x) for x in xs]
     cval = torch.tensor(c, dtype=dt, device=xs[0].device)
 
@@ -361,11 +362,11 @@ def _p_row_sums(xs: List[torch.Tensor], c: float, unbiased: bool, tile: int, gra
             if j0 != i0:
                 work.add_rows(f"p{m}", j0, p.sum(0))
 
-    rows = _sweep_tiles(n, tile, xs[0].device, threads, {f"p{m}": None for m in grad_vars}, body)[1]
+    rows = _sweep_tiles(n, tile, xs[0].device, {f"p{m}": None for m in grad_vars}, body)[1]
     return {m: rows[f"p{m}"] for m in grad_vars}
 
 
-def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want_grad: bool, threads: int):
+def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want_grad: bool):
     """``T_0`` of a 1-D ``x`` and a data variable ``y`` in one sweep over ``y``'s distances, and ``dT_0/dx``.
 
     Centring moves to ``x``'s side (``sum A B = sum A b``, and likewise off the diagonal for U), whose row sums
@@ -375,7 +376,7 @@ def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want
     """
     n = x.shape[0]
     dt = x.dtype
-    cx = _Centring(_row_sums(x, tile, threads), n, unbiased, dt)
+    cx = _Centring(_row_sums(x, tile), n, unbiased, dt)
     ny = _norms(y)
 
     def body(work: _Work, t: Tile) -> None:
@@ -397,11 +398,13 @@ def _fast_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, tile: int, want
                 work.add_rows("brow", j0, b.sum(0))
                 work.add_rows("tb", j0, -bs.sum(0))
 
-    total, rows = _sweep_tiles(n, tile, x.device, threads, {"brow": None, "tb": None} if want_grad else {}, body)
+    total, rows = _sweep_tiles(n, tile, x.device, {"brow": None, "tb": None} if want_grad else {}, body)
     if not want_grad:
         return total, None
-    g = sign_gradient(_Prep(x[:, 0].to(torch.float64), None), rows["tb"], rows["brow"], unbiased)
-    return total, g.unsqueeze(1)
+    pr = _Prep(x[:, 0].to(torch.float64), None, keys=x[:, 0])
+    o = pr.order
+    g = sign_gradient(pr, rows["tb"].index_select(0, o), rows["brow"].index_select(0, o), unbiased)
+    return total, pr.unsort(g).unsqueeze(1)
 
 
 def differentiable_grads(xs: Sequence[torch.Tensor], c: float, unbiased: bool, tile: int,
@@ -409,8 +412,8 @@ def differentiable_grads(xs: Sequence[torch.Tensor], c: float, unbiased: bool, t
     """``dT_c/dx`` for the variables in ``grad_vars``, computed with differentiable torch operations (the route
     of every backend's backward when a graph of the gradient is requested)."""
     xp = _prepare(xs)
-    p_rows = _p_row_sums(xp, c, unbiased, tile, grad_vars, 1)
-    return _sweep(xp, c, unbiased, tile, grad_vars, p_rows, 1)[1]
+    p_rows = _p_row_sums(xp, c, unbiased, tile, grad_vars)
+    return _sweep(xp, c, unbiased, tile, grad_vars, p_rows)[1]
 
 
 def backward_grads(grad_out: torch.Tensor, xs: Sequence[torch.Tensor], partials: Sequence[torch.Tensor], c: float,
@@ -435,7 +438,6 @@ class _ProductSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, c: float, unbiased: bool, tile: int, *xs: torch.Tensor) -> torch.Tensor:
         grad_vars = [k for k, x in enumerate(xs) if x.requires_grad]
-        threads = torch.get_num_threads()
         with torch.no_grad(), single_threaded():
             xp = _prepare(xs)
             fast = None
@@ -445,11 +447,11 @@ class _ProductSum(torch.autograd.Function):
                 elif xs[1].shape[1] == 1 and not xs[0].requires_grad:
                     fast = 1
             if fast is not None:
-                total, g = _fast_pair(xp[fast], xp[1 - fast], unbiased, tile, bool(grad_vars), threads)
+                total, g = _fast_pair(xp[fast], xp[1 - fast], unbiased, tile, bool(grad_vars))
                 grads = [g] if grad_vars else []
             else:
-                p_rows = _p_row_sums(xp, c, unbiased, tile, grad_vars, threads) if grad_vars else None
-                total, grads = _sweep(xp, c, unbiased, tile, grad_vars, p_rows, threads)
+                p_rows = _p_row_sums(xp, c, unbiased, tile, grad_vars) if grad_vars else None
+                total, grads = _sweep(xp, c, unbiased, tile, grad_vars, p_rows)
         ctx.c, ctx.unbiased, ctx.tile, ctx.grad_vars = c, unbiased, tile, grad_vars
         ctx.save_for_backward(*xs, *grads)
         return total.to(xs[0].dtype)
