@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Sequence
 
 #: Put at the top of a worker script run with ``python -c`` so that it can import this module.
 WORKER_PRELUDE = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
@@ -20,22 +20,26 @@ FIELDS = ["date", "machine", "torch", "version", "benchmark", "provider", "loss"
           "median_ms", "p20_ms", "p80_ms", "extra_mem_mib", "error", "min_ms", "max_ms", "load"]
 
 
-def append_rows(path: Path, rows: List[Dict]) -> None:
-    """Append ``rows`` under the file's header; create the file, or rewrite it with :data:`FIELDS` when its header
-    lacks a column (older files), so that columns never shift."""
+def append_rows(path: Path, rows: List[Dict], extra_fields: Sequence[str] = ()) -> None:
+    """Append ``rows`` under the file's header; create the file, or rewrite it with :data:`FIELDS` (and
+    ``extra_fields``, columns only some benchmarks fill) when its header lacks a column (older files), so that
+    columns never shift."""
     path = Path(path)
+    fields = list(FIELDS) + [c for c in extra_fields if c not in FIELDS]
     old: List[Dict] = []
+    header: List[str] = []
     if path.exists():
         with open(path) as f:
             header = next(csv.reader(f), [])
-        if all(c in header for c in FIELDS):
+        if all(c in header for c in fields):
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=header, extrasaction="ignore").writerows(rows)
             return
         with open(path) as f:
             old = list(csv.DictReader(f))
+    header_fields = fields + [c for c in header if c not in fields]  # keep columns other benchmarks added
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=header_fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(old + rows)
 

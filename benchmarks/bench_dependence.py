@@ -1,7 +1,7 @@
 """Benchmark of the distance-covariance family: value+grad time and peak memory, one setup factory.
 
     python benchmarks/bench_dependence.py [--quick] [--device cpu|cuda] [--part A|B|both] [--ns N ...]
-                                          [--background-load [only|also]] [--rounds R]
+                                          [--dtypes float32 float64] [--background-load [only|also]] [--rounds R]
 
 Part A (1-D predictions against a 1-D and against a categorical attribute, n = 1e3..1e6): the ``sorted``
 backend's value+grad against dcor's fastest value-only method (the better of AVL and MERGESORT, 1-D only). At
@@ -12,7 +12,11 @@ against ``dense`` (where it fits in memory), and with ``--device cuda`` the ``cu
 also times ``tiled`` right after a ``dense`` step in the same process (provider ``tiled-after-dense``).
 Every measurement runs in a fresh subprocess, so its peak resident memory above the process's baseline (after
 imports and data) is the extra memory of the computation. Rows are appended to ``benchmarks/results.csv``, each
-with the load average at its measurement (``load``).
+with the load average at its measurement (``load``). On CUDA: extra memory is the peak GPU memory allocated during
+the step above what was allocated before it; ``tiled`` and ``dense`` stop at 65,536 rows (``dense`` records its
+out-of-memory error there); ``cuda`` rows also give the kernels' throughput (``tflops``, from
+:func:`fairret.ops.cuda.kernel_flops`) and its fraction of the GPU's FP32 peak (``--fp32-peak-tflops``, else a
+datasheet figure for H100/H200/A100; part of that arithmetic is FP64, so the fraction is an indicator).
 
 ``--background-load`` measures on a busy machine: a second process runs a matrix-product loop on every core
 (``_results.LOAD``) for the whole measurement, and the rows are recorded as ``dependence_A_loaded`` /
@@ -40,6 +44,7 @@ from _results import time_steps
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[6]))
 provider, n, attr, reps, device = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+dtype = getattr(torch, sys.argv[7]) if len(sys.argv) > 7 else torch.float32
 rng = np.random.default_rng(0)
 x = rng.normal(size=n)
 if attr == "1d":
@@ -61,12 +66,12 @@ else:
     if provider.endswith("-after-dense"):  # what ran before in the process: one dense step (n <= 4,096)
         provider = provider[:-len("-after-dense")]
         m = min(n, 4096)
-        xd = torch.tensor(x[:m], dtype=torch.float32, device=device).unsqueeze(1).requires_grad_(True)
-        yd = torch.tensor(y[:m], dtype=torch.float32, device=device)
+        xd = torch.tensor(x[:m], dtype=dtype, device=device).unsqueeze(1).requires_grad_(True)
+        yd = torch.tensor(y[:m], dtype=dtype, device=device)
         distance_covariance_sqr(xd, yd.unsqueeze(1) if yd.ndim == 1 else yd, backend="dense").backward()
         del xd, yd
-    tx = torch.tensor(x, dtype=torch.float32, device=device).unsqueeze(1)
-    ty = torch.tensor(y, dtype=torch.float32, device=device)
+    tx = torch.tensor(x, dtype=dtype, device=device).unsqueeze(1)
+    ty = torch.tensor(y, dtype=dtype, device=device)
     ty = ty.unsqueeze(1) if ty.ndim == 1 else ty
     def step():
         xx = tx.clone().requires_grad_(True)
@@ -77,16 +82,22 @@ else:
 base = rss()
 if device == "cuda":
     torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / 2**20
 step()
 res = time_steps(step, reps)
-res["extra_mem_mib"] = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else rss() - base
+res["extra_mem_mib"] = (torch.cuda.max_memory_allocated() / 2**20 - base) if device == "cuda" else rss() - base
 print(json.dumps(res))
 '''
 
 
-def run(provider, n, attr, reps, device, threads, env, timeout):
+#: FP32 peak (TFLOP/s, datasheet) by a part of the GPU's name, for the ``fp32_peak_fraction`` column.
+FP32_PEAK_TFLOPS = {"H100 PCIe": 51.2, "H100": 66.9, "H200": 66.9, "A100": 19.5}
+
+
+def run(provider, n, attr, reps, device, threads, env, timeout, dtype="float32"):
     try:
-        out = subprocess.run([sys.executable, "-c", WORKER, provider, str(n), attr, str(reps), device, str(threads)],
+        out = subprocess.run([sys.executable, "-c", WORKER, provider, str(n), attr, str(reps), device, str(threads),
+                              dtype],
                              capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout} s"}
@@ -109,8 +120,14 @@ def main() -> None:
                          "loaded (also)")
     ap.add_argument("--load-threads", type=int, default=os.cpu_count() or 1, help="threads of the competing load")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds at n = 10^6 (Part A)")
+    ap.add_argument("--dense-max-n", type=int, default=16384,
+                    help="largest n at which part B runs dense on CPU (16,384 takes ~20 GB and a minute a step)")
     ap.add_argument("--ns", type=int, nargs="*", default=None,
                     help="sample sizes of the parts run (default: A 1e3..1e6, B 4,096 16,384 65,536)")
+    ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "float64"],
+                    help="dtypes of part B (part A: float32)")
+    ap.add_argument("--fp32-peak-tflops", type=float, default=None,
+                    help="the GPU's FP32 peak for the fp32_peak_fraction column (default: FP32_PEAK_TFLOPS by name)")
     args = ap.parse_args()
     if args.background_load is None:
         phases = [False]
@@ -127,7 +144,7 @@ def main() -> None:
         else:
             print(f"--- no added load; load average {load_average()}", flush=True)
             rows += measure(args, loaded)
-    append_rows(Path(args.csv), rows)
+    append_rows(Path(args.csv), rows, extra_fields=["tflops", "fp32_peak_fraction"] if args.device == "cuda" else ())
     summary(rows)
 
 
@@ -140,17 +157,25 @@ def measure(args, loaded: bool) -> list:
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root))
     machine = f"{platform.machine()} {os.cpu_count()} cores"
+    peak = args.fp32_peak_tflops
     if args.device == "cuda":
         machine = torch.cuda.get_device_name(0)
+        peak = peak or next((v for k, v in FP32_PEAK_TFLOPS.items() if k in machine), None)
     rows = []
 
-    def record(part, provider, n, attr, reps, res):
+    def record(part, provider, n, attr, reps, res, dtype="float32"):
         row = {"date": datetime.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
                "version": fairret.__version__, "benchmark": f"dependence_{part}" + ("_loaded" if loaded else ""),
                "provider": provider,
                "loss": "dCov2 value+grad" if not provider.startswith("dcor") else "dCov2 value only", "n": n,
-               "s": attr, "dtype": "float32" if not provider.startswith("dcor") else "float64",
+               "s": attr, "dtype": dtype if not provider.startswith("dcor") else "float64",
                "device": args.device, **res, "load": load_average()}
+        if provider == "cuda" and res.get("median_ms"):
+            from fairret.ops.cuda import kernel_flops
+
+            tflops = kernel_flops(n, (1, int(attr[:-1])), (0,)) / (res["median_ms"] * 1e-3) / 1e12
+            row["tflops"] = tflops
+            row["fp32_peak_fraction"] = tflops / peak if peak else ""
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -170,10 +195,11 @@ def measure(args, loaded: bool) -> list:
         ns = list(args.ns or ([4096] if args.quick else [4096, 16384, 65536]))
         if args.device == "cuda" and not args.quick and not args.ns:
             ns.append(262144)
-        for n in ns:
-            providers = ["tiled"] + (["dense"] if n <= 16384 else [])
+        for n, dtype in [(n, dt) for n in ns for dt in args.dtypes]:
+            providers = ["tiled"] + (["dense"] if n <= min(16384, args.dense_max_n) else [])
             if args.device == "cuda":  # the kernels; dense also at 65,536 (records the out-of-memory error if any)
                 providers = ["cuda"] + providers + (["dense"] if n == 65536 else [])
+                providers = providers if n <= 65536 else ["cuda"]  # tiled: ~16x its 65,536 time
             if args.device == "cpu":  # whatever ran before in the process must not matter
                 providers.append("tiled-after-dense")
             for provider in providers:
@@ -182,8 +208,10 @@ def measure(args, loaded: bool) -> list:
                     reps = 5  # "within 3x of quiet" and "faster than dense" are checked per repetition
                 elif loaded and provider == "dense" and n >= 16384:
                     reps = 1  # minutes per step under load
+                if args.device == "cuda" and provider == "cuda":
+                    reps = 5 if n <= 65536 else 3  # milliseconds, not seconds
                 record("B", provider, n, "8d", reps, run(provider, n, "8d", reps, args.device, args.threads, env,
-                                                         args.timeout))
+                                                         args.timeout, dtype), dtype)
     return rows
 
 
@@ -216,23 +244,24 @@ def alternating(args, env, n, record) -> None:
 
 def summary(rows: list) -> None:
     """Medians of every row, then the comparisons the loaded rows are for."""
-    by = {(r["benchmark"], r["provider"], int(r["n"]), str(r["s"])): r for r in rows}
-    print("\nsummary (median; max over repetitions):")
-    for (bench, prov, n, attr), r in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+    by = {(r["benchmark"], r["provider"], int(r["n"]), str(r["s"]), r["dtype"]): r for r in rows}
+    print("\nsummary (median; slowest repetition):")
+    for (bench, prov, n, attr, dtype), r in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
         t, worst = r.get("median_ms"), r.get("max_ms")
         shown = "-" if t in (None, "") else f"{float(t):.2f} ms" + ("" if worst is None else f"; {worst:.2f}")
         mem = r.get("extra_mem_mib")
-        print(f"  {bench:24s} {prov:18s} n={n:>8d} {attr:12s} {shown}"
+        extra = f"  {r['tflops']:.1f} TFLOP/s" if r.get("tflops") else ""
+        print(f"  {bench:24s} {prov:18s} n={n:>8d} {attr:12s} {dtype:8s} {shown}{extra}"
               + ("" if mem in (None, "") else f"  (+{float(mem):.0f} MiB)") + (f"  {r['error']}" if "error" in r else ""))
     for bench in ("dependence_B", "dependence_B_loaded"):
-        for n in sorted({k[2] for k in by if k[0] == bench}):
-            dense = by.get((bench, "dense", n, "8d"), {}).get("min_ms")  # dense's fastest repetition
+        for n, dtype in sorted({(k[2], k[4]) for k in by if k[0] == bench}):
+            dense = by.get((bench, "dense", n, "8d", dtype), {}).get("min_ms")  # dense's fastest repetition
             for prov in ("tiled", "tiled-after-dense"):
-                worst = by.get((bench, prov, n, "8d"), {}).get("max_ms")
-                quiet = by.get(("dependence_B", "tiled", n, "8d"), {}).get("median_ms")
+                worst = by.get((bench, prov, n, "8d", dtype), {}).get("max_ms")
+                quiet = by.get(("dependence_B", "tiled", n, "8d", dtype), {}).get("median_ms")
                 if worst is None:
                     continue
-                line = f"  {bench} n={n}: {prov} slowest repetition {worst:.0f} ms"
+                line = f"  {bench} n={n} {dtype}: {prov} slowest repetition {worst:.0f} ms"
                 if quiet and bench.endswith("loaded"):
                     line += f" = {worst / quiet:.2f}x the quiet median"
                 if dense:

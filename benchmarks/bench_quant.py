@@ -145,16 +145,31 @@ def minilm_rows(results: Dict[str, Tuple[float, ...]], n_cal: int, align: bool, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["time", "minilm"], default="time")
+    ap.add_argument("--part", choices=["time", "minilm", "causal"], default="time")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
-    ap.add_argument("--alphas", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.3])
+    ap.add_argument("--alphas", type=float, nargs="+", default=None,
+                    help="α values (minilm: 0.02 0.05 0.1 0.3; causal: the selection grid, 0.01 0.03 0.1 0.3)")
     ap.add_argument("--position-pairs", action="store_true", help="pair differences position by position")
     ap.add_argument("--fair-layers", default=FAIR_LAYERS,
                     help="regular expression of the layers given the fair term (default: attention output and MLP "
                          "down projections; '.*': every linear layer)")
     ap.add_argument("--split-seeds", type=int, nargs="+", default=[0],
                     help="calibration/evaluation splits of the pairs; with several, a mean table over them")
-    ap.add_argument("--out", default=None, help="the MiniLM table's file (default benchmarks/quant_minilm.md)")
+    ap.add_argument("--out", default=None, help="the table's file (default benchmarks/quant_minilm.md or "
+                    "benchmarks/quant_causal.md)")
+    ap.add_argument("--group-size", type=int, default=128, help="(causal) GPTQ group size")
+    ap.add_argument("--intersentence", type=int, default=1000, help="(causal) intersentence items (-1: all)")
+    ap.add_argument("--passages", type=int, default=100, help="(causal) BoolQ passages for the perplexity")
+    ap.add_argument("--choices", type=int, default=300, help="(causal) HellaSwag items for the agreement")
+    ap.add_argument("--cache", default="fairret-output/quant_causal", help="(causal) per-item results of every "
+                    "evaluated model, reused when the study is run again")
+    ap.add_argument("--progress", action="store_true", help="(causal) progress bars")
+    ap.add_argument("--grid", choices=["full", "small"], default="full", help="(causal) candidates screened per "
+                    "split: full = alpha x {attn-out+mlp-down, all linear} x {all, lowest, highest blocks} + the "
+                    "first-order shift; small = alpha x the two layer sets on all blocks")
+    ap.add_argument("--no-layer-study", action="store_true", help="(causal) skip the one-layer-type-at-a-time part")
+    ap.add_argument("--max-items", type=int, default=None, help="(causal) use only the first StereoSet "
+                    "intrasentence items (a smoke run of the study)")
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--pairs", type=int, default=1053, help="calibration pairs (default: the StereoSet half)")
     ap.add_argument("--seq", type=int, default=12, help="tokens a sentence")
@@ -164,6 +179,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
     args = ap.parse_args()
+    args.alphas_given = args.alphas is not None
+    if not args.alphas_given and args.part == "minilm":
+        args.alphas = [0.02, 0.05, 0.1, 0.3]
+    if args.part == "causal":
+        import quant_causal
+
+        args.alphas = args.alphas if args.alphas_given else [0.01, 0.03, 0.1, 0.3]
+        args.out = args.out or str(Path(args.csv).with_name("quant_causal.md"))
+        quant_causal.run(args)
+        return
     if args.part == "minilm":
         minilm(args.bits, args.alphas, Path(args.out or Path(args.csv).with_name("quant_minilm.md")),
                Path(args.csv), align=not args.position_pairs, fair_layers=args.fair_layers, seeds=args.split_seeds)

@@ -13,11 +13,16 @@
 // A_ij^(k) = a_ij^(k) - rs_k[i] - rs_k[j] + tot_k and the factor f_ij^(k) = c - A_ij^(k). Pairs j == i are skipped
 // when `unbiased`.
 //
+// The double scalars travel in device memory, consts = [tot_0 .. tot_{d-1}, c, prtot] (d + 2 doubles), not as
+// kernel arguments: how a launcher passes a Python float (C float or double) then cannot matter, and the caller
+// never synchronises with the device to read prtot. Each mode reads only the buffers it uses (mode 0 reads neither
+// rs nor consts; pr only in mode 2 with gm >= 0): the caller passes 1-element placeholders for the others.
+//
 // mode 0 (row sums):    out[i * d + k] = sum_j a_ij^(k)                          (no centring involved)
 // mode 1 (P row sums):  out[i] = sum_j prod_{k != gm} f_ij^(k)
 // mode 2 (sweep):       out[block] = sum over the block's rows i of sum_j prod_k f_ij^(k)
 //                       and, when gm >= 0, with P_ij = prod_{k != gm} f_ij^(k) and G_ij = (pr[i] - prtot) + pr[j] - P_ij
-//                       (pr, prtot: the centring constants of P, like rs and tot),
+//                       (pr (n), prtot: the centring constants of P, like rs and tot),
 //                       out2[i * p_gm + q] = 2 sum_j G_ij (x_i^(gm) - x_j^(gm))_q / a_ij^(gm)   (0 where a_ij = 0)
 //
 // The centring constants (rs, tot, pr, prtot) are double, and the factors f are formed and multiplied in double:
@@ -46,10 +51,9 @@ __device__ __forceinline__ double fdc_sqrt<double>(double v) { return sqrt(v); }
 
 template <typename T>
 __device__ void fdc_body(const T* __restrict__ X, int n, int P, int d, const int* __restrict__ off,
-                         const double* __restrict__ rs, const double* __restrict__ tot,
-                         const double* __restrict__ pr, double prtot,
-                         double c, int unbiased, int gm, int mode, int tile, double* __restrict__ out,
-                         double* __restrict__ out2) {
+                         const double* __restrict__ rs, const double* __restrict__ consts,
+                         const double* __restrict__ pr, int unbiased, int gm, int mode, int tile,
+                         double* __restrict__ out, double* __restrict__ out2) {
     extern __shared__ unsigned char fdc_smem[];
     T* xs = reinterpret_cast<T*>(fdc_smem);                                              // tile * P
     double* rss = reinterpret_cast<double*>(fdc_smem) + (sizeof(T) * (size_t)tile * P + 7) / 8;  // tile * d
@@ -58,6 +62,8 @@ __device__ void fdc_body(const T* __restrict__ X, int n, int P, int d, const int
 
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     const bool active = i < n;
+    const bool centred = mode != 0;            // modes 1 and 2 read rs and consts
+    const bool with_pr = mode == 2 && gm >= 0;  // only the gradient sweep reads pr
 
     // this thread's row and centring terms
     T xi[FDC_MAX_COLS];
@@ -65,12 +71,14 @@ __device__ void fdc_body(const T* __restrict__ X, int n, int P, int d, const int
     double toti[FDC_MAX_VARS];
     int offs[FDC_MAX_VARS + 1];
     for (int k = 0; k <= d; ++k) offs[k] = off[k];
-    for (int k = 0; k < d; ++k) toti[k] = tot[k];
+    for (int k = 0; k < d; ++k) toti[k] = centred ? consts[k] : 0.0;
+    const double c = centred ? consts[d] : 0.0;
+    const double prtot = with_pr ? consts[d + 1] : 0.0;
     if (active) {
         for (int q = 0; q < P; ++q) xi[q] = X[(size_t)i * P + q];
-        for (int k = 0; k < d; ++k) rsi[k] = rs[(size_t)k * n + i];
+        if (centred) for (int k = 0; k < d; ++k) rsi[k] = rs[(size_t)k * n + i];
     }
-    const double pri = (active && gm >= 0) ? pr[i] : 0.0;
+    const double pri = (active && with_pr) ? pr[i] : 0.0;
     const int gcols = gm >= 0 ? offs[gm + 1] - offs[gm] : 0;
 
     double acc_rows[FDC_MAX_VARS];
@@ -83,11 +91,13 @@ __device__ void fdc_body(const T* __restrict__ X, int n, int P, int d, const int
         const int jn = (n - j0) < tile ? (n - j0) : tile;
         // stage rows j0 .. j0 + jn - 1 (all threads of the block cooperate)
         for (int e = threadIdx.x; e < jn * P; e += blockDim.x) xs[e] = X[(size_t)j0 * P + e];
-        for (int e = threadIdx.x; e < jn * d; e += blockDim.x) {
-            const int k = e / jn, jj = e % jn;
-            rss[jj * d + k] = rs[(size_t)k * n + j0 + jj];
+        if (centred) {
+            for (int e = threadIdx.x; e < jn * d; e += blockDim.x) {
+                const int k = e / jn, jj = e % jn;
+                rss[jj * d + k] = rs[(size_t)k * n + j0 + jj];
+            }
         }
-        if (mode == 2 && gm >= 0) {
+        if (with_pr) {
             for (int e = threadIdx.x; e < jn; e += blockDim.x) prs[e] = pr[j0 + e];
         }
         __syncthreads();
@@ -156,13 +166,13 @@ __device__ void fdc_body(const T* __restrict__ X, int n, int P, int d, const int
 }
 
 extern "C" __global__ void fdc_kernel_f32(const float* X, int n, int P, int d, const int* off, const double* rs,
-                                          const double* tot, const double* pr, double prtot, double c, int unbiased,
-                                          int gm, int mode, int tile, double* out, double* out2) {
-    fdc_body<float>(X, n, P, d, off, rs, tot, pr, prtot, c, unbiased, gm, mode, tile, out, out2);
+                                          const double* consts, const double* pr, int unbiased, int gm, int mode,
+                                          int tile, double* out, double* out2) {
+    fdc_body<float>(X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile, out, out2);
 }
 
 extern "C" __global__ void fdc_kernel_f64(const double* X, int n, int P, int d, const int* off, const double* rs,
-                                          const double* tot, const double* pr, double prtot, double c, int unbiased,
-                                          int gm, int mode, int tile, double* out, double* out2) {
-    fdc_body<double>(X, n, P, d, off, rs, tot, pr, prtot, c, unbiased, gm, mode, tile, out, out2);
+                                          const double* consts, const double* pr, int unbiased, int gm, int mode,
+                                          int tile, double* out, double* out2) {
+    fdc_body<double>(X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile, out, out2);
 }

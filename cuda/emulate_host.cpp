@@ -13,8 +13,8 @@ alignas(16) unsigned char fdc_smem[1 << 24];
 
 template <typename T, typename K>
 static void fdc_emulate(K kernel, int grid, int threads, const T* X, int n, int P, int d, const int* off,
-                        const double* rs, const double* tot, const double* pr, double prtot, double c, int unbiased,
-                        int gm, int mode, int tile, double* out, double* out2) {
+                        const double* rs, const double* consts, const double* pr, int unbiased, int gm, int mode,
+                        int tile, double* out, double* out2) {
     std::barrier<> bar(threads);
     fdc_block_barrier = &bar;
     for (int b = 0; b < grid; ++b) {
@@ -24,7 +24,7 @@ static void fdc_emulate(K kernel, int grid, int threads, const T* X, int n, int 
                 threadIdx = {(unsigned)t, 0, 0};
                 blockIdx = {(unsigned)b, 0, 0};
                 blockDim = {(unsigned)threads, 1, 1};
-                kernel(X, n, P, d, off, rs, tot, pr, prtot, c, unbiased, gm, mode, tile, out, out2);
+                kernel(X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile, out, out2);
             });
         }
         for (auto& th : pool) th.join();
@@ -37,15 +37,15 @@ extern "C" int fdc_emulate_shared_fits(int tsize, int tile, int P, int d, int th
 }
 
 extern "C" void fdc_emulate_f32(int grid, int threads, const float* X, int n, int P, int d, const int* off,
-                                const double* rs, const double* tot, const double* pr, double prtot, double c,
-                                int unbiased, int gm, int mode, int tile, double* out, double* out2) {
-    fdc_emulate<float>(fdc_kernel_f32, grid, threads, X, n, P, d, off, rs, tot, pr, prtot, c, unbiased, gm, mode,
-                       tile, out, out2);
+                                const double* rs, const double* consts, const double* pr, int unbiased, int gm,
+                                int mode, int tile, double* out, double* out2) {
+    fdc_emulate<float>(fdc_kernel_f32, grid, threads, X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile,
+                       out, out2);
 }
 
 extern "C" void fdc_emulate_f64(int grid, int threads, const double* X, int n, int P, int d, const int* off,
-                                const double* rs, const double* tot, const double* pr, double prtot, double c,
-                                int unbiased, int gm, int mode, int tile, double* out, double* out2) {
-    fdc_emulate<double>(fdc_kernel_f64, grid, threads, X, n, P, d, off, rs, tot, pr, prtot, c, unbiased, gm, mode,
-                        tile, out, out2);
+                                const double* rs, const double* consts, const double* pr, int unbiased, int gm,
+                                int mode, int tile, double* out, double* out2) {
+    fdc_emulate<double>(fdc_kernel_f64, grid, threads, X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile,
+                        out, out2);
 }

@@ -9,10 +9,11 @@ against the float64 references at the sizes of the issue.
 """
 from __future__ import annotations
 
-import ctypes
 import os
+import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -24,30 +25,23 @@ from fairret.ops import cuda as K
 from fairret.ops.reference import product_sum_dense
 from fairret.ops.tiled import product_sum_tiled
 
+import cuda_emulation  # tests/cuda_emulation.py (tests/ is on sys.path through conftest.py)
+
 CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
 
 
 # --- the kernels compiled for the CPU ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ is needed to build the CPU emulation of the kernels")
-    lib = tmp_path_factory.mktemp("emu") / "libfdc_emulate.so"
-    subprocess.run([gxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", str(CUDA_DIR / "emulate_host.cpp"),
-                    "-o", str(lib)], check=True, capture_output=True)
-    so = ctypes.CDLL(str(lib))
-    P, I, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
-    for name in ("fdc_emulate_f32", "fdc_emulate_f64"):
-        getattr(so, name).argtypes = [I, I, P, I, I, I, P, P, P, P, D, D, I, I, I, I, P, P]
+def emulation_lib(tmp_path_factory):
+    try:
+        return cuda_emulation.build(tmp_path_factory.mktemp("emu"))
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
 
-    def launch(X, n, P_, d, off, rs, tot, pr, prtot, c, unbiased, gm, mode, tile, out, out2, grid, threads, shared):
-        assert so.fdc_emulate_shared_fits(X.element_size(), tile, P_, d, threads)
-        fn = so.fdc_emulate_f32 if X.dtype == torch.float32 else so.fdc_emulate_f64
-        fn(grid, threads, X.data_ptr(), n, P_, d, off.data_ptr(), rs.data_ptr(), tot.data_ptr(), pr.data_ptr(),
-           prtot, c, unbiased, gm, mode, tile, out.data_ptr(), out2.data_ptr())
 
-    return launch
+@pytest.fixture(scope="module")
+def emulated(emulation_lib):
+    return cuda_emulation.launcher(emulation_lib)
 
 
 CASES = [  # (n, widths of the variables, which variables require grad)
@@ -88,6 +82,159 @@ def test_emulated_kernels_equal_the_torch_contract(emulated):
     b = K._forward(xs, 0.5, True, [0, 1], K.modes_reference, threads=256)
     for u, v in zip(a, b):  # equal up to summation order
         torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10 * max(1.0, v.abs().max().item()))
+
+
+# --- the self-check that gates the kernels on first use ------------------------------------------------------------
+def test_self_check_passes_through_the_emulated_kernels_with_guard_pages(emulation_lib):
+    """The check the kernels must pass on a device, run on the CPU build of the same source with the GPU's block
+    size and tiles; every buffer sits before an inaccessible page, so an out-of-bounds read or write crashes the
+    (separate) process instead of passing."""
+    r = subprocess.run([sys.executable, str(Path(cuda_emulation.__file__)), str(emulation_lib)], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(CUDA_DIR.parent)}, timeout=600)
+    assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert r.stdout.startswith("verified against the tiled backend on cpu")
+    assert "float64" in r.stdout and "float32" in r.stdout
+
+
+def _mutant(emulated, name):
+    """Launchers that are wrong in one way each (the real emulated kernels underneath)."""
+    def launch(X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile, out, out2, grid, threads, shared):
+        if name == "ignores_unbiased":
+            unbiased = 0
+        if name == "raises":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if name == "unwritten" and mode == 0:  # leaves the last row sum unwritten
+            scratch = out.clone()
+            emulated(X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile, scratch, out2, grid, threads, shared)
+            out[:-1] = scratch[:-1]
+            return
+        emulated(X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile, out, out2, grid, threads, shared)
+        if name == "total_off" and mode == 2:
+            out[0] *= 1.001
+        if name == "last_partial_row" and mode == 2 and gm >= 0:
+            out2[-(out2.numel() // n):] = 0.0
+        if name == "float32_partials" and mode == 2 and gm >= 0 and X.dtype == torch.float32:
+            out2 *= 1.0 + 1e-4
+
+    return launch
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("total_off", r"float64, n = 300, widths \(1, 8\), V-statistic, c = 0: value: relative error 1\.\de-03 > "
+                  r"tolerance 1e-09; first differing launch: mode 2 \(fused sweep: block totals and gradient partials\)"
+                  r" for variable 0, output"),
+    ("last_partial_row", r"float64, n = 300, widths \(1, 8\), V-statistic, c = 0: gradient of variable 0: relative "
+                         r"error \d\.\de-0\d > tolerance 1e-09; first differing launch: mode 2 .* gradient partials"),
+    ("ignores_unbiased", r"float64, n = 37, widths \(2, 3\), U-statistic, c = 0: value: .*first differing launch: "
+                         r"mode 2 \(fused sweep"),  # row sums include a_ii = 0 either way
+    ("float32_partials", r"float32, n = 300, widths \(1, 8\), V-statistic, c = 0: gradient of variable 0: relative "
+                         r"error 1\.0e-04 > tolerance 1e-05"),
+    ("unwritten", r"float64, n = 300, .*: value: relative error nan > tolerance 1e-09; first differing launch: mode 0 "
+                  r"\(distance row sums\), output: relative error nan"),
+    ("raises", r"float64, n = 300, .*: the launch raised RuntimeError: CUDA error: an illegal memory access"),
+])
+def test_self_check_refuses_a_wrong_launcher_and_says_where(emulated, name, expected):
+    ok, why = K.self_check(_mutant(emulated, name), torch.device("cpu"))
+    assert not ok
+    assert why.startswith("self-check against the tiled backend failed on cpu: ")
+    assert re.search(expected, why), why
+
+
+MUTANTS = {  # one-line changes to the kernels' source, each a plausible bug
+    "ties": ("if (gm >= 0 && agm > 0.0) {", "if (gm >= 0) {"),  # no zero-distance convention: division by 0
+    "reduction": ("for (int s = blockDim.x / 2; s > 0; s >>= 1)", "for (int s = blockDim.x / 4; s > 0; s >>= 1)"),
+    "diagonal": ("if (unbiased && j == i) continue;", "if (unbiased && j == i + 1) continue;"),
+    "partial_tile": ("const int jn = (n - j0) < tile ? (n - j0) : tile;",
+                     "const int jn = (n - j0) < tile ? (n - j0 - 1) : tile;"),
+    "float32_sqrt": ("{ return sqrtf(v); }", "{ return sqrtf(v) * (1.0f + 3e-5f); }"),
+}
+
+
+@pytest.mark.parametrize("name", [pytest.param(m, marks=[] if m == "ties" else [pytest.mark.slow]) for m in MUTANTS])
+def test_self_check_refuses_mutant_kernels(tmp_path, name):
+    src = (CUDA_DIR / "dcov_kernels.cuh").read_text()
+    old, new = MUTANTS[name]
+    assert src.count(old) == 1
+    try:
+        lib = cuda_emulation.build(tmp_path, src.replace(old, new))
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    ok, why = K.self_check(cuda_emulation.launcher(lib), torch.device("cpu"))
+    assert not ok and "self-check against the tiled backend failed" in why, why
+    if name == "float32_sqrt":
+        assert "float32" in why
+
+
+@pytest.mark.slow
+def test_guard_pages_catch_an_out_of_bounds_read(tmp_path):
+    """The guard-page run itself can fail: a kernel that reads the centring terms in mode 0, where the caller passes a
+    1-element placeholder, crashes it."""
+    src = (CUDA_DIR / "dcov_kernels.cuh").read_text()
+    old = "if (centred) for (int k = 0; k < d; ++k) rsi[k]"
+    assert src.count(old) == 1
+    try:
+        lib = cuda_emulation.build(tmp_path, src.replace(old, "for (int k = 0; k < d; ++k) rsi[k]"))
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    r = subprocess.run([sys.executable, str(Path(cuda_emulation.__file__)), str(lib)], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(CUDA_DIR.parent)}, timeout=600)
+    assert r.returncode == -11, (r.returncode, r.stdout[-2000:])  # SIGSEGV
+
+
+def test_self_check_ignores_the_callers_inference_mode_and_autocast(emulated):
+    """The first use may come from a metric under inference mode or a loss under autocast (Lightning does both);
+    the check must still compute its float64 reference and its gradients, and pass (under inference mode alone the
+    reference's gradient fails: its inputs cannot require grad)."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ok, why = K.self_check(emulated, torch.device("cpu"))
+    assert ok, why
+
+
+def test_self_check_that_cannot_run_refuses_the_kernels(monkeypatch, emulated):
+    monkeypatch.setattr(K, "product_sum_tiled", lambda *a: (_ for _ in ()).throw(MemoryError("no room")))
+    assert K.self_check(emulated, torch.device("cpu")) == (
+        False, "self-check against the tiled backend could not run on cpu: MemoryError: no room")
+
+
+def test_status_builds_and_checks_once_per_device_and_keeps_the_reason(monkeypatch):
+    calls = []
+
+    def fake_check(launch, device):
+        calls.append(device)
+        return (device.index == 0, "verified (fake)" if device.index == 0 else "self-check ... failed (fake)")
+
+    monkeypatch.setattr(K, "_route", lambda: (("nvrtc",), ""))
+    monkeypatch.setattr(K, "_build", lambda index: (lambda *a: None, "built with nvrtc"))
+    monkeypatch.setattr(K, "_device_index", lambda device: int(device))
+    monkeypatch.setattr(K, "self_check", fake_check)
+    monkeypatch.setattr(K, "_CHECKED", {})
+    assert K.cuda_status(0) == (True, "built with nvrtc; verified (fake)")
+    assert K.cuda_status(0) == (True, "built with nvrtc; verified (fake)")
+    assert K.cuda_status(1) == (False, "built with nvrtc; self-check ... failed (fake)")
+    assert K.cuda_status(1)[0] is False
+    assert [d.index for d in calls] == [0, 1]
+    x = torch.randn(8, 1, dtype=torch.float64)
+    monkeypatch.setattr(K, "_usable", lambda device: (None, "built with nvrtc; self-check ... failed (fake)"))
+    with pytest.raises(RuntimeError, match=r"fairret's CUDA kernels cannot run: built with nvrtc; self-check"):
+        K._dcov_product_sum_cuda([x, x], 0.0, False, [])
+
+
+def test_a_failed_build_is_reported_and_not_checked(monkeypatch):
+    monkeypatch.setattr(K, "_route", lambda: (("nvrtc", "nvcc"), ""))
+    monkeypatch.setattr(K, "_BUILT", {})
+    monkeypatch.setattr(K, "_CHECKED", {})
+    monkeypatch.setattr(K, "_device_index", lambda device: 0)
+
+    def broken(*args):
+        raise RuntimeError("NVRTC compilation failed: error: identifier \"x\" is undefined\nmore")
+
+    monkeypatch.setattr(K, "_build_nvrtc", broken)
+    monkeypatch.setattr(K, "_build_nvcc", broken)
+    monkeypatch.setattr(K, "self_check", lambda *a: pytest.fail("a kernel that did not build was checked"))
+    ok, why = K.cuda_status()
+    assert not ok
+    assert why == ('the kernels failed to build (nvrtc: RuntimeError: NVRTC compilation failed: error: identifier "x" '
+                   'is undefined; nvcc: RuntimeError: NVRTC compilation failed: error: identifier "x" is undefined)')
 
 
 # --- the op on CPU tensors (the kernels' contract in torch) ----------------------------------------------------------
@@ -200,9 +347,45 @@ gpu = pytest.mark.gpu
 
 
 @gpu
-def test_gpu_kernels_build():
+def test_gpu_kernels_build_and_pass_their_self_check():
     ok, why = K.cuda_status()
     assert ok, why
+    assert why.startswith("built with nvrtc") or why.startswith("built with nvcc"), why
+    assert "verified against the tiled backend on cuda:" in why, why
+    print(why)  # the check's time and errors, for the log of benchmarks/gpu_check.sh
+
+
+@gpu
+def test_gpu_auto_uses_the_verified_kernels():
+    x = torch.randn(CUDA_MIN_N + 3, 1, device="cuda", requires_grad=True)
+    y = torch.randn(CUDA_MIN_N + 3, 8, device="cuda")
+    assert resolve_backend("auto", [x, y]) == "cuda"
+
+
+@gpu
+def test_gpu_a_wrong_launcher_is_refused_auto_falls_back_and_cuda_raises(monkeypatch):
+    """The gate on the device itself: the real kernels with their block totals off by 0.1%."""
+    launch, how = K._build(torch.cuda.current_device())
+    assert launch is not None, how
+
+    def mutant(X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile, out, out2, grid, threads, shared):
+        launch(X, n, P, d, off, rs, consts, pr, unbiased, gm, mode, tile, out, out2, grid, threads, shared)
+        if mode == 2:
+            out.mul_(1.001)
+
+    monkeypatch.setattr(K, "_build", lambda index: (mutant, "built with a test mutant"))
+    monkeypatch.setattr(K, "_CHECKED", {})
+    ok, why = K.cuda_status()
+    assert not ok
+    assert re.search(r"self-check against the tiled backend failed on cuda:\d+: float64, n = 300, .*: value: "
+                     r"relative error 1\.\de-03 > tolerance 1e-09; first differing launch: mode 2", why), why
+    x = torch.randn(CUDA_MIN_N + 3, 1, device="cuda", requires_grad=True)
+    y = torch.randn(CUDA_MIN_N + 3, 8, device="cuda")
+    assert resolve_backend("auto", [x, y]) in ("tiled", "sorted")
+    with pytest.raises(ValueError, match=r"The `cuda` backend cannot run: built with a test mutant; self-check"):
+        product_sum([x, y], 0.0, False, backend="cuda")
+    with pytest.raises(RuntimeError, match=r"fairret's CUDA kernels cannot run: built with a test mutant; self-check"):
+        K.product_sum_cuda([x, y], 0.0, False)
 
 
 @gpu

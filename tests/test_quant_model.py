@@ -119,3 +119,76 @@ def test_aligned_batches_reach_the_delta_statistic():
     assert torch.equal(pos["model.layers.0.self_attn.q_proj.weight"], other["model.layers.0.self_attn.q_proj.weight"])
     assert not torch.equal(pos["model.layers.0.self_attn.o_proj.weight"],
                            other["model.layers.0.self_attn.o_proj.weight"])
+
+
+def test_layers_sharing_an_input_share_one_hessian_and_equal_separate_gptq():
+    """q/k/v (and gate/up) receive one tensor: they are accumulated once and quantized as one stacked matrix,
+    which gives each the result of quantizing it alone with that H."""
+    from fairret.quant.gptq import HessianAccumulator, gptq_quantize
+    from fairret.quant.model import linear_layers
+
+    model = tiny("llama")
+    q = quantize_model(model, batches(), bits=4, group_size=16, progress=False, keep_hessians=True)
+    groups = [names for names, _, _ in q.hessians[0]]
+    assert ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] in groups
+    assert ["mlp.gate_proj", "mlp.up_proj"] in groups and ["self_attn.o_proj"] in groups
+    # block 0's q/k/v input, rebuilt by hand: the input norm of the embeddings, real tokens only
+    b = batches()[0]
+    block = model.model.layers[0]
+    with torch.no_grad():
+        x = block.input_layernorm(model.model.embed_tokens(b["input_ids"]))
+    acc = HessianAccumulator(32)
+    acc.add(x, b["attention_mask"])
+    H = dict((tuple(n), h) for n, h, _ in q.hessians[0])[("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")]
+    torch.testing.assert_close(H, acc.H, rtol=1e-5, atol=1e-6)
+    for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+        alone = gptq_quantize(linear_layers(block)[name].weight.detach(), H, bits=4, group_size=16,
+                              static_groups=True, scale_dtype=torch.float16)
+        got = linear_layers(q.model.model.layers[0])[name].weight.detach().double()
+        torch.testing.assert_close(got, alone.weight, rtol=0, atol=1e-6)
+
+
+def test_kept_hessians_reproduce_the_run_and_sweep_alpha():
+    from fairret.quant.model import quantize_from_hessians
+
+    model = tiny("llama")
+    run = quantize_model(model, batches(), bits=4, group_size=16, alpha=0.0, progress=False, keep_hessians=True)
+    again = quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.0)
+    sr, sa = run.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(sr[k], sa[k]) for k in sr)
+    # block 0's Hessians are exact for any alpha: its fair layers equal a real Fair-GPTQ run's
+    fair = quantize_model(model, batches(), bits=4, group_size=16, alpha=0.5, progress=False)
+    swept = quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.5)
+    assert swept.fair_layers == fair.fair_layers
+    k = "model.layers.0.self_attn.o_proj.weight"
+    torch.testing.assert_close(swept.model.state_dict()[k], fair.model.state_dict()[k], rtol=0, atol=1e-6)
+    assert set(swept.stats) == set(fair.fair_layers)
+    for st in fair.stats.values():
+        assert st["shift"] > 0 and st["pair_energy_fp"] > 0 and st["pair_energy_q"] >= 0
+    with pytest.raises(ValueError, match="No kept Hessians for block 1"):
+        quantize_from_hessians(model, {0: run.hessians[0]}, alpha=0.5)
+
+
+def test_memo_reuses_group_results_across_a_sweep():
+    from fairret.quant import model as M
+
+    model = tiny("llama")
+    run = quantize_model(model, batches(), bits=4, group_size=16, alpha=0.0, progress=False, keep_hessians=True)
+    memo, calls = {}, []
+    real = M._quantize_group
+    M._quantize_group = lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1]
+    try:
+        first = M.quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.5, memo=memo)
+        n_first = len(calls)
+        lowest = M.quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.5, fair_blocks="lowest",
+                                          memo=memo)
+        plain = M.quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.0, memo=memo)
+    finally:
+        M._quantize_group = real
+    # block 0 of "lowest" is block 0 of "all"; block 1 of "lowest" is plain GPTQ's: only its 2 fair groups are new
+    assert n_first == 8 and len(calls) == 8 + 2 + 2
+    fresh = M.quantize_from_hessians(model, run.hessians, bits=4, group_size=16, alpha=0.5, fair_blocks="lowest")
+    for a, b in ((lowest, fresh), (plain, run)):
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert first.fair_layers != lowest.fair_layers and lowest.stats.keys() == fresh.stats.keys()

@@ -10,10 +10,12 @@ Backends of :func:`product_sum` (the quantity :math:`T_c = \sum \prod_k (c - \ha
 ``sorted`` exact O(n log n) value and gradient for a 1-D variable against a 1-D or a categorical (scaled
            one-hot) one (:mod:`fairret.ops.sorted`), ties included
 ``cuda``   custom CUDA kernels (:mod:`fairret.ops.cuda`): one fused O(n)-memory sweep for the value and the
-           gradient partials, built on first use with NVRTC (or nvcc); :func:`cuda_status` says why not
-``auto``   ``dense`` up to :data:`DENSE_MAX_N` rows; above, for CUDA tensors the kernels when they build and
-           accept the inputs (:data:`CUDA_MIN_N`), otherwise ``sorted`` where it applies, else ``tiled``; never
-           raises for lack of a backend (checking for one-hot columns reads the data)
+           gradient partials, built on first use with NVRTC (or nvcc) and used only after a self-check against
+           ``tiled`` on the same device; :func:`cuda_status` says why not
+``auto``   ``dense`` up to :data:`DENSE_MAX_N` rows; above, for CUDA tensors the kernels when they built and passed
+           their self-check on that device and accept the inputs (:data:`CUDA_MIN_N`), otherwise ``sorted``
+           where it applies, else ``tiled``; never raises for lack of a backend (checking for one-hot columns
+           reads the data)
 ========== =====================================================================================================
 """
 from __future__ import annotations
@@ -60,7 +62,7 @@ def resolve_backend(backend: str, xs: Sequence[torch.Tensor], c: float = 0.0) ->
             return "dense"
         if xs[0].is_cuda and xs[0].shape[0] >= CUDA_MIN_N:
             grad_vars = [k for k, x in enumerate(xs) if x.requires_grad]
-            if kernel_limits(xs, grad_vars)[0] and cuda_status()[0]:
+            if kernel_limits(xs, grad_vars)[0] and cuda_status(xs[0].device)[0]:
                 return "cuda"
         return "sorted" if sorted_applicable(list(xs), c)[0] else "tiled"
     if backend == "sorted":
@@ -70,15 +72,25 @@ def resolve_backend(backend: str, xs: Sequence[torch.Tensor], c: float = 0.0) ->
     if backend == "cuda":
         if not all(x.is_cuda for x in xs):
             raise ValueError("The `cuda` backend needs CUDA tensors; use backend='tiled' or 'auto' for CPU tensors")
-        ok, why = cuda_status()
+        ok, why = cuda_status(xs[0].device)
         if not ok:
             raise ValueError(f"The `cuda` backend cannot run: {why}")
     return backend
 
 
+#: Input dtypes evaluated in float32 by :func:`product_sum`.
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def product_sum(xs: Sequence[torch.Tensor], c: float, unbiased: bool, backend: str = "auto",
                 tile: int = DEFAULT_TILE) -> torch.Tensor:
-    r""":math:`T_c` over all pairs (V) or ``i != j`` (U) with the chosen backend."""
+    r""":math:`T_c` over all pairs (V) or ``i != j`` (U) with the chosen backend.
+
+    float16 and bfloat16 inputs are evaluated in float32, and the sum comes back in float32: :math:`T_c` is of
+    order :math:`n^2 c^d` and the measures subtract that from it, so in bfloat16 (8 significant bits) a JdCov of
+    -0.011 would round to 0. The callers cast their final value back to the input dtype.
+    """
+    xs = [x.float() if x.dtype in _HALF else x for x in xs]
     which = resolve_backend(backend, xs, c)
     if which == "dense":
         return product_sum_dense(xs, c, unbiased)

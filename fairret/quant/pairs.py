@@ -139,19 +139,19 @@ def _both_real(x0: torch.Tensor, x1: torch.Tensor, mask0: Optional[torch.Tensor]
     return torch.stack([idx[:, 0], idx[:, 1], idx[:, 1]], dim=1)
 
 
-def _pair_rows(x0: torch.Tensor, x1: torch.Tensor, aligned: torch.Tensor, spans: Optional[torch.Tensor]
-               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Float64 ``(a0, a1, span_delta)``: the inputs at the aligned positions of each side, and one difference of
-    mean inputs per unequal differing span."""
+def _pair_rows(x0: torch.Tensor, x1: torch.Tensor, aligned: torch.Tensor, spans: Optional[torch.Tensor],
+               dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(a0, a1, span_delta)`` in ``dtype``: the inputs at the aligned positions of each side, and one difference
+    of mean inputs per unequal differing span."""
     if x0.ndim != 3 or x1.ndim != 3 or x0.shape[0] != x1.shape[0] or x0.shape[2] != x1.shape[2]:
         raise ValueError(f"Expected layer inputs (B, T, d) with one B and d for both sentences, but got "
                          f"{tuple(x0.shape)} and {tuple(x1.shape)}")
     aligned = aligned.to(x0.device)
-    a0 = x0[aligned[:, 0], aligned[:, 1]].to(torch.float64)
-    a1 = x1[aligned[:, 0], aligned[:, 2]].to(torch.float64)
+    a0 = x0[aligned[:, 0], aligned[:, 1]].to(dtype)
+    a1 = x1[aligned[:, 0], aligned[:, 2]].to(dtype)
     span = [(x0[b, s0:e0].mean(0) - x1[b, s1:e1].mean(0)).unsqueeze(0)
             for b, s0, e0, s1, e1 in ([] if spans is None else spans.tolist())]
-    span_delta = torch.cat(span).to(torch.float64) if span else a0.new_zeros(0, x0.shape[2])
+    span_delta = torch.cat(span).to(dtype) if span else a0.new_zeros(0, x0.shape[2])
     if a0.shape[0] + span_delta.shape[0] == 0:
         raise ValueError("No aligned position or differing span in this batch of pairs")
     return a0, a1, span_delta
@@ -169,7 +169,7 @@ class PairDeltaAccumulator(HessianAccumulator):
                     spans: Optional[torch.Tensor] = None) -> None:
         """Add a batch of pairs by token alignment (see :func:`align_pairs`): one difference per aligned position
         and one per unequal differing span (mean input of each side's span)."""
-        a0, a1, span_delta = _pair_rows(x0, x1, aligned, spans)
+        a0, a1, span_delta = _pair_rows(x0, x1, aligned, spans, self.product_dtype)
         self.add_rows(torch.cat([a0 - a1, span_delta]))
 
 
@@ -194,9 +194,11 @@ class PairHessians:
         (1.0, 2.0)
     """
 
-    def __init__(self, columns: int, device: Optional[torch.device] = None):
-        self._h = HessianAccumulator(columns, device)  # sums / 2, unaligned tokens, minus spans / 2; n of H
-        self._delta = PairDeltaAccumulator(columns, device)
+    def __init__(self, columns: int, device: Optional[torch.device] = None,
+                 product_dtype: torch.dtype = torch.float64):
+        # _h: sums / 2, unaligned tokens, minus spans / 2, and the n of H; _delta: the differences
+        self._h = HessianAccumulator(columns, device, product_dtype)
+        self._delta = PairDeltaAccumulator(columns, device, product_dtype)
 
     @property
     def n(self) -> int:
@@ -243,12 +245,12 @@ class PairHessians:
         if not (mask[aligned[:, 0], aligned[:, 1]].all() and mask[k + aligned[:, 0], aligned[:, 2]].all()):
             raise ValueError("Expected `aligned` to pair real tokens only (mask 1 on both sides), but it holds a "
                              "padded position")
-        a0, a1, span_delta = _pair_rows(x0, x1, aligned, spans)
+        a0, a1, span_delta = _pair_rows(x0, x1, aligned, spans, self._h.product_dtype)
         rest = mask.clone()
         rest[aligned[:, 0], aligned[:, 1]] = False
         rest[k + aligned[:, 0], aligned[:, 2]] = False
         self._h.add_rows(a0 + a1, 0.5, count=2 * a0.shape[0])
-        self._h.add_rows(x[rest].to(torch.float64))
+        self._h.add_rows(x[rest])
         self._h.add_rows(span_delta, -0.5, count=0)  # the spans enter H_delta's sum, which H reads half of
         self._delta.add_rows(a0 - a1)
         self._delta.add_rows(span_delta)
