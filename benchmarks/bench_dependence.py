@@ -1,6 +1,6 @@
 """Benchmark of the distance-covariance family: value+grad time and peak memory, one setup factory.
 
-    python benchmarks/bench_dependence.py [--quick] [--device cpu|cuda] [--part A|B|both] [--ns N ...]
+    python benchmarks/bench_dependence.py [--quick] [--device cpu|cuda] [--part A|A-rounds|B|both] [--ns N ...]
                                           [--dtypes float32 float64] [--background-load [only|also]] [--rounds R]
 
 Part A (1-D predictions against a 1-D and against a categorical attribute, n = 1e3..1e6): the ``sorted``
@@ -11,9 +11,9 @@ Part B (1-D predictions against 8-D attributes, n = 4,096 / 16,384 / 65,536, and
 against ``dense`` (where it fits in memory), and with ``--device cuda`` the ``cuda`` kernels, value+grad. On CPU it
 also times ``tiled`` right after a ``dense`` step in the same process (provider ``tiled-after-dense``).
 Every measurement runs in a fresh subprocess, so its peak resident memory above the process's baseline (after
-imports and data) is the extra memory of the computation. Rows are appended to ``benchmarks/results.csv``, each
-with the load average at its measurement (``load``). On CUDA: extra memory is the peak GPU memory allocated during
-the step above what was allocated before it; ``tiled`` and ``dense`` stop at 65,536 rows (``dense`` records its
+imports and data) is the extra memory of the computation. Rows are appended to ``benchmarks/results.csv`` as
+they are measured, each with the load average at its measurement (``load``). On CUDA: extra memory is the peak
+GPU memory allocated during the step above what was allocated before it; ``tiled`` and ``dense`` stop at 65,536 rows (``dense`` records its
 out-of-memory error there); ``cuda`` rows also give the kernels' throughput (``tflops``, from
 :func:`fairret.ops.cuda.kernel_flops`) and its fraction of the GPU's FP32 peak (``--fp32-peak-tflops``, else a
 datasheet figure for H100/H200/A100; part of that arithmetic is FP64, so the fraction is an indicator).
@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--timeout", type=int, default=900)
-    ap.add_argument("--part", choices=["A", "B", "both"], default="both")
+    ap.add_argument("--part", choices=["A", "A-rounds", "B", "both"], default="both",
+                    help="A-rounds: only part A's alternating rounds at n = 10^6")
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
     ap.add_argument("--background-load", nargs="?", const="only", choices=["only", "also"], default=None,
                     help="measure with a competing CPU load in a second process (only), or quiet first and then "
@@ -144,7 +145,6 @@ def main() -> None:
         else:
             print(f"--- no added load; load average {load_average()}", flush=True)
             rows += measure(args, loaded)
-    append_rows(Path(args.csv), rows, extra_fields=["tflops", "fp32_peak_fraction"] if args.device == "cuda" else ())
     summary(rows)
 
 
@@ -178,6 +178,9 @@ def measure(args, loaded: bool) -> list:
             row["fp32_peak_fraction"] = tflops / peak if peak else ""
         rows.append(row)
         print(json.dumps(row), flush=True)
+        # each row as soon as measured: a run stopped part-way keeps what it measured
+        extra = ["tflops", "fp32_peak_fraction"] if args.device == "cuda" else ()
+        append_rows(Path(args.csv), [row], extra_fields=extra)
 
     if args.part in ("A", "both"):
         ns = args.ns or ([1000, 10000] if args.quick else [1000, 10000, 100000, 1000000])
@@ -191,6 +194,8 @@ def measure(args, loaded: bool) -> list:
                        run(f"dcor-{method}", n, "1d", reps, "cpu", args.threads, env, args.timeout))
         if not args.quick and args.rounds > 0 and 1000000 in ns:
             alternating(args, env, 1000000, record)
+    if args.part == "A-rounds":
+        alternating(args, env, 1000000, record)
     if args.part in ("B", "both"):
         ns = list(args.ns or ([4096] if args.quick else [4096, 16384, 65536]))
         if args.device == "cuda" and not args.quick and not args.ns:
@@ -252,7 +257,8 @@ def summary(rows: list) -> None:
         mem = r.get("extra_mem_mib")
         extra = f"  {r['tflops']:.1f} TFLOP/s" if r.get("tflops") else ""
         print(f"  {bench:24s} {prov:18s} n={n:>8d} {attr:12s} {dtype:8s} {shown}{extra}"
-              + ("" if mem in (None, "") else f"  (+{float(mem):.0f} MiB)") + (f"  {r['error']}" if "error" in r else ""))
+              + ("" if mem in (None, "") else f"  (+{float(mem):.0f} MiB)")
+              + (f"  {r['error']}" if "error" in r else ""))
     for bench in ("dependence_B", "dependence_B_loaded"):
         for n, dtype in sorted({(k[2], k[4]) for k in by if k[0] == bench}):
             dense = by.get((bench, "dense", n, "8d", dtype), {}).get("min_ms")  # dense's fastest repetition
