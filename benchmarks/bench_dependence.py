@@ -13,10 +13,11 @@ also times ``tiled`` right after a ``dense`` step in the same process (provider 
 Every measurement runs in a fresh subprocess, so its peak resident memory above the process's baseline (after
 imports and data) is the extra memory of the computation. Rows are appended to ``benchmarks/results.csv`` as
 they are measured, each with the load average at its measurement (``load``). On CUDA: extra memory is the peak
-GPU memory allocated during the step above what was allocated before it; ``tiled`` and ``dense`` stop at 65,536 rows (``dense`` records its
-out-of-memory error there); ``cuda`` rows also give the kernels' throughput (``tflops``, from
-:func:`fairret.ops.cuda.kernel_flops`) and its fraction of the GPU's FP32 peak (``--fp32-peak-tflops``, else a
-datasheet figure for H100/H200/A100; part of that arithmetic is FP64, so the fraction is an indicator).
+GPU memory allocated during the step above what was allocated before it; ``tiled`` and ``dense`` stop at 65,536
+rows (``dense`` records its out-of-memory error there); ``cuda`` rows also give the kernels' throughput
+(``tflops``, from :func:`fairret.ops.cuda.kernel_flops`) and its fraction of the GPU's FP32 peak
+(``--fp32-peak-tflops``, else a datasheet figure for H100/H200/A100; part of that arithmetic is FP64, so the
+fraction is an indicator).
 
 ``--background-load`` measures on a busy machine: a second process runs a matrix-product loop on every core
 (``_results.LOAD``) for the whole measurement, and the rows are recorded as ``dependence_A_loaded`` /
@@ -30,7 +31,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -222,29 +222,18 @@ def measure(args, loaded: bool) -> list:
 
 def alternating(args, env, n, record) -> None:
     """``sorted`` value+grad and dcor's value-only methods at ``n`` in turn, each in a fresh process (one warm-up,
-    one timed call), ``args.rounds`` times; one row per provider (median, p20, p80, max over rounds) and each
-    round's speed-up over dcor's faster method."""
+    one timed call), ``args.rounds`` times: one row per process (so a stopped run keeps its finished rounds) and
+    each round's speed-up over dcor's faster method."""
     providers = ["sorted", "dcor-AVL", "dcor-MERGESORT"]
-    times = {p: [] for p in providers}
-    mem = {p: [] for p in providers}
     for k in range(args.rounds):
+        got = []
         for p in providers:
             res = run(p, n, "1d", 1, "cpu" if p.startswith("dcor") else args.device, args.threads, env, args.timeout)
-            times[p].append(res.get("median_ms"))
-            mem[p].append(res.get("extra_mem_mib"))
-        got = [times[p][-1] for p in providers]
+            record("A_alternating", p, n, "1d", 1, res)
+            got.append(res.get("median_ms"))
         if None not in got:
             print(f"  round {k + 1}: sorted {got[0]:.0f} ms, dcor AVL {got[1]:.0f} ms, MERGESORT {got[2]:.0f} ms: "
                   f"{min(got[1:]) / got[0]:.2f}x", flush=True)
-    for p in providers:
-        ts = sorted(t for t in times[p] if t is not None)
-        if not ts:
-            record("A_alternating", p, n, "1d", args.rounds, {"error": "no round finished"})
-            continue
-        res = {"median_ms": statistics.median(ts), "p20_ms": ts[int(0.2 * (len(ts) - 1))],
-               "p80_ms": ts[int(0.8 * (len(ts) - 1))], "min_ms": ts[0], "max_ms": ts[-1],
-               "extra_mem_mib": max(m for m in mem[p] if m is not None)}
-        record("A_alternating", p, n, "1d", args.rounds, res)
 
 
 def summary(rows: list) -> None:
@@ -273,16 +262,15 @@ def summary(rows: list) -> None:
                 if dense:
                     line += f"; dense's fastest {dense:.0f} ms ({dense / worst:.1f}x slower)"
                 print(line)
-    alt = [r for r in rows if r["benchmark"].startswith("dependence_A_alternating") and r.get("max_ms")]
-    if alt:
-        s = {(r["benchmark"], r["provider"]): r for r in alt}
-        for bench in sorted({b for b, _ in s}):
-            srt, avl, ms = (s.get((bench, p), {}) for p in ("sorted", "dcor-AVL", "dcor-MERGESORT"))
-            if srt and avl and ms:
-                print(f"  {bench}: sorted's slowest round {srt['max_ms']:.0f} ms, dcor's fastest round "
-                      f"{min(avl['min_ms'], ms['min_ms']):.0f} ms (per-round ratios above); sorted's peak extra "
-                      f"memory {srt['extra_mem_mib']:.0f} MiB")
-
+    alt = [r for r in rows if r["benchmark"].startswith("dependence_A_alternating") and r.get("median_ms")]
+    for bench in sorted({r["benchmark"] for r in alt}):
+        t = {p: [r["median_ms"] for r in alt if r["benchmark"] == bench and r["provider"] == p]
+             for p in ("sorted", "dcor-AVL", "dcor-MERGESORT")}
+        if all(t.values()):
+            mem = max(r.get("extra_mem_mib") or 0 for r in alt if r["benchmark"] == bench and r["provider"] == "sorted")
+            print(f"  {bench}: sorted's slowest round {max(t['sorted']):.0f} ms, dcor's fastest "
+                  f"{min(t['dcor-AVL'] + t['dcor-MERGESORT']):.0f} ms (per-round ratios above); sorted's peak extra "
+                  f"memory {mem:.0f} MiB")
 
 if __name__ == "__main__":
     main()
