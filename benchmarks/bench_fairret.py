@@ -1,11 +1,20 @@
 """Benchmark of the linear-fractional losses: value+grad time against fairret 0.1.3 in the same run.
 
     python benchmarks/bench_fairret.py [--quick] [--fairret013-python /path/to/venv/bin/python]
+                                       [--ns N ...] [--ss S ...] [--losses NAME ...] [--background-load]
 
 fairret 0.1.3 has the same import name, so it runs in its own virtual environment (``--fairret013-python``,
 e.g. ``python -m venv /tmp/v013 && /tmp/v013/bin/pip install torch==2.13.0 fairret==0.1.3 cvxpy``); this script
 sends it the same timing loop through a subprocess. Results (median, p20, p80 in ms) are appended to
-``benchmarks/results.csv`` with the machine, versions and date.
+``benchmarks/results.csv`` with the machine, versions, date and the load average at the measurement (``load``).
+The summary also gives each projection loss's time as a multiple of the KL projection's in the same run.
+``--background-load`` runs the whole measurement with a competing CPU load in a second process (a matrix-product
+loop on every core, ``_results.LOAD``); its rows are recorded as ``fairret_loss_value_grad_loaded``.
+
+The total-variation projection against the KL one at N = 65,536 and 1,048,576:
+
+    python benchmarks/bench_fairret.py --ns 65536 1048576 --ss 4 --losses KLProjectionLoss \
+        TotalVariationProjectionLoss
 """
 from __future__ import annotations
 
@@ -19,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import WORKER_PRELUDE, append_rows  # noqa: E402
+from _results import WORKER_PRELUDE, append_rows, background_load, load_average  # noqa: E402
 
 TIMER = WORKER_PRELUDE + r'''
 import json, sys, torch
@@ -62,16 +71,34 @@ def main() -> None:
     ap.add_argument("--from-log", default=None, help="append the JSON rows of an earlier run's output to the CSV")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")))
+    ap.add_argument("--background-load", action="store_true",
+                    help="measure with a competing CPU load in a second process")
+    ap.add_argument("--load-threads", type=int, default=os.cpu_count() or 1, help="threads of the competing load")
     args = ap.parse_args()
-
-    import torch
-
-    import fairret
 
     if args.from_log:
         rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.startswith("{")]
         _write(rows, Path(args.csv))
         return
+    if args.background_load:
+        print(f"--- with a background load ({args.load_threads} threads); load average before: {load_average()}",
+              flush=True)
+        with background_load(args.load_threads):
+            rows = measure(args, loaded=True)
+        print(f"--- load stopped; load average {load_average()}", flush=True)
+    else:
+        print(f"--- no added load; load average {load_average()}", flush=True)
+        rows = measure(args, loaded=False)
+    _write(rows, Path(args.csv))
+    _ratios(rows)
+
+
+def measure(args, loaded: bool) -> list:
+    """Every (N, S, loss) asked for, in a fresh process each; returns the rows (also printed as JSON lines)."""
+    import torch
+
+    import fairret
+
     ns = args.ns or ([1024, 65536] if args.quick else [1024, 65536, 1048576])
     ss = args.ss or ([4] if args.quick else [2, 4, 8, 32])
     losses = args.losses or LOSSES
@@ -93,12 +120,12 @@ def main() -> None:
                                   args.threads, e)
                     row = {"date": date, "machine": machine, "torch": torch.__version__,
                            "version": fairret.__version__ if provider == "fairret-plus" else "0.1.3",
-                           "benchmark": "fairret_loss_value_grad", "provider": provider, "loss": name, "n": n,
-                           "s": s, "dtype": "float32", "device": "cpu", **r}
+                           "benchmark": "fairret_loss_value_grad" + ("_loaded" if loaded else ""),
+                           "provider": provider, "loss": name, "n": n, "s": s, "dtype": "float32", "device": "cpu",
+                           **r, "load": load_average()}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    _write(rows, Path(args.csv))
-    _ratios(rows)
+    return rows
 
 
 def _write(rows, path: Path) -> None:
@@ -106,8 +133,15 @@ def _write(rows, path: Path) -> None:
 
 
 def _ratios(rows) -> None:
-    """Print the speed-ups against 0.1.3 measured in the same run."""
+    """Print the speed-ups against 0.1.3 and the projections' times against KL's, measured in the same run."""
     by = {(r["provider"], r["loss"], r["n"], r["s"]): r.get("median_ms") for r in rows}
+    kl = {(n, s): t for (prov, loss, n, s), t in by.items() if prov == "fairret-plus" and loss == "KLProjectionLoss"}
+    if any(kl.values()):
+        print("\nprojection losses against the KL projection (median value+grad, same run):")
+        for (prov, loss, n, s), t in by.items():
+            if prov == "fairret-plus" and "Projection" in loss and loss != "KLProjectionLoss" and t and kl.get((n, s)):
+                print(f"  {loss:32s} N={n:>8d} S={s:>2d}: {t / kl[(n, s)]:6.2f}x KL ({t:.2f} ms vs "
+                      f"{kl[(n, s)]:.2f} ms)")
     print("\nspeed-up of fairret-plus over fairret 0.1.3 (median value+grad, same run):")
     for (prov, loss, n, s), t in by.items():
         if prov == "fairret-0.1.3" and t and by.get(("fairret-plus", loss, n, s)):

@@ -63,6 +63,40 @@ def test_tiled_agrees_with_dense_across_tiles():
             assert product_sum_tiled([tx, ty], 0.0, unbiased, tile).item() == pytest.approx(ref.item(), rel=1e-12)
 
 
+@pytest.mark.parametrize("case", ["pair", "sweep", "jdcov"])
+@pytest.mark.parametrize("n, tile", [(203, 16), (1100, 256)])
+def test_tiled_values_do_not_depend_on_the_thread_count(case, n, tile):
+    """The tiles are cut into a fixed number of chains whatever torch.get_num_threads() says, each evaluated with
+    single-threaded ops, and the chains' sums are added in order: value and gradient are bitwise identical.
+    (203, 16): more tiles than chains, so threads share chains differently; (1100, 256): tiles large enough that
+    a multi-threaded op would split its sums differently.)"""
+    from fairret.ops.tiled import product_sum_tiled
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 1, generator=g)
+    y = torch.randn(n, 3, generator=g) + x
+    z = torch.randn(n, 2, generator=g)
+    xs = {"pair": [x, y], "sweep": [y, z], "jdcov": [x, y, z]}[case]
+    c = 1.5 if case == "jdcov" else 0.0
+    grad_of = 0 if case == "pair" else 1  # "pair": 1-D predictions against data; else a 3-D variable's gradient
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 5):
+            torch.set_num_threads(threads)
+            for unbiased in (False, True):
+                vs = [v.clone().requires_grad_(k == grad_of) for k, v in enumerate(xs)]
+                val = product_sum_tiled(vs, c, unbiased, tile=tile)
+                (grad,) = torch.autograd.grad(val, vs[grad_of])
+                results.append((threads, unbiased, val, grad))
+    finally:
+        torch.set_num_threads(before)
+    for threads, unbiased, val, grad in results:
+        ref = next(r for r in results if r[1] == unbiased)
+        assert torch.equal(val, ref[2]) and torch.equal(grad, ref[3]), (threads, unbiased)
+    dense = product_sum([v.double() for v in xs], c, False, "dense")
+    assert results[0][2].item() == pytest.approx(dense.item(), rel=1e-4)
+
+
 def _centre_np(a, unbiased):
     n = a.shape[0]
     if not unbiased:
@@ -280,6 +314,30 @@ def test_sorted_gradients_equal_dense(unbiased, kind):
         (g_sorted,) = torch.autograd.grad(f(tx, ty, unbiased=unbiased, backend="sorted"), tx)
         (g_dense,) = torch.autograd.grad(f(tx, ty, unbiased=unbiased, backend="dense"), tx)
         torch.testing.assert_close(g_sorted, g_dense, rtol=1e-9, atol=1e-12)
+
+
+def test_sorted_values_do_not_depend_on_the_thread_count():
+    """Single-threaded ops and a split of the dominance sums that depends only on n (large enough to split here):
+    the same bits for 1 and 2 threads, with ties in x (float32 rounding) and against dcor."""
+    from fairret.ops.sorted import _SPLIT_MIN
+    rng = np.random.default_rng(4)
+    n = _SPLIT_MIN + 1001
+    x = np.round(rng.normal(size=n), 3)
+    y = x + rng.normal(size=n)
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            tx = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+            val = distance_covariance_sqr(tx, torch.tensor(y, dtype=torch.float32), backend="sorted")
+            out.append((val, torch.autograd.grad(val, tx)[0]))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    x32, y32 = (v.astype(np.float32).astype(np.float64) for v in (x, y))
+    want = dcor.distance_covariance_sqr(x32, y32, method="MERGESORT")
+    assert out[0][0].item() == pytest.approx(want, rel=1e-5)
 
 
 def test_sorted_gradcheck_and_gradgradcheck():

@@ -97,6 +97,47 @@ def test_matches_exact_convex_solve(div, stat_name):
         np.testing.assert_allclose(q.numpy(), q_ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("stat_name", ["dp", "eodds", "acc"])
+def test_tv_on_row_types_matches_rows_and_linprog(stat_name):
+    """On CPU the total variation is solved on the types of rows with equal constraint coefficients (only a type's
+    total move counts); accelerators, torch.compile and sync_dist solve it on the rows. Same optimal value, both
+    HiGHS's, constraints met."""
+    from fairret.functional.projection import _row_types, _solve
+    logits, label, sens = problem(60, 3, seed=5, overlapping=True)
+    stat = STATS[stat_name]()
+    args = args_for(stat_name, label)
+    p = torch.sigmoid(logits)
+    coefs = stat.coefficients(p, *args)
+    target = linear_fractional_statistic(p, None, *coefs)
+    intercept, slope = fixed_constraint(target, sens, *coefs, like=p)
+    b, a = intercept.reshape(-1), slope.reshape(60, -1)
+    assert _row_types(a) is not None and len(_row_types(a)[1]) < 60  # the types route is taken
+    _, f_ref = _scipy_projection(p[:, 0].numpy(), b.numpy(), a.numpy(), "tv")
+    q_types = project(p[:, 0], b, a, "tv")
+    q_rows = _solve(p[:, 0].clamp(1e-12, 1 - 1e-12), a, b, "tv", None, 1e-6, False, by_type=False)
+    for q in (q_types, q_rows):
+        assert bool(((q >= 0) & (q <= 1)).all())
+        assert projection_residual(q, b, a).abs().max().item() < 1e-7
+        assert divergence_value(q, p[:, 0], "tv", pred_as_logit=False).mean().item() == pytest.approx(f_ref, abs=1e-5)
+
+
+def test_row_types_check_every_row():
+    """Rows are grouped by a hash of their entries; a collision is caught by comparing every row with its type's
+    first row, and the rows are then solved one by one (None)."""
+    from fairret.functional import projection as P
+    a = torch.tensor([[1.0, 0.0], [0.0, 0.5], [1.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    inverse, counts, coef = P._row_types(a)
+    assert inverse.tolist() in ([0, 1, 0, 1], [1, 0, 1, 0]) and counts.tolist() == [2.0, 2.0]
+    assert torch.equal(coef.index_select(0, inverse), a)
+    original = P._KEY_WEIGHTS
+    try:
+        P._KEY_WEIGHTS = (1.0,)  # key = a_0 + 2 a_1: both rows hash to 1
+        assert P._row_types(a) is None
+    finally:
+        P._KEY_WEIGHTS = original
+    assert P._row_types(torch.randn(10, 2, dtype=torch.float64)) is None  # all rows different: no types
+
+
 def test_single_constraint_kl_closed_form():
     # One group, positive rate fixed to c: the KL projection is sigmoid(logit p - t) with a scalar t.
     logits = torch.tensor([-2.0, -0.5, 0.3, 1.7], dtype=torch.float64)

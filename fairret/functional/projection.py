@@ -27,6 +27,20 @@ Divergences (per row, over the two-class distributions ``(1-q, q)`` and ``(1-p, 
 ``chi_squared``    :math:`\sum_c (q_c - p_c)^2 / p_c = (q - p)^2 / (p (1 - p))`
 =================  ======================================================================
 
+The total variation's temperatures are lowered level by level; each level starts from the better (higher dual
+value) of the last solution and its linear extrapolation from the two levels before (the smoothed optimum moves
+about linearly in the temperature), so that a level takes a few steps. On CPU tensors (outside
+``torch.compile``, without ``sync_dist``) the linear program is first reduced to the *types* of rows, rows with
+equal constraint coefficients (group memberships times the statistic's coefficients, e.g. the label): only a
+type's total move counts, and its cost is that total's absolute value when all its rows move the same way. The
+smoothed dual is solved on the types (weighted by their sizes), and each row of a type then covers the same
+fraction of its room (``1 - p`` up, ``p`` down). With one-hot groups this is a handful of types whatever ``N``;
+when most rows differ (continuous attributes), the rows are solved one by one.
+
+On CPU tensors the solver's ops run single-threaded (:mod:`fairret._threads`): its loop is made of small ops,
+each of which would otherwise end in a barrier across threads, and on a busy machine that barrier costs more than
+the op.
+
 If the constraints cannot be met inside ``[0, 1]`` the solver returns its last iterate; the residual is reported
 by :func:`projection_residual`.
 """
@@ -39,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .._distributed import all_reduce_sum, is_distributed
+from .._threads import single_threaded
 
 __all__ = ["DIVERGENCES", "project", "divergence_value", "projection_residual"]
 
@@ -48,7 +63,7 @@ _P_EPS = 1e-12
 
 
 class _RowSolution(NamedTuple):
-    q: torch.Tensor  # minimiser of D(q||p) + t q over [0, 1]
+    q: torch.Tensor  # minimiser of D(q||p) + t q over [0, 1] (for ``tv``: of |u| + t u over [lo, hi])
     w: torch.Tensor  # -dq/dt >= 0
     h: torch.Tensor  # D(q||p) + t q (the row's dual value)
 
@@ -58,10 +73,10 @@ def _clip01(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.clamp(0.0, 1.0), inside
 
 
-def _row_kl(t, p, logit_p, log1mp, eps):
+def _row_kl(t, data, eps):
     # q = sigmoid(logit(p) - t); h = -log(1 - p + p e^{-t}) = -log(1 - p) - softplus(logit(p) - t). The constant
     # -log(1 - p) is left out: h only serves to compare step sizes.
-    u = logit_p - t
+    u = data[0] - t
     q = torch.sigmoid(u)
     return _RowSolution(q, q * (1 - q), -F.softplus(u))
 
@@ -74,8 +89,9 @@ def _js_value(q, p):
     )
 
 
-def _row_js(t, p, logp, log1mp, eps):
+def _row_js(t, data, eps):
     # D'(q) = 1/2 log(q (2-q-p) / ((1-q)(q+p))) = -t  =>  (r-1) q^2 + (2-p-r(1-p)) q - r p = 0, r = e^{-2t}
+    p = data[0]
     r = torch.exp(-2 * t.clamp(-40, 40))
     b = 2 - p - r * (1 - p)
     disc = b * b + 4 * (r - 1) * r * p
@@ -95,7 +111,8 @@ _QUADRATIC_SCALE: dict[str, Callable] = {
 
 def _row_quadratic(scale_fn):
     # D = (q - p)^2 / (2 w)  => q = clip(p - w t), W = w inside the box
-    def row(t, p, logp, log1mp, eps):
+    def row(t, data, eps):
+        p = data[0]
         w = scale_fn(p)
         q, inside = _clip01(p - w * t)
         h = (q - p) ** 2 / (2 * w) + t * q
@@ -104,17 +121,19 @@ def _row_quadratic(scale_fn):
     return row
 
 
-def _row_tv(t, p, logp, log1mp, eps):
-    # min_q |q - p| + t q is attained at a vertex v in {0, p, 1} with values {p, t p, 1 - p + t}. The dual is
-    # smoothed by a soft minimum over the vertices at temperature eps: q is the softmin-weighted vertex mean,
-    # W = Var(v) / eps, and h exceeds the exact row value by at most eps log 3.
-    vals = torch.stack([p.expand_as(t), t * p, 1 - p + t])
+def _row_tv(t, data, eps):
+    # In the move u = q - p, bounded by [lo, hi] = [-p, 1 - p]: min_u |u| + t u is attained at a vertex v in
+    # {lo, 0, hi} with values {lo (t - 1), 0, hi (t + 1)}. The dual is smoothed by a soft minimum over the vertices
+    # at temperature eps: u is the softmin-weighted vertex mean, W = Var(v) / eps, and h exceeds the exact row
+    # value by at most eps log 3.
+    lo, hi = data
+    vals = torch.stack([lo * (t - 1), torch.zeros_like(t), hi * (t + 1)])
     logits = -vals / eps
     wts = torch.softmax(logits, dim=0)
-    q = wts[1] * p + wts[2]
-    var = wts[1] * p * p + wts[2] - q * q
+    u = wts[0] * lo + wts[2] * hi
+    var = wts[0] * lo * lo + wts[2] * hi * hi - u * u
     h = -eps * torch.logsumexp(logits, dim=0)
-    return _RowSolution(q, var.clamp_min(0) / eps, h)
+    return _RowSolution(u, var.clamp_min(0) / eps, h)
 
 
 _ROWS: dict[str, Callable] = {
@@ -170,17 +189,21 @@ def project(
         (1.0, True)
     """
     _check_divergence(divergence)
-    row = _ROWS[divergence]
     p = prob.detach().to(torch.float64).clamp(_P_EPS, 1 - _P_EPS)
     a = slope.detach().to(torch.float64)
     b = intercept.detach().to(torch.float64)
-    # Newton steps are invariant to rescaling the constraints, so they are used as given.
+    if p.device.type == "cpu" and not torch.compiler.is_compiling():
+        # small ops in a loop: with one intra-op thread no op waits for a descheduled one (see fairret._threads)
+        with single_threaded():
+            return _solve(p, a, b, divergence, n_iter, tv_eps, sync_dist)
+    return _solve(p, a, b, divergence, n_iter, tv_eps, sync_dist)
+
+
+def _solve(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, divergence: str, n_iter: int | None, tv_eps: float,
+           sync_dist: bool, by_type: bool = True) -> torch.Tensor:
+    """:func:`project` on float64 inputs. ``by_type=False`` keeps the total variation on the rows themselves
+    (what accelerators, ``torch.compile`` and ``sync_dist`` use; tests compare the two routes)."""
     red = all_reduce_sum if sync_dist else (lambda x: x)
-    logp, log1mp = torch.log(p), torch.log1p(-p)
-    if divergence == "kl":
-        logp = logp - log1mp  # the KL rows take logit(p)
-    lam = torch.zeros(a.shape[1], dtype=torch.float64, device=p.device)
-    eye = torch.eye(a.shape[1], dtype=torch.float64, device=p.device)
     iters = _DEFAULT_ITERS[divergence] if n_iter is None else int(n_iter)
     schedule: Tuple[float, ...] = _TV_SCHEDULE + (tv_eps,) if divergence == "tv" else (0.0,)
     if divergence == "tv":
@@ -190,45 +213,119 @@ def project(
     # accelerators and under torch.compile it runs the fixed number of steps.
     early_exit = p.device.type == "cpu" and not torch.compiler.is_compiling()
     tol = _TOL * (red(at.abs().sum(1)) + b.abs()) if early_exit else None
-    # The quadratic divergences move q = clip(p - w(p) t) piecewise linearly in t: their trust region is measured
-    # in q (no row's q moves by more than `radius` in probability; rows pinned at 0 or 1 by the box do not count),
-    # so that rows with a tiny w (chi-squared on saturated probabilities, where t must reach ~1/w) are reached in a
-    # few steps, not after ~log2(1/w) doublings.
-    q_scale = _QUADRATIC_SCALE[divergence](p) if divergence in _QUADRATIC_SCALE else None
+    if divergence != "tv":
+        logp = torch.log(p)
+        data = (logp - torch.log1p(-p),) if divergence == "kl" else (p,)  # the KL rows take logit(p)
+        # The quadratic divergences move q = clip(p - w(p) t) piecewise linearly in t: their trust region is
+        # measured in q (see _newton).
+        q_scale = _QUADRATIC_SCALE[divergence](p) if divergence in _QUADRATIC_SCALE else None
+        return _newton(_ROWS[divergence], data, at, a, b, None, iters, schedule, tol, red, sync_dist, q_scale)
+    # the total variation in the move u = q - p: constraints b + A^T p + A^T u = 0
+    b_move = b + red(at @ p)
+    types = _row_types(a) if by_type and early_exit and not (sync_dist and is_distributed()) else None
+    if types is None:
+        u = _newton(_row_tv, (-p, 1 - p), at, a, b_move, None, iters, schedule, tol, red, sync_dist)
+        return (p + u).clamp(0.0, 1.0)
+    # Rows with equal constraint coefficients form a type; only a type's total move counts (its cost is the
+    # total's absolute value when all its rows move the same way), so the linear program is solved on the types:
+    # one mean move v per type in [-mean p, mean (1 - p)], weighted by the type's size, then every row of the
+    # type covers the same fraction of its room in that direction.
+    inverse, counts, coef = types
+    pmean = torch.bincount(inverse, weights=p, minlength=len(counts)) / counts
+    lo, hi = -pmean, 1 - pmean
+    v = _newton(_row_tv, (lo, hi), coef.T.contiguous(), coef, b_move, counts, iters, schedule, tol, red, False)
+    up = (v / hi).clamp(0.0, 1.0).index_select(0, inverse)
+    down = (v / lo).clamp(0.0, 1.0).index_select(0, inverse)
+    return (p + up * (1 - p) - down * p).clamp(0.0, 1.0)
+
+
+def _row_types(a: torch.Tensor):
+    """Rows of ``a`` ``(N, M)`` grouped into types of equal rows: ``(inverse, counts, rows)``, or None when the
+    rows are (nearly) all different or a hashing collision shows up (then the rows are solved one by one).
+
+    A row's key is a fixed combination of its entries, computed column by column (so equal rows get equal keys);
+    the grouping is checked row by row against the type's first row.
+    """
+    n, m = a.shape
+    key = a[:, 0] * _KEY_WEIGHTS[0]
+    for k in range(1, m):
+        key = key + a[:, k] * _KEY_WEIGHTS[k % len(_KEY_WEIGHTS)] * (1.0 + k // len(_KEY_WEIGHTS))
+    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    if 2 * len(counts) > n:
+        return None
+    first = torch.full((len(counts),), n, dtype=torch.long).scatter_reduce_(0, inverse, torch.arange(n), "amin")
+    coef = a.index_select(0, first)
+    if not torch.equal(coef.index_select(0, inverse), a):
+        return None
+    return inverse, counts.to(a.dtype), coef
+
+
+_KEY_WEIGHTS = tuple(math.sqrt(q) for q in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37))
+
+
+def _newton(row: Callable, data: tuple, at: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+            weights: torch.Tensor | None, iters: int, schedule: tuple, tol: torch.Tensor | None, red: Callable,
+            sync_dist: bool, q_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Damped Newton steps on the dual of ``min sum_n w_n D_n(q_n) s.t. b + A^T (w q) = 0`` (``weights`` w, or 1):
+    the rows' solutions ``q``. ``tol``: per-constraint tolerance of the early exit (None: fixed step count).
+    ``q_scale``: the scale ``w(p)`` of a quadratic divergence (``data`` is then ``(p,)``), whose trust region is
+    measured in q: no row's q moves by more than ``radius`` in probability (rows pinned at 0 or 1 by the box do not
+    count), so that rows with a tiny w (chi-squared on saturated probabilities, where t must reach ~1/w) are
+    reached in a few steps, not after ~log2(1/w) doublings."""
+    aw = at if weights is None else at * weights  # (M, N)
+    lam = torch.zeros(a.shape[1], dtype=torch.float64, device=a.device)
+    eye = torch.eye(a.shape[1], dtype=torch.float64, device=a.device)
+
+    def total(h: torch.Tensor) -> torch.Tensor:
+        return red(h.sum() if weights is None else h @ weights)
+
     for level, eps in enumerate(schedule):
         # Trust region in t-space (q-space for the quadratic divergences): no row multiplier moves by more than
         # `radius` in one step. A step that does not raise the (concave) dual value is rejected and the radius
         # shrinks; an accepted one widens it. All of this is tensor arithmetic: no host synchronisation, a fixed
         # number of steps.
-        start = 30.0 * eps if divergence == "tv" else (8.0 if q_scale is None else 2.0)
-        radius = torch.tensor(start, dtype=torch.float64, device=p.device)
-        sol = row(lam @ at, p, logp, log1mp, eps)
-        g_cur = red(sol.h.sum()) + lam @ b
+        start = 30.0 * eps if row is _row_tv else (8.0 if q_scale is None else 2.0)
+        radius = torch.tensor(start, dtype=torch.float64, device=a.device)
+        sol = row(lam @ at, data, eps)
+        g_cur = total(sol.h) + lam @ b
+        if level >= 2:
+            # the smoothed optimum moves about linearly in the temperature: start from the extrapolation of the
+            # last two levels' solutions when its dual value is higher
+            ext = lam + (lam - lam_prev) * ((eps - schedule[level - 1]) / (schedule[level - 1] - schedule[level - 2]))
+            sol_ext = row(ext @ at, data, eps)
+            g_ext = total(sol_ext.h) + ext @ b
+            better = torch.isfinite(g_ext) & (g_ext > g_cur)
+            lam = torch.where(better, ext, lam)
+            g_cur = torch.where(better, g_ext, g_cur)
+            sol = _RowSolution(*(torch.where(better, x, y) for x, y in zip(sol_ext, sol)))
+        lam_start = lam
         # the last smoothing level of the total variation polishes with more steps
         for _ in range(iters if level < len(schedule) - 1 or len(schedule) == 1 else 5 * iters):
-            resid = b + red(at @ sol.q)
+            resid = b + red(aw @ sol.q)
             if tol is not None and bool((resid.abs() <= tol).all()):  # tol: set when early_exit
                 break
-            hess = red((at * sol.w) @ a)
+            hess = red((aw * sol.w) @ a)
             ridge = 1e-12 * hess.diagonal().mean() + 1e-300
             delta = torch.linalg.solve(hess + ridge * eye, resid)
             step = delta @ at
             if q_scale is not None:  # how far each row's q moves in the full step; rows the box pins do not move
-                free = p - q_scale * (lam @ at)  # q before the box
+                free = data[0] - q_scale * (lam @ at)  # q before the box
                 step = (free - q_scale * step).clamp(0.0, 1.0) - free.clamp(0.0, 1.0)
             # a rank without rows (N = 0) moves nothing; the shape is known without reading data
-            move = step.abs().amax() if step.numel() else torch.zeros((), dtype=torch.float64, device=p.device)
+            move = step.abs().amax() if step.numel() else torch.zeros((), dtype=torch.float64, device=a.device)
             if sync_dist and is_distributed():
                 torch.distributed.all_reduce(move, op=torch.distributed.ReduceOp.MAX)
             cand = lam + delta * torch.clamp(radius / move.clamp_min(1e-300), max=1.0)
-            new = row(cand @ at, p, logp, log1mp, eps)
-            g_new = red(new.h.sum()) + cand @ b
+            new = row(cand @ at, data, eps)
+            g_new = total(new.h) + cand @ b
             # ties within rounding count as progress, so the last digits of the residual can still be won
             accept = torch.isfinite(g_new) & (g_new >= g_cur - 1e-13 * g_cur.abs())
             lam = torch.where(accept, cand, lam)
             g_cur = torch.where(accept, g_new, g_cur)
             sol = _RowSolution(*(torch.where(accept, x, y) for x, y in zip(new, sol)))
             radius = torch.where(accept, radius * 2.0, radius * 0.25)
+        lam_prev = lam_start if level == 0 else lam_level
+        lam_level = lam
     return sol.q
 
 
