@@ -50,7 +50,9 @@ def test_matches_dcor(n, p, q, seed, unbiased, backend):
     ours = distance_covariance_sqr(tx, ty, unbiased=unbiased, backend=backend).item()
     assert ours == pytest.approx(cov(x, y), rel=1e-10, abs=1e-13)
     ours = distance_correlation_sqr(tx, ty, unbiased=unbiased, backend=backend).item()
-    assert ours == pytest.approx(cor(x, y), rel=1e-10, abs=1e-13)
+    # dcor's own U-statistic correlation can be off by ~1e-10 relative at n = 4 (a case found by hypothesis:
+    # ours 0.880733465121014, the 50-digit value 0.880733465121014..., dcor 0.8807334650141786)
+    assert ours == pytest.approx(cor(x, y), rel=1e-9, abs=1e-13)
 
 
 def test_tiled_agrees_with_dense_across_tiles():
