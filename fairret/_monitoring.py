@@ -108,6 +108,9 @@ class _GroupCount(torchmetrics.Metric):
     """Column sums of the sensitive matrix (the number of rows per group for 0/1 columns)."""
 
     full_state_update = False
+    # the states (add_state in __init__), declared for the type checker
+    total: torch.Tensor
+    rows: torch.Tensor
 
     def __init__(self, num_groups: int):
         super().__init__()

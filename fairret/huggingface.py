@@ -41,7 +41,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -58,6 +58,13 @@ from ._validation import check_number  # noqa: E402
 __all__ = ["FairnessTrainerMixin", "FairnessTrainer", "FairnessMonitorCallback"]
 
 Key = Union[str, Sequence[str]]
+
+if TYPE_CHECKING:
+    # The mixin goes before transformers.Trainer in a trainer's bases and uses the Trainer's attributes and methods
+    # (self.args, super().compute_loss, ...): the type checker sees it as a Trainer; at run time it is a plain mixin.
+    _TrainerBase = Trainer
+else:
+    _TrainerBase = object
 
 
 def _check_key(key: Any, name: str, allow_none: bool = True) -> None:
@@ -190,7 +197,7 @@ class FairnessMonitorCallback(TrainerCallback):
         self._print(state)
 
 
-class FairnessTrainerMixin:
+class FairnessTrainerMixin(_TrainerBase):
     """Adds a fairret penalty to ``Trainer.compute_loss`` and feeds :class:`FairnessMonitorCallback`.
 
     Put it before ``Trainer`` in the bases (``class MyTrainer(FairnessTrainerMixin, Trainer)``), or use
@@ -249,7 +256,7 @@ class FairnessTrainerMixin:
             keys += m.keys()
         return list(dict.fromkeys(keys))
 
-    def _split(self, inputs: Dict[str, Any]) -> tuple:
+    def _split(self, inputs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """``(model inputs, batch)``: the fairness-only keys are removed from what the model receives."""
         keep = set(self.label_names) | {"labels", "label", "label_ids"}
         drop = [k for k in self._fairness_keys() if k not in keep]
@@ -270,9 +277,11 @@ class FairnessTrainerMixin:
                     or getattr(self, "compute_loss_func", None) is not None)
 
     def compute_loss(self, model: torch.nn.Module, inputs: Dict[str, Any], return_outputs: bool = False,
-                     **kwargs: Any) -> Any:
+                     num_items_in_batch: Any = None, **kwargs: Any) -> Any:
         model_inputs, batch = self._split(inputs)
         labels = _take(batch, self.labels_key, "labels_key")  # before the Trainer may pop them
+        if num_items_in_batch is not None:  # older Trainers neither give nor take it (transformers < 4.46)
+            kwargs["num_items_in_batch"] = num_items_in_batch
         loss, outputs = super().compute_loss(model, model_inputs, return_outputs=True, **kwargs)
         if self.fairness_loss is not None and model.training:
             pred = _output(outputs, self.prediction_output)
@@ -282,7 +291,7 @@ class FairnessTrainerMixin:
             if self.lam > 0:
                 penalty = compute_penalty(self.fairness_loss, pred, sens, labels, self.pred_as_logit)
                 term = weighted_penalty(self.fairness_loss, penalty, self.lam)
-                if self._loss_scaled_for_ga(kwargs.get("num_items_in_batch")):
+                if self._loss_scaled_for_ga(num_items_in_batch):
                     steps = getattr(self, "current_gradient_accumulation_steps", None)
                     term = term / (steps or self.args.gradient_accumulation_steps)
                 loss = loss + term.to(loss.dtype)
@@ -329,6 +338,8 @@ class FairnessTrainerMixin:
         output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
                                          ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         for m in monitors:
+            if output.metrics is None:  # the Trainer's evaluation loop always returns its metrics dict
+                raise RuntimeError("The Trainer's evaluation loop returned no metrics to add the fairness values to")
             output.metrics.update(m.finish(metric_key_prefix))
         return output
 

@@ -276,8 +276,8 @@ class FairnessReport:
                 if not math.isfinite(v):
                     continue
                 lo, hi = r.ci.get(s, (float("nan"), float("nan")))
-                err = [[k * (v - lo)], [k * (hi - v)]] if math.isfinite(lo) and math.isfinite(hi) else None
-                ax.errorbar([x], [k * v], yerr=err, fmt="o", color="C0", capsize=3,
+                yerr = [[k * (v - lo)], [k * (hi - v)]] if math.isfinite(lo) and math.isfinite(hi) else None
+                ax.errorbar([x], [k * v], yerr=yerr, fmt="o", color="C0", capsize=3,
                             markerfacecolor="white" if r.small else "C0")
             if s in self.overall and math.isfinite(self.overall[s]):
                 ax.axhline(k * self.overall[s], linestyle="--", color="k", linewidth=1, label="overall")
@@ -355,12 +355,12 @@ def _attributes(sens: Any, n: int, group_names: Optional[Sequence[str]], notes: 
         mat = sens.detach().cpu()
     else:
         arr = np.asarray(sens)
-        mat = torch.from_numpy(arr.astype(np.float64)) if arr.dtype.kind in "biuf" else None
-        if mat is None:
+        if arr.dtype.kind not in "biuf":
             if arr.ndim != 1:
                 raise ValueError(f"Expected a non-numeric `sens` to be one column of group values, but got shape "
                                  f"{arr.shape}")
             return [_categories(arr, "group", n)]
+        mat = torch.from_numpy(arr.astype(np.float64))
     if mat.ndim == 1 or (mat.ndim == 2 and mat.shape[1] == 1):
         return [_categories(mat.reshape(-1).double().numpy(), "group", n)]
     if mat.ndim != 2 or mat.shape[0] != n:
@@ -409,10 +409,17 @@ def _intersections(attrs: List[_Attribute], which: Union[bool, Sequence[Sequence
 
 
 # -- computation -------------------------------------------------------------------------------------------------
-def _inputs(stats: Sequence[str], hard, soft, raw, y) -> Dict[str, torch.Tensor]:
+def _inputs(stats: Sequence[str], hard: Optional[torch.Tensor], soft: Optional[torch.Tensor],
+            raw: Optional[torch.Tensor], y: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
     src = {"hard": hard, "soft": soft, "raw": raw, "label": y,
            "resid": None if raw is None or y is None else raw - y}
-    return {s: src[_STATS[s][2]].unsqueeze(1) for s in stats}
+    out = {}
+    for s in stats:
+        t = src[_STATS[s][2]]
+        if t is None:  # fairness_report picks the statistics from the inputs it has
+            raise RuntimeError(f"fairness_report: statistic {s!r} has no {_STATS[s][2]!r} input")
+        out[s] = t.unsqueeze(1)
+    return out
 
 
 def _values(stats: Sequence[str], inputs: Dict[str, torch.Tensor], y: Optional[torch.Tensor], member: torch.Tensor
@@ -421,7 +428,12 @@ def _values(stats: Sequence[str], inputs: Dict[str, torch.Tensor], y: Optional[t
     vals, valid, overall = [], [], []
     for s in stats:
         stat, takes_label = _STATS[s][1], _STATS[s][3]
-        sums = stat.sums(inputs[s], member, *((y.unsqueeze(1),) if takes_label else ()))
+        label_args: Tuple[torch.Tensor, ...] = ()
+        if takes_label:
+            if y is None:  # fairness_report picks the statistics that take the label only when it has labels
+                raise RuntimeError(f"fairness_report: statistic {s!r} takes the labels, but none were given")
+            label_args = (y.unsqueeze(1),)
+        sums = stat.sums(inputs[s], member, *label_args)
         vals.append(sums.group_values().reshape(-1))
         valid.append(sums.valid.reshape(-1))
         overall.append(sums.overall_values().reshape(1))
@@ -519,7 +531,7 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
 
     rows: List[GroupRow] = []
     gaps: List[Gap] = []
-    overall_vals = None
+    overall_vals: Optional[torch.Tensor] = None
     for a_i, attr in enumerate(attrs):
         counts = (attr.member != 0).sum(0)
         judged = counts >= max(min_group_size, 1)
@@ -544,7 +556,12 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
                 notes.append(f"`{attr.name}`: {_STATS[s][0]} is undefined for {', '.join(undefined)} (no rows it "
                              f"conditions on) and left out of its difference")
 
-        lo = hi = glo = ghi = rlo = rhi = None
+        lo: Optional[torch.Tensor] = None
+        hi: Optional[torch.Tensor] = None
+        glo: Optional[torch.Tensor] = None
+        ghi: Optional[torch.Tensor] = None
+        rlo: Optional[torch.Tensor] = None
+        rhi: Optional[torch.Tensor] = None
         if n_boot:
             member, g = attr.member, attr.member.shape[1]
             jidx = judged.nonzero().flatten()
@@ -577,7 +594,8 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
 
         for j, gname in enumerate(attr.groups):
             values = {s: (float(vals[k, j]) if bool(valid[k, j]) else float("nan")) for k, s in enumerate(stats)}
-            ci = {s: (float(lo[k, j]), float(hi[k, j])) for k, s in enumerate(stats)} if lo is not None else {}
+            ci = ({s: (float(lo[k, j]), float(hi[k, j])) for k, s in enumerate(stats)}
+                  if lo is not None and hi is not None else {})
             rows.append(GroupRow(attr.name, gname, int(counts[j]), values, ci, not bool(judged[j])))
         jnames = [gname for gname, ok in zip(attr.groups, judged.tolist()) if ok]
         for k, s in enumerate(stats):
@@ -586,13 +604,16 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
             lo_g = min(defined)[1] if len(defined) >= 2 else ""
             nan2 = (float("nan"), float("nan"))
             gaps.append(Gap(attr.name, s, float(diff[k]), float(rel[k]),
-                            (float(glo[k]), float(ghi[k])) if glo is not None else nan2,
-                            (float(rlo[k]), float(rhi[k])) if rlo is not None else nan2, jnames, hi_g, lo_g))
+                            (float(glo[k]), float(ghi[k])) if glo is not None and ghi is not None else nan2,
+                            (float(rlo[k]), float(rhi[k])) if rlo is not None and rhi is not None else nan2,
+                            jnames, hi_g, lo_g))
 
-    overall = {s: float(overall_vals[k]) for k, s in enumerate(stats)}
-    report = FairnessReport("regression" if regression else "classification", n, None if regression else
-                            float(threshold), as_logit, stats, overall, rows, gaps, notes, level, n_boot,
-                            min_group_size)
+    if overall_vals is None:  # attrs is not empty (checked above)
+        raise RuntimeError("fairness_report: no attribute was measured")
+    overall_by_stat = {s: float(overall_vals[k]) for k, s in enumerate(stats)}
+    report = FairnessReport("regression" if regression else "classification", n,
+                            None if threshold is None else float(threshold), as_logit, stats, overall_by_stat, rows,
+                            gaps, notes, level, n_boot, min_group_size)
     if notes:
         warnings.warn("fairness_report: " + " | ".join(notes), ReportWarning, stacklevel=2)
     return report

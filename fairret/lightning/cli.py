@@ -53,7 +53,8 @@ class FairnessCLI(LightningCLI):
         sens, labels = config.get("fairness.sens"), config.get("fairness.labels")
         if sens is None and labels is None:
             return
-        hit = apply_selection(self.trainer.callbacks, sens, labels)
+        # Lightning sets Trainer.callbacks in its callback connector; the Trainer class does not declare it
+        hit = apply_selection(self.trainer.callbacks, sens, labels)  # type: ignore[attr-defined]
         if not hit:
             raise ValueError("`--fairness.sens`/`--fairness.labels` are set, but the trainer has no "
                              "FairnessRegularizer or FairnessMonitor callback")

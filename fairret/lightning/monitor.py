@@ -143,7 +143,9 @@ class FairnessMonitor(pl.Callback):
             return
         if not self.capture.attached:
             self.capture.attach(pl_module)
-        names = getattr(trainer.datamodule, "group_names", None) if trainer.datamodule is not None else None
+        # Lightning sets Trainer.datamodule in its data connector; the Trainer class does not declare it
+        dm = trainer.datamodule  # type: ignore[attr-defined]
+        names = getattr(dm, "group_names", None) if dm is not None else None
         if names and all(isinstance(n, str) for n in names):  # the data module's names, when it has them
             self.tracker.fallback_names = list(names)
         self.tracker.to(pl_module.device)

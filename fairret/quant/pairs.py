@@ -160,6 +160,7 @@ def _pair_rows(x0: torch.Tensor, x1: torch.Tensor, aligned: torch.Tensor, spans:
 class PairDeltaAccumulator(HessianAccumulator):
     """:math:`H_\\Delta` from the layer inputs of the two sentences of each pair (``(B, T, d)`` each)."""
 
+    # a pair of inputs where HessianAccumulator.add takes one: the override is incompatible by design
     def add(self, x0: torch.Tensor, x1: torch.Tensor, mask0: Optional[torch.Tensor] = None,  # type: ignore[override]
             mask1: Optional[torch.Tensor] = None) -> None:
         """Add a batch of pairs: row ``b`` of ``x0`` and row ``b`` of ``x1`` are the two sentences of one pair."""
