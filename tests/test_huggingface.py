@@ -82,6 +82,8 @@ def test_gradient_accumulation_equals_hand_computed_step(tmp_path, model_cls):
     model = model_cls()
     ref = copy.deepcopy(model)
     trainer = Sequential(model=model, args=args(tmp_path), train_dataset=Rows(data), fairness_loss=loss_fn, lam=lam)
+    if model_cls is TinyItems and not hasattr(trainer, "model_accepts_loss_kwargs"):
+        pytest.skip("transformers < 4.46 neither gives nor takes num_items_in_batch")
     assert trainer._loss_scaled_for_ga(8 if model_cls is TinyItems else None) == (model_cls is TinyItems)
     trainer.train()
     # by hand: mean over the two micro-batches of (mean CE + λ · penalty on the positive-class logit)
