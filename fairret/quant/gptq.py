@@ -47,6 +47,13 @@ class Quantizer:
 
     Asymmetric: the range ``[min(w, 0), max(w, 0)]``, ``scale = (max - min)/(2^b - 1)``, ``zero = round(-min/scale)``;
     symmetric: ``max = max(|min|, max)``, ``min = -max``, zero at the middle code ``(2^b - 1 + 1)/2``.
+
+    Zero points are at least 1: GPTQ-v1 checkpoints store ``zero - 1`` in ``b`` bits, so a zero of 0 (a group whose
+    weights are all ``>= 0``, or nearly) has no exact v1 encoding; readers disagree on the all-ones word it would
+    become (GPTQModel's word-level v1 to v2 conversion carries into the neighbouring zero, AutoGPTQ-style kernels
+    read ``2^b``). Such a group gets ``zero = 1`` and ``scale = max/(2^b - 2)`` instead, which still covers
+    ``[min, max]`` (``-min < scale/2`` there) at one code less of resolution. Choosing it here, before rounding,
+    keeps GPTQ's error compensation on the weights the checkpoint stores; clamping at export would not.
     """
 
     def __init__(self, bits: int = 4, sym: bool = False):
@@ -70,6 +77,9 @@ class Quantizer:
             zero = torch.full_like(scale, (self.maxq + 1) / 2)
         else:
             zero = torch.round(-xmin / scale)
+            low = zero < 1  # not representable in GPTQ-v1 (see the class docstring)
+            scale = torch.where(low, xmax / (self.maxq - 1), scale)
+            zero = zero.clamp_min(1)
         return scale.unsqueeze(1), zero.unsqueeze(1)
 
     def codes(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
