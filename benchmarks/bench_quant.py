@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--part", choices=["time", "minilm", "causal"], default="time")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     ap.add_argument("--alphas", type=float, nargs="+", default=None,
-                    help="α values (minilm: 0.02 0.05 0.1 0.3; causal: the selection grid, 0.1 0.3 1)")
+                    help="α values (minilm: 0.02 0.05 0.1 0.3; causal: the selection grid, 0.01 0.03 0.1 0.3)")
     ap.add_argument("--position-pairs", action="store_true", help="pair differences position by position")
     ap.add_argument("--fair-layers", default=FAIR_LAYERS,
                     help="regular expression of the layers given the fair term (default: attention output and MLP "
@@ -164,6 +164,9 @@ def main() -> None:
     ap.add_argument("--cache", default="fairret-output/quant_causal", help="(causal) per-item results of every "
                     "evaluated model, reused when the study is run again")
     ap.add_argument("--progress", action="store_true", help="(causal) progress bars")
+    ap.add_argument("--grid", choices=["full", "small"], default="full", help="(causal) candidates screened per "
+                    "split: full = alpha x {attn-out+mlp-down, all linear} x {all, lowest, highest blocks} + the "
+                    "first-order shift; small = alpha x the two layer sets on all blocks")
     ap.add_argument("--no-layer-study", action="store_true", help="(causal) skip the one-layer-type-at-a-time part")
     ap.add_argument("--max-items", type=int, default=None, help="(causal) use only the first StereoSet "
                     "intrasentence items (a smoke run of the study)")
@@ -182,7 +185,7 @@ def main() -> None:
     if args.part == "causal":
         import quant_causal
 
-        args.alphas = args.alphas if args.alphas_given else [0.1, 0.3, 1.0]
+        args.alphas = args.alphas if args.alphas_given else [0.01, 0.03, 0.1, 0.3]
         args.out = args.out or str(Path(args.csv).with_name("quant_causal.md"))
         quant_causal.run(args)
         return

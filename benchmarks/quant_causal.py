@@ -11,8 +11,8 @@ width:
    candidate of the grid (α × layer set × block set, exact shift, and the first-order shift on the default layers)
    is quantized from those Hessians (``quantize_from_hessians``) and scored on the selection part. Eligible: LMS
    within 1 point of that GPTQ's; chosen: the eligible candidate whose SS is closest to 50 (ties: the smaller
-   mean log-probability margin), if it also keeps the perplexity on 50 held-out BoolQ passages within 5% of GPTQ's
-   and the HellaSwag agreement with FP on 100 held-out items within 2 points (else the next one).
+   mean log-probability margin), if it also keeps the perplexity on 40 held-out BoolQ passages within 5% of GPTQ's
+   (else the next one, three at most; then the smallest α on the default layers).
 2. **Evaluation half.** GPTQ and the chosen Fair-GPTQ setting are run for real (layer-sequential) on the whole
    calibration half and evaluated on the evaluation half (SS, LMS, ICAT per bias type), on StereoSet
    intersentence items, on BoolQ passages (perplexity) and on HellaSwag items (agreement with FP); FP and
@@ -68,9 +68,11 @@ class Candidate:
                     first_order=self.first_order)
 
 
-def grid(alphas: Sequence[float]) -> List[Candidate]:
+def grid(alphas: Sequence[float], small: bool = False) -> List[Candidate]:
     """α × {default layers, all linear layers} × {all, lowest, highest blocks} with the exact shift, and the
-    first-order shift on the default layers of all blocks."""
+    first-order shift on the default layers of all blocks; ``small``: α × the two layer sets, all blocks, exact."""
+    if small:
+        return [Candidate(a, layers) for a in alphas for layers in LAYER_SETS]
     out = [Candidate(a, layers, blocks) for a in alphas for layers in LAYER_SETS for blocks in ("all", "lowest",
                                                                                                  "highest")]
     out += [Candidate(a, first_order=True) for a in alphas]
@@ -109,8 +111,8 @@ class Study:
         self.inter = inter if args.intersentence < 0 else inter[:args.intersentence]
         passages, choices = load_passages(), load_hellaswag()
         self.passages, self.choices = passages[:args.passages], choices[:args.choices]
-        # held out for the selection's guards: never in the evaluation sets above
-        self.guard_passages, self.guard_choices = passages[2000:2050], choices[2700:2800]
+        # held out for the selection's perplexity guard: never in the evaluation passages above
+        self.guard_passages = passages[2000:2040]
         self.index = {id(it): i for i, it in enumerate(self.items)}
         self.t0 = time.perf_counter()
         self.log_lines: List[str] = []
@@ -175,7 +177,7 @@ class Study:
 
         base = self.evaluate(f"s{seed} b{bits} fit GPTQ", base_model, data).intrasentence
         rows = []
-        for cand in grid(self.args.alphas):
+        for cand in grid(self.args.alphas, small=self.args.grid == "small"):
             name = f"s{seed} b{bits} fit {cand.label}"
             rep = self.evaluate(name, lambda c=cand: quantize_from_hessians(self.model, hessians(), bits=bits,
                                                                              group_size=self.args.group_size,
@@ -188,25 +190,25 @@ class Study:
         base_row = {"ss": b["ss"], "lms": b["lms"], "margin": base.margin()}
         eligible = sorted((r for r in rows if r["lms"] >= b["lms"] - 1.0),
                           key=lambda r: (abs(r["ss"] - 50), abs(r["margin"])))
-        guard = EvalData(passages=self.guard_passages, choices=self.guard_choices)
-        fp_guard = self.evaluate("FP guard", lambda: self.model, guard)
-        base_guard = self.evaluate(f"s{seed} b{bits} fit GPTQ guard", base_model, guard).summary(fp_guard, ci=False)
+        guard = EvalData(passages=self.guard_passages)
+        base_guard = self.evaluate(f"s{seed} b{bits} fit GPTQ guard", base_model, guard).summary(ci=False)
         chosen = None
         for r in eligible:
             cand = r["candidate"]
             g = self.evaluate(f"s{seed} b{bits} fit {cand.label} guard",
                               lambda c=cand: quantize_from_hessians(self.model, hessians(), bits=bits,
                                                                     group_size=self.args.group_size, memo=memo,
-                                                                    **c.kwargs()).model, guard).summary(fp_guard,
-                                                                                                        ci=False)
-            r["guard"] = (g["perplexity"], g["agreement"])
-            if g["perplexity"] <= 1.05 * base_guard["perplexity"] and g["agreement"] >= base_guard["agreement"] - 2:
+                                                                    **c.kwargs()).model, guard).summary(ci=False)
+            r["guard"] = g["perplexity"]
+            if g["perplexity"] <= 1.05 * base_guard["perplexity"]:
                 chosen = cand
+                break
+            if sum("guard" in x for x in eligible) >= 3:
                 break
         if chosen is None:  # nothing keeps the fidelity: the smallest α of the default setting, reported as such
             chosen = Candidate(min(self.args.alphas))
-            self.log(f"split {seed}, {bits}-bit: no candidate kept the fidelity guards; using {chosen.label}")
-        base_row["guard"] = (base_guard["perplexity"], base_guard["agreement"])
+            self.log(f"split {seed}, {bits}-bit: no candidate kept the perplexity guard; using {chosen.label}")
+        base_row["guard"] = base_guard["perplexity"]
         self.cache.put(key, {"chosen": chosen.__dict__})
         self.log(f"split {seed}, {bits}-bit: chose {chosen.label}")
         return chosen, rows, base_row
@@ -316,11 +318,11 @@ def report(study: Study, fp: CausalReport, rtn: Dict[int, CausalReport], runs: L
                    "intersentence LMS | perplexity | HellaSwag agreement |")
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
-            ev = r["ev_idx"]
-            rows = [("FP", "", _restrict(fp, ev)), (f"RTN", "", _restrict(rtn[bits], ev)),
+            ref = _restrict(fp, r["ev_idx"])
+            rows = [("FP", "", ref), ("RTN", "", _restrict(rtn[bits], r["ev_idx"])),
                     ("GPTQ", "", r["reports"]["GPTQ"]), ("Fair-GPTQ", r["chosen"].label, r["reports"]["Fair-GPTQ"])]
             for name, setting, rep in rows:
-                s = rep.summary(fp if name != "FP" else None, n_boot=1000)
+                s = rep.summary(ref if name != "FP" else None, n_boot=1000)
                 intra, inter = s["intrasentence"]["overall"], s.get("intersentence", {}).get("overall")
                 agree = _ci(s, "agreement", 1) if "agreement" in s else "100"
                 out.append(f"| {r['seed']} | {name} | {setting} | {_ci(intra, 'ss')} | {_ci(intra, 'lms')} | "
@@ -341,7 +343,8 @@ def report(study: Study, fp: CausalReport, rtn: Dict[int, CausalReport], runs: L
                 pooled[part].append(c["flips"])
                 cells += [_fmt_flips(c["flips"]), f"{c['delta_distance']:+.2f} [{c['delta_lo']:+.2f}, "
                                                   f"{c['delta_hi']:+.2f}]"]
-            sg, sf = g.summary(fp, ci=False), f.summary(fp, ci=False)
+            ref = _restrict(fp, r["ev_idx"])
+            sg, sf = g.summary(ref, ci=False), f.summary(ref, ci=False)
             cells += [f"{100 * (sf['perplexity'] / sg['perplexity'] - 1):+.1f}%",
                       f"{sf['intrasentence']['overall']['lms'] - sg['intrasentence']['overall']['lms']:+.2f}",
                       f"{sf['agreement'] - sg['agreement']:+.1f}"]
@@ -363,13 +366,12 @@ def _screen_table(run: Dict[str, Any]) -> str:
     lines = [f"Calibration-side selection, split {run['seed']}, {run['bits']} bits (fitting part: 3/4 of the "
              f"calibration half; scores on the selection part, the other 263 pairs; candidates "
              f"quantized from the fitting run's Hessians):\n",
-             "| candidate | SS | LMS | margin (nats) | flips vs GPTQ (toward / away) | guard: perplexity, agreement |",
+             "| candidate | SS | LMS | margin (nats) | flips vs GPTQ (toward / away) | guard: perplexity |",
              "|---|---|---|---|---|---|",
-             f"| GPTQ | {b['ss']:.2f} | {b['lms']:.2f} | {b['margin']:+.4f} | | {b['guard'][0]:.1f}, "
-             f"{b['guard'][1]:.1f} |"]
+             f"| GPTQ | {b['ss']:.2f} | {b['lms']:.2f} | {b['margin']:+.4f} | | {b['guard']:.2f} |"]
     for r in sorted(run["screen"], key=lambda r: (abs(r["ss"] - 50), abs(r["margin"]))):
         mark = " **(chosen)**" if r["candidate"] == run["chosen"] else ""
-        g = f"{r['guard'][0]:.1f}, {r['guard'][1]:.1f}" if "guard" in r else ""
+        g = f"{r['guard']:.2f}" if "guard" in r else ""
         lines.append(f"| {r['candidate'].label}{mark} | {r['ss']:.2f} | {r['lms']:.2f} | {r['margin']:+.4f} | "
                      f"{r['to_stereo']} / {r['to_anti']} | {g} |")
     return "\n".join(lines) + "\n"
@@ -411,7 +413,7 @@ def rows_for_csv(runs: List[Dict[str, Any]], fp: CausalReport) -> List[Dict[str,
     out = []
     for r in runs:
         for name, rep in r["reports"].items():
-            s = rep.summary(fp, ci=False)
+            s = rep.summary(_restrict(fp, r["ev_idx"]), ci=False)
             intra, inter = s["intrasentence"]["overall"], s.get("intersentence", {}).get("overall", {})
             out.append({"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} "
                         f"{os.cpu_count()} cores", "torch": torch.__version__, "version": fairret.__version__,

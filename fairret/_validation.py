@@ -15,6 +15,21 @@ Two kinds of checks:
   has it (:mod:`fairret.functional.distance`, every loss in :mod:`fairret.loss`,
   :class:`~fairret.metric.LinearFractionalParity` and the dependence metrics). Turn it on while debugging or in
   evaluation code; leave it off in training loops. The distance metrics check once per epoch, in ``compute``.
+  Under ``torch.compile`` they request a graph break whose message says so (``fullgraph=True`` fails with it).
+
+The non-finite policy (every family):
+
+* validation off: a NaN or infinite value in the predictions, labels, sensitive matrix or attributes gives a
+  non-finite loss, statistic or metric value, never a finite wrong one (a NaN denominator is not an absent group,
+  a NaN distance variance is not zero), with tensor operations only, so the no-host-sync guarantee holds;
+  running averages (``momentum``, AGM) skip non-finite updates instead of keeping NaN forever;
+* validation on: ``ValueError`` naming the argument, before anything is computed;
+* degenerate but finite input has a documented finite value with finite gradients: an absent group contributes
+  nothing, an empty batch gives 0 (and skips the running averages), a zero distance variance gives a dCor of 0,
+  saturated probabilities are handled in log space (the chi-squared projection bounds them to
+  [1e-12, 1 - 1e-12]), half-precision inputs are accumulated in float32 or float64;
+* functions that read their data on the host anyway (the sensitive encoder, ``one_hot_groups``, the JSD report)
+  raise ``ValueError`` for NaN whatever ``validate_args`` says.
 """
 from __future__ import annotations
 
@@ -68,8 +83,24 @@ def check_same_rows(x: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str
         )
 
 
+#: Why value checks cannot be compiled: the message of the graph break they request under ``torch.compile``.
+_COMPILE_MESSAGE = ("validate_args=True: fairret's value checks (finite inputs, probability ranges) read tensor "
+                    "data on the host, which torch.compile(fullgraph=True) cannot trace. Use validate_args=False in "
+                    "compiled code (non-finite input then gives a non-finite loss), or compile without fullgraph "
+                    "(the checks then run eagerly between graphs).")
+
+
+def _reads_values() -> None:
+    """Mark a check that reads tensor values: under ``torch.compile`` an explicit graph break with a message
+    saying so (``fullgraph=True`` then fails with that message instead of a data-dependent guard error; without
+    ``fullgraph`` the check runs eagerly between graphs)."""
+    if torch.compiler.is_compiling():
+        torch._dynamo.graph_break(msg=_COMPILE_MESSAGE)
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or infinite values (synchronises with the device)."""
+    _reads_values()
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"Expected argument `{name}` to be finite, but it holds {n_bad} NaN or infinite values")
@@ -79,6 +110,7 @@ def check_range(x: torch.Tensor, name: str, low: float, high: float) -> None:
     """Raise ``ValueError`` unless every value of ``x`` lies in ``[low, high]`` (synchronises)."""
     if x.numel() == 0:
         return
+    _reads_values()
     lo, hi = float(x.min()), float(x.max())
     if lo < low or hi > high:
         raise ValueError(
@@ -116,6 +148,9 @@ def prepare_sens(sens: Optional[torch.Tensor], pred: torch.Tensor) -> Optional[t
     if sens.ndim == 1:
         sens = sens.unsqueeze(-1)
     check_same_rows(sens, "sens", pred, "pred")
+    if sens.shape[1] == 0:
+        raise ValueError(f"Expected argument `sens` to have at least one column (group), but got shape "
+                         f"{tuple(sens.shape)}")
     return sens.to(pred.dtype)
 
 

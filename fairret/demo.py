@@ -5,32 +5,38 @@ Adult, without and with each fairness loss over a grid of weights λ and several
 callback :class:`~fairret.lightning.FairnessRegularizer` (the model has no fairness code), then evaluates every run
 on the held-out test split and writes to ``--out`` (default ``fairret-demo/``):
 
-* ``runs.csv``: one row per (data set, setting, λ, seed) with every metric;
+* ``runs.csv``: one row per (data set, setting, λ, seed) with every metric and the run's training time
+  (``trainer.fit``, seconds);
 * ``summary.md``: per data set a table of means ± standard deviations over seeds (accuracy, AUC, demographic-parity
-  and equalised-odds gaps, intersectional JSD, dCor²), the checks of the targets, and the regression study;
-* ``pareto_<data>.png``: accuracy against each gap, one curve per loss over its λ grid (means over seeds);
+  and equalised-odds differences, intersectional JSD, dCor², seconds per run), then what the runs show: the
+  accuracy-fairness front, the most accurate setting within a DP difference (``--max-gap``), the fairest within an
+  accuracy loss (``--max-accuracy-loss``), the comparison with post-processing and with DiffDP, and what each
+  setting costs in accuracy and training time; the same for the regression study;
+* ``pareto_<data>.png``: accuracy against each fairness measure, one curve per loss over its λ grid (means over
+  seeds);
 * ``calibration.png``: test JSD against λ for the dependence losses (the calibration curve of Lee et al. 2025);
 * ``regression.png``: for a regression target (COMPAS decile score), RMSE against dCor² and JSD.
 
 Data: COMPAS (ProPublica filter, 6,172 rows, fixed 70/30 split; groups race × sex with Asian and Native American
 merged into Other; attributes sex, race, age) and Adult (rows with missing values dropped, 30,162 train / 15,060
-test; groups sex; attributes sex, race, age). Gaps are in points on predictions thresholded at 0.5: DP = largest
-difference of positive rates between groups, EO = the larger of the TPR and FPR differences; the JSD (bits) is
-between the distributions of predicted probabilities in the race × sex cells; dCor² is between the probabilities
-and the attributes (sex, race one-hot, age), on a fixed random subset of 3,000 test rows.
+test; groups sex; attributes sex, race, age). Measures, on the test split: the DP difference is the largest
+difference of positive rates between two groups, the EO difference the larger of the largest true- and
+false-positive-rate differences, in points, on predictions thresholded at 0.5 (both
+:class:`~fairret.metric.LinearFractionalParity` with :func:`~fairret.metric.gap_max_min`); the JSD (bits) is between
+the distributions of predicted probabilities in the race × sex cells; dCor² is between the probabilities and the
+attributes (sex, race one-hot, age), on a fixed random subset of 3,000 test rows.
 
-The default (quick) mode finishes in about ten minutes on two CPU cores; ``--full`` runs more seeds, epochs and λ
-values. ``DiffDP`` (the absolute difference of mean predicted probability between groups, as in the FFB
-benchmark) is trained in the same run as a non-fairret baseline. On Adult, ``group thresholds`` post-processes the
-unconstrained model (:func:`group_thresholds`: one threshold per sex, chosen on the training split to give both
-the same positive rate at the best training accuracy): the reference an in-processing penalty has to beat.
+The default (quick) mode takes a few minutes on two CPU cores; ``--full`` runs more seeds, epochs and λ values.
+``DiffDP`` (the difference of mean predicted probability between groups, as in the FFB benchmark) is trained in the
+same run as a non-fairret baseline. On Adult, ``group thresholds`` post-processes the unconstrained model
+(:func:`fairret.postprocess.group_thresholds`: one threshold per sex, chosen on the training split to give both the
+same positive rate at the best training accuracy): the reference an in-processing penalty has to beat.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import logging
-import math
 import os
 import time
 import warnings
@@ -42,17 +48,22 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["Setting", "settings_for", "run_one", "evaluate_classifier", "group_thresholds", "dp_accuracy_ceiling",
-           "main"]
+from ._extras import require_extra
+from .metric import LinearFractionalParity, gap_max_min
+from .postprocess import apply_thresholds, group_thresholds
+from .statistic import EqualizedOdds, PositiveRate
+
+__all__ = ["Setting", "settings_for", "run_one", "evaluate_classifier", "evaluate_regressor", "rate_differences",
+           "findings", "main"]
 
 
 # --- what is compared -----------------------------------------------------------------------------------------------
 def diffdp(pred: torch.Tensor, sens: torch.Tensor, pred_as_logit: bool = True) -> torch.Tensor:
-    """DiffDP: largest absolute difference of mean predicted probability between the groups (columns of ``sens``)."""
-    p = torch.sigmoid(pred) if pred_as_logit else pred
-    w = sens / sens.sum(0, keepdim=True).clamp_min(1.0)
-    means = (w * p.reshape(-1, 1)).sum(0)[sens.sum(0) > 0]
-    return means.max() - means.min()
+    """DiffDP (the FFB benchmark's penalty): the largest difference of mean predicted probability between two of the
+    groups present in the batch (columns of ``sens``): :func:`~fairret.metric.gap_max_min` of the
+    :class:`~fairret.statistic.PositiveRate` of the probabilities."""
+    sums = PositiveRate().sums(torch.sigmoid(pred) if pred_as_logit else pred, sens)
+    return gap_max_min(sums.group_values()[sums.valid])
 
 
 @dataclass
@@ -167,127 +178,42 @@ def _auc(prob: torch.Tensor, y: torch.Tensor) -> float:
     return float(binary_auroc(prob, y.long()))
 
 
-def _rate_gap(hard: torch.Tensor, groups: torch.Tensor, rows: torch.Tensor) -> float:
-    rates = [hard[(groups == g) & rows].mean().item() for g in groups.unique() if ((groups == g) & rows).any()]
-    return 100.0 * (max(rates) - min(rates)) if len(rates) > 1 else 0.0
-
-
-def group_thresholds(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> Dict[int, float]:
-    """Demographic-parity post-processing: one threshold per group such that every group gets the same share of
-    positives, that share chosen to maximise accuracy on the rows given (the training split).
-
-    For a common share ``r`` each group's ``round(r * n_g)`` highest scores are positive; all shares ``k / N`` of
-    the ``N`` rows are tried (in float64, exactly: the accuracy of a group's top-``k`` rule is a cumulative sum over
-    its sorted scores). Each threshold lies halfway between the last positive and the first negative score (or
-    between the extreme score and 1 or 0 when a group gets no or only positives), so ``prob > threshold`` reproduces
-    the chosen rule on these rows up to tied scores.
+def rate_differences(hard: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> Dict[str, float]:
+    """The demographic-parity and equalised-odds differences of 0/1 predictions, in points: the largest difference
+    between two groups of the positive rate, and the larger of those of the true- and false-positive rates
+    (:class:`~fairret.metric.LinearFractionalParity` with :func:`~fairret.metric.gap_max_min`; a group without rows,
+    or without positives or negatives for a rate, is left out of that rate).
 
     Args:
-        prob: ``(N,)`` predicted probabilities (or any scores) on the rows that choose the thresholds.
+        hard: ``(N,)`` predictions in {0, 1}.
         y: ``(N,)`` labels in {0, 1}.
-        groups: ``(N,)`` integer group of each row.
-
-    Returns:
-        ``{group: threshold}``.
+        groups: ``(N,)`` group id of each row (>= 0; a negative id is in no group).
 
     Example:
-        >>> prob = torch.tensor([.9, .8, .7, .2, .45, .4, .1, .05])
-        >>> t = group_thresholds(prob, torch.tensor([1., 1, 0, 0, 1, 1, 0, 0]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
-        >>> {g: round(v, 2) for g, v in t.items()}  # half of each group positive; group 1 below 0.5
-        {0: 0.75, 1: 0.25}
+        >>> hard, y = torch.tensor([1., 0, 1, 1]), torch.tensor([1., 0, 0, 1])
+        >>> rate_differences(hard, y, torch.tensor([0, 0, 1, 1]))  # positive rates 1/2, 1; FPR 0, 1
+        {'dp_difference': 50.0, 'eo_difference': 100.0}
     """
-    ranked = _ranked(prob, y, groups)
-    n = sum(p.numel() for p, _ in ranked.values())
-    share = torch.arange(n + 1, dtype=torch.float64) / n
-    correct = torch.zeros_like(share)
-    for p, right in ranked.values():
-        correct += right[torch.round(share * p.numel()).long()]
-    best = share[int(torch.argmax(correct))]
-    out = {}
-    for g, (p, _) in ranked.items():
-        k = int(torch.round(best * p.numel()))
-        hi = float(p[k - 1]) if k > 0 else 1.0  # no positive: above every score; all positive: below
-        lo = float(p[k]) if k < p.numel() else 0.0
-        out[g] = (hi + lo) / 2
-    return out
-
-
-def dp_accuracy_ceiling(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
-                        max_gap: float = 1.0) -> Tuple[float, float]:
-    """The best accuracy (%) that one threshold per group reaches on the rows given with a demographic-parity gap
-    of at most ``max_gap`` points, and that rule's gap. On the test split it is an oracle (it sees the test labels):
-    an upper bound for any post-processing of these scores for demographic parity.
-
-    Exact over every pair of per-group top-``k`` rules (two groups; ties broken by order, as thresholds between
-    distinct scores give): for each ``k0`` the best ``k1`` within the gap, from cumulative sums over each group's
-    sorted scores.
-
-    Args:
-        prob: ``(N,)`` scores.
-        y: ``(N,)`` labels in {0, 1}.
-        groups: ``(N,)`` integer group of each row, two distinct values.
-        max_gap: the largest allowed difference of positive rates, in points (>= 0).
-
-    Returns:
-        ``(accuracy, gap)`` in %.
-
-    Example:
-        >>> prob = torch.tensor([.9, .8, .7, .2, .45, .4, .1, .05])
-        >>> dp_accuracy_ceiling(prob, torch.tensor([1., 1, 0, 0, 1, 1, 0, 0]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]),
-        ...                     max_gap=0.0)
-        (100.0, 0.0)
-    """
-    if not (isinstance(max_gap, (int, float)) and 0 <= max_gap < float("inf")):
-        raise ValueError(f"Expected argument `max_gap` to be a finite number >= 0, but got {max_gap!r}")
-    ranked = _ranked(prob, y, groups)
-    if len(ranked) != 2:
-        raise ValueError(f"Expected `groups` to hold exactly two groups, but got {len(ranked)}")
-    (p0, c0), (p1, c1) = ranked.values()
-    n0, n1 = p0.numel(), p1.numel()
-    best, gap = -1.0, 0.0
-    for k0 in range(n0 + 1):
-        lo = max(math.ceil((k0 / n0 - max_gap / 100) * n1 - 1e-9), 0)
-        hi = min(math.floor((k0 / n0 + max_gap / 100) * n1 + 1e-9), n1)
-        if lo <= hi:
-            k1 = lo + int(torch.argmax(c1[lo:hi + 1]))
-            if float(c0[k0] + c1[k1]) > best:
-                best, gap = float(c0[k0] + c1[k1]), abs(k0 / n0 - k1 / n1)
-    return 100.0 * best / (n0 + n1), 100.0 * gap
-
-
-def _ranked(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor
-            ) -> Dict[int, Tuple[torch.Tensor, torch.Tensor]]:
-    """Per group: its scores sorted in descending order and, for ``k = 0..n_g``, the rows the rule "the top ``k``
-    are positive" gets right (float64; validated inputs)."""
-    prob, y, groups = prob.reshape(-1).double(), y.reshape(-1).double(), groups.reshape(-1)
-    if not (prob.shape == y.shape == groups.shape) or prob.numel() == 0:
-        raise ValueError(f"Expected `prob`, `y` and `groups` of one non-empty shape (N,), but got "
-                         f"{tuple(prob.shape)}, {tuple(y.shape)} and {tuple(groups.shape)}")
-    if not bool(((y == 0) | (y == 1)).all()):
-        raise ValueError("Expected `y` to hold labels 0 and 1 only")
-    out = {}
-    for g in groups.unique().tolist():
-        rows = groups == g
-        order = torch.argsort(prob[rows], descending=True)
-        p, t = prob[rows][order], y[rows][order]
-        hits = torch.cat([t.new_zeros(1), torch.cumsum(t, 0)])  # positives among the top k, k = 0..n_g
-        k = torch.arange(p.numel() + 1, dtype=torch.float64)
-        out[g] = (p, hits + (p.numel() - k) - (hits[-1] - hits))  # true positives + true negatives
-    return out
+    n_groups = int(groups.max()) + 1 if groups.numel() else 1
+    sens = (groups.reshape(-1, 1) == torch.arange(n_groups)).double()
+    dp = LinearFractionalParity(PositiveRate(), n_groups, gap_fn=gap_max_min)
+    eo = LinearFractionalParity(EqualizedOdds(), (2, n_groups), gap_fn=gap_max_min)
+    dp.update(hard.double().reshape(-1, 1), sens)
+    eo.update(hard.double().reshape(-1, 1), sens, y.double().reshape(-1, 1))
+    return {"dp_difference": 100.0 * dp.compute().item(), "eo_difference": 100.0 * eo.compute().max().item()}
 
 
 def evaluate_classifier(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, cells: torch.Tensor,
                         attrs: torch.Tensor) -> Dict[str, float]:
-    """Test metrics of probabilities ``prob`` (N,): accuracy, AUC, DP and EO gaps (points), JSD, dCor²."""
+    """Test metrics of probabilities ``prob`` (N,): accuracy, AUC, DP and EO differences (points,
+    :func:`rate_differences`), JSD, dCor²."""
     from .functional.calibration import intersectional_jsd
 
     hard = (prob > 0.5).float()
-    everyone = torch.ones_like(y, dtype=torch.bool)
     return {
         "acc": 100.0 * (hard == y).float().mean().item(),
         "auc": 100.0 * _auc(prob, y),
-        "dp_gap": _rate_gap(hard, groups, everyone),
-        "eo_gap": max(_rate_gap(hard, groups, y == 1), _rate_gap(hard, groups, y == 0)),
+        **rate_differences(hard, y, groups),
         "jsd": intersectional_jsd(prob.double(), cells).item(),
         "dcor": _dcor(prob, attrs),
     }
@@ -333,12 +259,11 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     _quiet()  # after the import: importing lightning sets its loggers' level (the first run of a worker printed)
 
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
     dataset, task = job["dataset"], job["task"]
     dm, cells = _datamodule(dataset, job["data_dir"], job["subsample"], task)
     dm.shuffle_seed = job["seed"]
     setting = next(s for s in settings_for(dataset, task) if s.name == job["setting"])
-    pl.seed_everything(job["seed"], verbose=False)
+    pl.seed_everything(job["seed"])  # its log line is silenced by _quiet (verbose= needs a newer lightning)
     cls = TabularRegressor if task == "regression" else TabularClassifier
     model = cls(num_features=dm.num_features, hidden=(64,), lr=1e-3)
     callbacks = []
@@ -348,7 +273,9 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     trainer = pl.Trainer(max_epochs=job["epochs"], accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, callbacks=callbacks)
+    t0 = time.perf_counter()
     trainer.fit(model, dm)
+    seconds = time.perf_counter() - t0
     test = dm.splits["test"].tensors
     model.eval()
     with torch.no_grad():
@@ -363,7 +290,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
             prob = _post_process(model, dm, prob, groups)
         metrics = evaluate_classifier(prob, test["y"], groups, cells, attrs)
     return {**{k: job[k] for k in ("dataset", "task", "setting", "lam", "seed")},
-            "family": setting.family, **metrics, "seconds": time.perf_counter() - t0}
+            "family": setting.family, **metrics, "seconds": seconds}
 
 
 def _gap_groups(dm, tensors: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -372,19 +299,12 @@ def _gap_groups(dm, tensors: Dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _post_process(model, dm, prob: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Test probabilities post-processed with the group thresholds of the training split (:func:`group_thresholds`,
-    :func:`_apply_thresholds`)."""
+    """Test probabilities post-processed with the group thresholds of the training split
+    (:func:`~fairret.postprocess.group_thresholds`, :func:`~fairret.postprocess.apply_thresholds`)."""
     train = dm.splits["train"].tensors
     with torch.no_grad():
         p_train = torch.sigmoid(model(train["x"]).squeeze(1))
-    return _apply_thresholds(prob, groups, group_thresholds(p_train, train["y"], _gap_groups(dm, train)))
-
-
-def _apply_thresholds(prob: torch.Tensor, groups: torch.Tensor, thresholds: Dict[int, float]) -> torch.Tensor:
-    """Probabilities shifted per group so that 0.5 falls on the group's threshold: ``sigmoid(logit(p) -
-    logit(t_g))`` in float64, above 0.5 exactly when ``p > t_g`` (a group without a threshold keeps 0.5)."""
-    t = torch.tensor([thresholds.get(int(g), 0.5) for g in groups.tolist()], dtype=torch.float64)
-    return torch.sigmoid(torch.logit(prob.double(), eps=1e-12) - torch.logit(t, eps=1e-12))
+    return apply_thresholds(prob, groups, group_thresholds(p_train, train["y"], _gap_groups(dm, train)))
 
 
 # --- summaries ----------------------------------------------------------------------------------------------------------
@@ -407,12 +327,16 @@ def aggregate(rows: List[Dict[str, Any]], metrics: Sequence[str]) -> List[Dict[s
     return out
 
 
-CLS_METRICS = ("acc", "auc", "dp_gap", "eo_gap", "jsd", "dcor")
-REG_METRICS = ("rmse", "r2", "jsd", "dcor", "between_share")
+CLS_METRICS = ("acc", "auc", "dp_difference", "eo_difference", "jsd", "dcor", "seconds")
+REG_METRICS = ("rmse", "r2", "jsd", "dcor", "between_share", "seconds")
+#: column headers of the summary tables
+HEADERS = {"acc": "acc (%)", "auc": "AUC (%)", "dp_difference": "DP difference", "eo_difference": "EO difference",
+           "jsd": "JSD (bits)", "dcor": "dCor²", "seconds": "s/run", "rmse": "RMSE", "r2": "R²",
+           "between_share": "between-cell share"}
 
 
 def _table(aggs: List[Dict[str, Any]], metrics: Sequence[str], fmt: Dict[str, str]) -> str:
-    head = "| setting | λ | " + " | ".join(metrics) + " |"
+    head = "| setting | λ | " + " | ".join(HEADERS[m] for m in metrics) + " |"
     lines = [head, "|" + "---|" * (len(metrics) + 2)]
     for a in aggs:
         cells = [f"{a[m]:{fmt[m]}} ± {a[m + '_sd']:{fmt[m]}}" for m in metrics]
@@ -420,48 +344,124 @@ def _table(aggs: List[Dict[str, Any]], metrics: Sequence[str], fmt: Dict[str, st
     return "\n".join(lines)
 
 
-FMT = {"acc": ".2f", "auc": ".2f", "dp_gap": ".2f", "eo_gap": ".2f", "jsd": ".4f", "dcor": ".4f", "rmse": ".3f",
-       "r2": ".3f", "between_share": ".4f"}
+FMT = {"acc": ".2f", "auc": ".2f", "dp_difference": ".2f", "eo_difference": ".2f", "jsd": ".4f", "dcor": ".4f",
+       "rmse": ".3f", "r2": ".3f", "between_share": ".4f", "seconds": ".1f"}
+
+#: families trained with a penalty (the baseline and post-processing are not)
+PENALISED = ("diffdp", "linear-fractional", "dependence")
 
 
-def dominates(front: List[Tuple[float, float]], points: List[Tuple[float, float]]) -> bool:
-    """Whether every (acc, gap) point is weakly dominated by a point of ``front`` (acc ≥ and gap ≤)."""
-    return all(any(fa >= pa and fg <= pg for fa, fg in front) for pa, pg in points)
+def _name(a: Dict[str, Any]) -> str:
+    return a["setting"] if a["family"] in ("baseline", "postprocess") else f"{a['setting']} λ={a['lam']:g}"
 
 
-def target_checks(aggs: List[Dict[str, Any]]) -> List[str]:
-    """The issue's targets, checked on the aggregated test results."""
-    lines = []
-    adult = [a for a in aggs if a["dataset"] == "adult" and a["task"] == "classification"]
-    if adult:
-        trained = [a for a in adult if a["family"] not in ("baseline", "postprocess")]
-        ok = [a for a in trained if a["dp_gap"] <= 1.0 and a["acc"] >= 83.3]
-        best = max((a for a in trained if a["dp_gap"] <= 1.0), key=lambda a: a["acc"], default=None)
-        lines.append(f"- Adult/sex, DP gap ≤ 1.0 at accuracy ≥ 83.3%: {'met' if ok else 'NOT met'}"
-                     + (f" (best with DP ≤ 1.0: {best['setting']} λ={best['lam']:g}, {best['acc']:.2f}% at DP "
-                        f"{best['dp_gap']:.2f})" if best else " (no setting reached DP ≤ 1.0)"))
-        for a in (a for a in adult if a["family"] == "postprocess"):
-            lines.append(f"- Adult/sex, reference: {a['setting']} on the unconstrained model, {a['acc']:.2f}% at DP "
-                         f"{a['dp_gap']:.2f}")
-        diff = [(a["acc"], a["dp_gap"]) for a in adult if a["family"] == "diffdp"]
-        for fam in sorted({a["setting"] for a in adult if a["family"] == "linear-fractional"}):
-            front = [(a["acc"], a["dp_gap"]) for a in adult if a["setting"] == fam]
-            lines.append(f"- Adult/sex, {fam} frontier dominates DiffDP's {len(diff)} points: "
-                         f"{'yes' if dominates(front, diff) else 'no'}")
-    compas = [a for a in aggs if a["dataset"] == "compas" and a["task"] == "classification"]
-    base = next((a for a in compas if a["family"] == "baseline"), None)
-    cc = [a for a in compas if a["setting"] == "CCdCov"]
-    if base and cc:
-        within = [a for a in cc if a["acc"] >= base["acc"] - 2.0]
-        best = min(within, key=lambda a: a["jsd"], default=None)
-        if best is None:
-            lines.append("- COMPAS race×sex, CCdCov: no λ within 2 points of the baseline's accuracy")
+def front(aggs: List[Dict[str, Any]], measure: str) -> List[Dict[str, Any]]:
+    """The settings no other setting beats on both accuracy (higher) and ``measure`` (lower), by ``measure``."""
+    def beaten(a):
+        return any(b["acc"] >= a["acc"] and b[measure] <= a[measure]
+                   and (b["acc"], b[measure]) != (a["acc"], a[measure]) for b in aggs)
+    return sorted((a for a in aggs if not beaten(a)), key=lambda a: a[measure])
+
+
+def _pct(new: float, old: float, digits: int = 0) -> str:
+    return f"{100.0 * (new / old - 1):+.{digits}f}%" if old else "n/a"
+
+
+def _classification_findings(rows: List[Dict[str, Any]], max_gap: float, max_acc_loss: float) -> List[str]:
+    base = next((a for a in rows if a["family"] == "baseline"), None)
+    if base is None:
+        return []
+    acc0, dp0, jsd0 = base["acc"], base["dp_difference"], base["jsd"]
+    trained = [a for a in rows if a["family"] in PENALISED]
+    out = [f"- Unconstrained model: {acc0:.2f}% accuracy, DP difference {dp0:.2f} points, EO difference "
+           f"{base['eo_difference']:.2f}, JSD {jsd0:.4f} bits."]
+    out.append("- Accuracy against the DP difference, the front (no other setting is both more accurate and has a "
+               "smaller difference): " + "; ".join(f"{_name(a)} {a['acc']:.2f}% at {a['dp_difference']:.2f}"
+                                                   for a in front(rows, "dp_difference")) + ".")
+    within = [a for a in trained if a["dp_difference"] <= max_gap]
+    if within:
+        a = max(within, key=lambda a: a["acc"])
+        out.append(f"- Most accurate penalty with a DP difference ≤ {max_gap:g}: {_name(a)}, {a['acc']:.2f}% at "
+                   f"{a['dp_difference']:.2f} (accuracy {a['acc'] - acc0:+.2f} points against the unconstrained "
+                   f"model).")
+    elif trained:
+        a = min(trained, key=lambda a: a["dp_difference"])
+        out.append(f"- No penalty reaches a DP difference ≤ {max_gap:g}; the smallest: {_name(a)}, "
+                   f"{a['dp_difference']:.2f} at {a['acc']:.2f}%.")
+    budget = [a for a in trained if a["acc"] >= acc0 - max_acc_loss]
+    if budget:
+        a = min(budget, key=lambda a: a["jsd"])
+        out.append(f"- Lowest JSD within {max_acc_loss:g} points of the unconstrained accuracy: {_name(a)}, JSD "
+                   f"{jsd0:.4f} → {a['jsd']:.4f} ({_pct(a['jsd'], jsd0)}) at {a['acc']:.2f}% "
+                   f"({a['acc'] - acc0:+.2f} points).")
+    for post in (a for a in rows if a["family"] == "postprocess"):
+        line = (f"- {post['setting']} on the unconstrained model (it needs each row's group at prediction time): "
+                f"{post['acc']:.2f}% at DP difference {post['dp_difference']:.2f}. ")
+        fairer = [a for a in trained if a["dp_difference"] <= post["dp_difference"]]
+        if fairer:
+            a = max(fairer, key=lambda a: a["acc"])
+            line += (f"The most accurate penalty with a difference no larger: {_name(a)}, {a['acc']:.2f}% at "
+                     f"{a['dp_difference']:.2f} ({a['acc'] - post['acc']:+.2f} points).")
         else:
-            cut = 100.0 * (1 - best["jsd"] / base["jsd"])
-            lines.append(f"- COMPAS race×sex, CCdCov cuts the JSD by ≥ 80% at ≤ 2 points of accuracy: "
-                         f"{'met' if cut >= 80 else 'NOT met'} (λ={best['lam']:g}: JSD {base['jsd']:.4f} → "
-                         f"{best['jsd']:.4f}, −{cut:.0f}%, accuracy {base['acc']:.2f} → {best['acc']:.2f})")
-    return lines
+            line += "No penalty reaches a difference that small."
+        out.append(line)
+    diff = sorted((a for a in trained if a["family"] == "diffdp"), key=lambda a: a["lam"])
+    ours = [a for a in trained if a["family"] != "diffdp"]
+    if diff and ours:
+        parts = []
+        for d in diff:
+            fairer = [a for a in ours if a["dp_difference"] <= d["dp_difference"]]
+            if fairer:
+                a = max(fairer, key=lambda a: a["acc"])
+                parts.append(f"λ={d['lam']:g} ({d['acc']:.2f}% at {d['dp_difference']:.2f}): {_name(a)} "
+                             f"{a['acc']:.2f}% at {a['dp_difference']:.2f} ({a['acc'] - d['acc']:+.2f} points)")
+            else:
+                parts.append(f"λ={d['lam']:g} ({d['acc']:.2f}% at {d['dp_difference']:.2f}): no fairret loss with "
+                             f"a difference that small")
+        out.append("- Against DiffDP, the most accurate fairret loss with a DP difference no larger than each DiffDP "
+                   "point's: " + "; ".join(parts) + ".")
+    out += _time_costs(rows, base)
+    return out
+
+
+def _time_costs(rows: List[Dict[str, Any]], base: Dict[str, Any]) -> List[str]:
+    """Training time per run of each penalised setting (mean over its λ) relative to the unconstrained model's."""
+    times = {}
+    for a in rows:
+        if a["family"] in PENALISED:
+            times.setdefault(a["setting"], []).append(a["seconds"])
+    if not times or not base["seconds"]:
+        return []
+    return [f"- Training time per run (trainer.fit): unconstrained {base['seconds']:.1f} s; with a penalty "
+            + ", ".join(f"{name} ×{np.mean(t) / base['seconds']:.2f}" for name, t in times.items())
+            + " (wall-clock, parallel workers: rough)."]
+
+
+def _regression_findings(rows: List[Dict[str, Any]]) -> List[str]:
+    base = next((a for a in rows if a["family"] == "baseline"), None)
+    if base is None:
+        return []
+    out = [f"- Unconstrained model: RMSE {base['rmse']:.3f}, dCor² {base['dcor']:.4f}, JSD {base['jsd']:.4f} bits."]
+    for a in rows:
+        if a["family"] in PENALISED:
+            out.append(f"- {_name(a)}: dCor² {_pct(a['dcor'], base['dcor'])}, JSD {_pct(a['jsd'], base['jsd'])}, "
+                       f"RMSE {base['rmse']:.3f} → {a['rmse']:.3f} ({_pct(a['rmse'], base['rmse'], 1)}).")
+    return out + _time_costs(rows, base)
+
+
+def findings(aggs: List[Dict[str, Any]], max_gap: float = 1.0, max_acc_loss: float = 2.0) -> Dict[str, List[str]]:
+    """What the aggregated runs show, as sentences per data set (and ``"regression"``): the accuracy-DP front, the
+    most accurate penalty within a DP difference of ``max_gap`` points, the lowest JSD within ``max_acc_loss``
+    points of the unconstrained accuracy, post-processing and DiffDP against the fairret losses, and the training
+    time of each penalty."""
+    out: Dict[str, List[str]] = {}
+    for ds in dict.fromkeys(a["dataset"] for a in aggs if a["task"] == "classification"):
+        rows = [a for a in aggs if a["dataset"] == ds and a["task"] == "classification"]
+        out[ds] = _classification_findings(rows, max_gap, max_acc_loss)
+    reg = [a for a in aggs if a["task"] == "regression"]
+    if reg:
+        out["regression"] = _regression_findings(reg)
+    return out
 
 
 def _save(fig, path: Path) -> Path:
@@ -486,7 +486,8 @@ def plots(aggs: List[Dict[str, Any]], out: Path) -> List[Path]:
     for ds in sorted({a["dataset"] for a in aggs if a["task"] == "classification"}):
         rows = [a for a in aggs if a["dataset"] == ds and a["task"] == "classification"]
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-        for ax, (m, label) in zip(axes, (("dp_gap", "DP gap (points)"), ("eo_gap", "EO gap (points)"),
+        for ax, (m, label) in zip(axes, (("dp_difference", "DP difference (points)"),
+                                         ("eo_difference", "EO difference (points)"),
                                          ("jsd", "intersectional JSD (bits)"))):
             for name in dict.fromkeys(a["setting"] for a in rows):
                 pts = sorted((a for a in rows if a["setting"] == name), key=lambda a: a["lam"])
@@ -499,7 +500,7 @@ def plots(aggs: List[Dict[str, Any]], out: Path) -> List[Path]:
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"{ds}: accuracy vs gaps (mean over seeds, each curve over λ)")
+        fig.suptitle(f"{ds}: accuracy vs fairness measures (mean over seeds, each curve over λ)")
         written.append(_save(fig, out / f"pareto_{ds}.png"))
     dep = [a for a in aggs if a["family"] == "dependence" and a["task"] == "classification"]
     if dep:
@@ -572,8 +573,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--subsample", type=int, default=None, help="use only this many rows per data set")
     parser.add_argument("--no-regression", action="store_true", help="skip the COMPAS decile-score regression")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
+    parser.add_argument("--max-gap", type=float, default=1.0, help="DP difference (points) within which the summary "
+                        "names the most accurate setting (default 1)")
+    parser.add_argument("--max-accuracy-loss", type=float, default=2.0, help="accuracy (points below the "
+                        "unconstrained model) within which the summary names the lowest JSD (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    require_extra("lightning", "python -m fairret.demo", "lightning")
+    for flag, value in (("--max-gap", args.max_gap), ("--max-accuracy-loss", args.max_accuracy_loss)):
+        if not 0 <= value < float("inf"):
+            parser.error(f"{flag} must be a finite number >= 0, got {value!r}")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bad = [d for d in datasets if d not in DATASETS]
     if bad or not datasets:
@@ -610,22 +619,26 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     reg = aggregate([r for r in rows if r["task"] == "regression"], REG_METRICS)
     minutes = (time.perf_counter() - t0) / 60
     md = [f"# fairret demo ({'full' if args.full else 'quick'}: {seeds} seeds, {len(rows)} runs, {minutes:.1f} min)",
-          "", "Test split; mean ± standard deviation over seeds. Gaps in points at threshold 0.5; JSD in bits "
-          "across race × sex cells; dCor² with (sex, race, age)."]
+          "", "Test split; mean ± standard deviation over seeds. DP difference: the largest difference of positive "
+          "rates between two groups; EO difference: the larger of the largest TPR and FPR differences; both in "
+          "points, predictions thresholded at 0.5. JSD in bits across race × sex cells; dCor² with (sex, race, age); "
+          "s/run: training time of one run (trainer.fit)."]
+    found = findings(cls + reg, args.max_gap, args.max_accuracy_loss)
     for ds in datasets:
-        md += ["", f"## {ds}", "", _table([a for a in cls if a["dataset"] == ds], CLS_METRICS, FMT)]
+        groups = " × ".join(DATASETS[ds][0])
+        md += ["", f"## {ds} (groups: {groups})", "", _table([a for a in cls if a["dataset"] == ds], CLS_METRICS, FMT)]
+        if found.get(ds):
+            md += ["", "What it shows:", ""] + found[ds]
     if reg:
-        md += ["", "## COMPAS decile score (regression, standardised)", "", _table(reg, REG_METRICS, FMT)]
-    checks = target_checks(cls)
-    if checks:
-        md += ["", "## Targets", ""] + checks
+        md += ["", "## COMPAS decile score (regression, standardised)", "", _table(reg, REG_METRICS, FMT), "",
+               "What it shows:", ""] + found.get("regression", [])
     figs = plots(cls + reg, out)
     md += ["", "Figures: " + ", ".join(p.name for p in figs) if figs else "(matplotlib missing: no figures)"]
     text = "\n".join(md) + "\n"
     (out / "summary.md").write_text(text)
     print(text)
     print(f"written to {out.resolve()}")
-    return {"rows": rows, "classification": cls, "regression": reg, "checks": checks, "figures": figs}
+    return {"rows": rows, "classification": cls, "regression": reg, "findings": found, "figures": figs}
 
 
 if __name__ == "__main__":

@@ -27,16 +27,16 @@ except ImportError as err:  # pragma: no cover - torchmetrics is a core dependen
     raise ImportError("The 'torchmetrics' package must be installed to use fairret.metric: "
                       "`pip install torchmetrics`.") from err
 
-from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.data import dim_zero_cat  # torchmetrics 1.0 has it here only
 
 from . import ops
-from ._validation import check_finite, check_same_rows, check_tensor, prepare_pred
+from ._validation import check_finite, check_tensor, prepare_pred
 from .functional import distance as D
 from .functional import linear_fractional as F
 from .statistic import LinearFractionalStatistic
 
-__all__ = ["gap_abs_max", "gap_relative_abs_max", "LinearFractionalParity", "DependenceMetric", "DistanceCorrelation",
-           "CCdCov", "JdCov", "IntersectionalJSD"]
+__all__ = ["gap_abs_max", "gap_relative_abs_max", "gap_max_min", "LinearFractionalParity", "DependenceMetric",
+           "DistanceCorrelation", "CCdCov", "JdCov", "IntersectionalJSD"]
 
 
 def gap_abs_max(vals: torch.Tensor, target_val: torch.Tensor) -> torch.Tensor:
@@ -49,6 +49,27 @@ def gap_relative_abs_max(vals: torch.Tensor, target_val: torch.Tensor) -> torch.
     return torch.amax(F.statistic_violation(vals, target_val), dim=-1)
 
 
+def gap_max_min(vals: torch.Tensor, target_val: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r"""Largest difference between two groups, :math:`\max_k \gamma_k - \min_k \gamma_k`, over the last axis.
+
+    The overall value ``target_val`` is not used (the argument keeps the ``gap_fn`` signature). With
+    :class:`~fairret.statistic.PositiveRate` on thresholded predictions it is the usual demographic-parity
+    difference (the largest difference of positive rates between groups); with
+    :class:`~fairret.statistic.EqualizedOdds`, its maximum over the two rows is the equalised-odds difference (the
+    larger of the true- and false-positive-rate differences).
+
+    Example:
+        >>> from fairret.statistic import PositiveRate
+        >>> gap_max_min(torch.tensor([0.2, 0.5, 0.3]))
+        tensor(0.3000)
+        >>> m = LinearFractionalParity(PositiveRate(), stat_shape=2, gap_fn=gap_max_min)
+        >>> m.update(torch.tensor([[1.], [0.], [1.], [1.]]), torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]]))
+        >>> m.compute()  # positive rates 0.5 and 1.0
+        tensor(0.5000)
+    """
+    return torch.amax(vals, dim=-1) - torch.amin(vals, dim=-1)
+
+
 class LinearFractionalParity(torchmetrics.Metric):
     """Gap between per-group and overall values of a linear-fractional statistic over a whole dataset.
 
@@ -56,13 +77,16 @@ class LinearFractionalParity(torchmetrics.Metric):
         statistic: the statistic to evaluate.
         stat_shape: shape of the statistic excluding the batch: ``S`` (or ``(S,)``) for a plain statistic on
             binary predictions, ``(K, S)`` for a stack, ``(C, S)`` multiclass, ``(K, C, S)`` both.
-        gap_fn: ``gap_fn(per_group, overall)``; default :func:`gap_relative_abs_max`.
+        gap_fn: ``gap_fn(per_group, overall)``; default :func:`gap_relative_abs_max` (the largest relative gap of a
+            group to the overall value); :func:`gap_abs_max` (absolute), :func:`gap_max_min` (the largest
+            difference between two groups).
         validate_args: also check at each update that ``pred`` and ``sens`` are finite (off by default: the check
             synchronises with the device; see :mod:`fairret._validation`).
         **torchmetrics_kwargs: passed to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
 
     Groups that never appear (zero denominator) are left out of the gap (their value is NaN in
-    :meth:`compute_per_group`).
+    :meth:`compute_per_group`): ``gap_fn`` sees them as a copy of a present group's value in the same row of the
+    statistic, which changes no maximum or minimum over groups (the overall value where no group is present).
     """
 
     is_differentiable = True
@@ -135,7 +159,11 @@ class LinearFractionalParity(torchmetrics.Metric):
         """``gap_fn(per_group, overall)`` over the groups with a defined statistic."""
         sums = self._sums()
         overall = sums.overall_values()
-        vals = torch.where(sums.valid, sums.group_values(), overall.expand_as(sums.num))  # an absent group: no gap
+        vals = sums.group_values()
+        # an absent group repeats the first present one (no gap, to the overall value or between groups)
+        first = vals.gather(-1, sums.valid.to(torch.uint8).argmax(-1, keepdim=True))
+        fill = torch.where(sums.valid.any(-1, keepdim=True), first, overall)
+        vals = torch.where(sums.valid, vals, fill.expand_as(vals))
         return self.gap_fn(vals, overall).to(torch.get_default_dtype())
 
     def plot(self, val: Optional[torch.Tensor] = None, ax: Optional[Any] = None,
@@ -212,12 +240,16 @@ class DependenceMetric(torchmetrics.Metric):
         self._plain = True  # whether the updates gave one plain tensor (no attribute structure)
 
     def update(self, pred: torch.Tensor, sens: D.Attributes) -> None:
-        """Add a batch: predictions ``(N,)``/``(N, p)`` (probabilities or regression outputs) and attributes."""
+        """Add a batch: predictions ``(N,)``/``(N, p)`` (probabilities or regression outputs) and attributes.
+
+        An empty batch (N = 0) adds no rows; :meth:`compute` without enough rows raises ``ValueError``.
+        """
         check_tensor(pred, "pred")
-        pred = pred.detach().reshape(pred.shape[0], -1).to(torch.float64)
-        mats = D.attribute_matrices(D.attribute_list(sens), None, self.categorical, like=pred)
-        for m in mats:
-            check_same_rows(m, "sens", pred, "pred")
+        if pred.ndim == 0:
+            raise ValueError("Expected argument `pred` to have shape (N,) or (N, p), but got a scalar")
+        # (N,) -> (N, 1), (N, ...) -> (N, p); flatten rather than reshape(N, -1), which fails for an empty batch
+        pred = (pred.unsqueeze(1) if pred.ndim == 1 else pred.flatten(1)).detach().to(torch.float64)
+        mats = D.attribute_matrices(D.attribute_list(sens), None, self.categorical, like=pred, name="sens")
         widths = [m.shape[1] for m in mats]
         if self._widths is None:
             self._widths, self._plain = widths, isinstance(sens, torch.Tensor)
@@ -349,9 +381,13 @@ class IntersectionalJSD(torchmetrics.Metric):
         self.add_state("cells", default=[], dist_reduce_fx="cat")
 
     def update(self, pred: torch.Tensor, cells: torch.Tensor) -> None:
-        """Add a batch of predictions and their cell ids."""
-        self.preds.append(pred.detach().reshape(-1).to(torch.float64))
-        self.cells.append(torch.as_tensor(cells).reshape(-1).long())
+        """Add a batch of predictions ``(N,)``/``(N, 1)`` and their cell ids ``(N,)`` (or one-hot ``(N, G)``, an
+        all-zero row meaning no cell, as id -1 does)."""
+        from .functional.calibration import _cells
+
+        pred = check_tensor(pred, "pred").detach().reshape(-1).to(torch.float64)
+        self.preds.append(pred)
+        self.cells.append(_cells(cells, pred.shape[0]))
 
     def compute(self) -> torch.Tensor:
         from .functional.calibration import intersectional_jsd

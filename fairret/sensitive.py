@@ -25,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -110,6 +111,15 @@ def _as_array(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _count_nan(arr: np.ndarray) -> int:
+    """The number of float NaN values in a column (numeric or object)."""
+    if arr.dtype.kind == "f":
+        return int(np.isnan(arr).sum())
+    if arr.dtype.kind == "O":
+        return sum(1 for v in arr.tolist() if isinstance(v, float) and math.isnan(v))
+    return 0
+
+
 def one_hot_groups(codes: torch.Tensor, num_groups: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One-hot ``(N, G)`` matrix from ``(N,)`` group codes; code -1 gives an all-zero row.
 
@@ -119,7 +129,20 @@ def one_hot_groups(codes: torch.Tensor, num_groups: int, dtype: torch.dtype = to
                 [0., 0., 1.],
                 [0., 0., 0.]])
     """
-    codes = torch.as_tensor(codes).long()
+    codes = torch.as_tensor(codes)
+    if codes.ndim != 1:
+        raise ValueError(f"Expected argument `codes` to have shape (N,), but got {tuple(codes.shape)}")
+    if codes.is_floating_point() and codes.numel() and not bool((codes == codes.round()).all()):
+        raise ValueError("Expected argument `codes` to hold integer group codes, but got non-integral values "
+                         "(or NaN)")
+    codes = codes.long()
+    if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 0:
+        raise ValueError(f"Expected argument `num_groups` to be an int >= 0, but got {num_groups!r}")
+    if codes.numel():  # an encoding helper, not a training-loop op: reading the range is fine
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < -1 or hi >= num_groups:
+            raise ValueError(f"Expected argument `codes` to hold group codes in [-1, {num_groups}) (-1: no group), "
+                             f"but they span [{lo}, {hi}]")
     out = torch.zeros(codes.shape[0], num_groups, dtype=dtype, device=codes.device)
     ok = codes >= 0
     out[ok.nonzero(as_tuple=True)[0], codes[ok]] = 1
@@ -162,8 +185,9 @@ class SensitiveEncoder:
         for k, w in self.weights.items():
             if k not in known:
                 raise ValueError(f"Argument `weights` names `{k}`, which is neither an attribute nor an intersection")
-            if not isinstance(w, (int, float)) or w < 0:
-                raise ValueError(f"Expected the weight of `{k}` to be a non-negative number, but got {w!r}")
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"Expected argument `weights` to give `{k}` a finite non-negative number, but got "
+                                 f"{w!r}")
         if continuous_scaling not in ("minmax", "standard", "none"):
             raise ValueError(f"Expected argument `continuous_scaling` to be 'minmax', 'standard' or 'none', but got "
                              f"{continuous_scaling!r}")
@@ -180,11 +204,26 @@ class SensitiveEncoder:
         if len(lengths) != 1:
             raise ValueError(f"Expected all sensitive columns to have the same length, but got "
                              f"{ {k: len(v) for k, v in arrs.items()} }")
+        for name, kind in self.kinds.items():
+            n_missing = _count_nan(arrs[name]) if kind != "continuous" else 0
+            if n_missing:
+                raise ValueError(f"Expected {kind} attribute `{name}` to have no missing values, but it holds "
+                                 f"{n_missing} NaN; give them a category of their own (e.g. 'unknown') or drop "
+                                 f"those rows")
         return arrs
 
     def fit(self, columns: Mapping[str, Any]) -> "SensitiveEncoder":
-        """Learn categories, cells and scaling from ``columns`` (name → 1-D values)."""
+        """Learn categories, cells and scaling from ``columns`` (name → 1-D values).
+
+        Raises:
+            ValueError: missing or empty columns, columns of different lengths, NaN in a binary or categorical
+                column (NaN is not equal to itself, so it cannot be a category), non-finite continuous values, a
+                binary column without exactly two values.
+        """
         arrs = self._columns(columns)
+        if not len(next(iter(arrs.values()))):
+            raise ValueError("Expected argument `columns` to hold at least one row to fit on, but the columns are "
+                             "empty")
         fitted: Dict[str, Any] = {}
         for name, kind in self.kinds.items():
             v = arrs[name]

@@ -16,7 +16,8 @@ def test_demo_quick_path_on_a_subsample(data_dir, tmp_path, capsys):
     for name in ("runs.csv", "summary.md", "pareto_compas.png", "pareto_adult.png", "calibration.png",
                  "regression.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert "## compas" in printed and "## Targets" in printed
+    assert "## compas (groups: race × sex)" in printed and "What it shows:" in printed
+    assert "Most accurate penalty with a DP difference ≤ 1" in printed or "No penalty reaches" in printed
     with open(out / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(res["rows"]) > 0
@@ -34,7 +35,7 @@ def test_demo_quick_path_on_a_subsample(data_dir, tmp_path, capsys):
     # DP: Adult's two sex groups; COMPAS's gap across ten race x sex cells is no measure on this subsample's 450
     # test rows (cells of one to three people: +-16-24 points between two seeds), its probabilities' JSD across
     # the same cells is
-    assert one("adult", "NormLoss DP")["dp_gap"] < one("adult", "baseline (BCE)")["dp_gap"]
+    assert one("adult", "NormLoss DP")["dp_difference"] < one("adult", "baseline (BCE)")["dp_difference"]
     assert one("compas", "NormLoss DP")["jsd"] < one("compas", "baseline (BCE)")["jsd"]
     assert one("compas", "CCdCov")["jsd"] < one("compas", "baseline (BCE)")["jsd"]
     reg = res["regression"]
@@ -48,11 +49,9 @@ def test_demo_rejects_unknown_dataset(capsys):
     assert "--datasets must name compas and/or adult" in capsys.readouterr().err
 
 
-def test_dominance_and_auc_helpers():
+def test_auc_and_diffdp():
     import torch
 
-    assert demo.dominates([(84.0, 1.0)], [(83.5, 2.0), (84.0, 1.0)])
-    assert not demo.dominates([(84.0, 1.0)], [(84.5, 2.0)])
     y = torch.tensor([0.0, 0.0, 1.0, 1.0])
     assert demo._auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), y) == pytest.approx(0.75)
     assert demo._auc(torch.tensor([0.5, 0.5, 0.5, 0.5]), y) == pytest.approx(0.5)
@@ -85,86 +84,79 @@ def test_sensitive_features_append_sex_and_race_columns(data_dir):
         TabularDataModule("synthetic", sensitive_features=True)
 
 
-def _best_common_share_by_brute_force(prob, y, groups):
-    """Accuracy of the best rule 'the round(r * n_g) highest scores of each group are positive' over r = k / N, by
-    explicit loops in plain Python."""
-    p, t, g = prob.tolist(), y.tolist(), groups.tolist()
-    n = len(p)
-    best = -1
-    for k in range(n + 1):
-        right = 0
-        for grp in set(g):
-            rows = sorted((i for i in range(n) if g[i] == grp), key=lambda i: -p[i])
-            top = round(k / n * len(rows))
-            right += sum(t[i] == 1 for i in rows[:top]) + sum(t[i] == 0 for i in rows[top:])
-        best = max(best, right)
-    return best
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_group_thresholds_reach_the_best_equal_share_rule(seed):
+@pytest.mark.parametrize("seed", range(3))
+def test_rate_differences_by_hand(seed):
+    """DP and EO differences through the library's metric against per-group rates counted in plain Python."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    groups = torch.randint(0, 3, (60,), generator=g)
-    y = (torch.rand(60, generator=g) < 0.3 + 0.2 * groups).double()
-    prob = torch.sigmoid(2 * y - 1 + groups + torch.randn(60, generator=g))  # a group-dependent shift
-    th = demo.group_thresholds(prob, y, groups)
-    hard = prob > torch.tensor([th[int(v)] for v in groups])
-    assert int((hard.double() == y).sum()) == _best_common_share_by_brute_force(prob, y, groups)
-    # every group gets the same share of positives up to rounding of share * group size
-    sizes = torch.bincount(groups).double()
-    shares = torch.bincount(groups, weights=hard.double()) / sizes
-    assert float(shares.max() - shares.min()) <= float((1 / sizes).max()) + 1e-12
+    groups = torch.randint(0, 4, (50,), generator=g)
+    hard = (torch.rand(50, generator=g) < 0.3 + 0.1 * groups).float()
+    y = (torch.rand(50, generator=g) < 0.5).float()
+    h, t, gr = hard.tolist(), y.tolist(), groups.tolist()
+
+    def difference(label=None):
+        rates = []
+        for k in set(gr):
+            rows = [hi for hi, ti, gi in zip(h, t, gr) if gi == k and (label is None or ti == label)]
+            if rows:
+                rates.append(sum(rows) / len(rows))
+        return 100 * (max(rates) - min(rates))
+
+    got = demo.rate_differences(hard, y, groups)
+    assert got["dp_difference"] == pytest.approx(difference(), abs=1e-4)  # the metric returns float32
+    assert got["eo_difference"] == pytest.approx(max(difference(1.0), difference(0.0)), abs=1e-4)
 
 
-@pytest.mark.parametrize("seed,max_gap", [(0, 0.0), (1, 5.0), (2, 12.5), (3, 100.0)])
-def test_dp_accuracy_ceiling_is_the_best_threshold_pair(seed, max_gap):
-    """Against every pair of thresholds (one per group, at each distinct score and above all), in plain Python."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    groups = (torch.rand(23, generator=g) < 0.4).long()
-    y = (torch.rand(23, generator=g) < 0.3 + 0.3 * groups).double()
-    prob = torch.sigmoid(1.5 * y - 1 + groups + torch.randn(23, generator=g))  # distinct scores, group-shifted
-    p, lab, grp = prob.tolist(), y.tolist(), groups.tolist()
-    cand = sorted(set(p)) + [2.0]
-    best = -1
-    for t0 in cand:
-        for t1 in cand:
-            hard = [pi >= (t0 if gi == 0 else t1) for pi, gi in zip(p, grp)]
-            rates = [sum(h for h, gi in zip(hard, grp) if gi == v) / grp.count(v) for v in (0, 1)]
-            gap = 100 * abs(rates[0] - rates[1])
-            right = sum(h == (li == 1) for h, li in zip(hard, lab))
-            if gap <= max_gap + 1e-9 and right > best:
-                best = right
-    acc, gap = demo.dp_accuracy_ceiling(prob, y, groups, max_gap)
-    assert acc == pytest.approx(100 * best / 23, abs=1e-12)
-    assert gap <= max_gap + 1e-9
+def _agg(setting, family, lam, acc, dp, jsd=0.01, seconds=2.0):
+    return {"dataset": "adult", "task": "classification", "setting": setting, "family": family, "lam": lam,
+            "acc": acc, "dp_difference": dp, "eo_difference": 5.0, "jsd": jsd, "dcor": 0.1, "seconds": seconds}
 
 
-def test_dp_accuracy_ceiling_errors():
-    import torch
+def test_findings_name_the_front_the_best_within_a_gap_and_the_comparisons():
+    aggs = [_agg("baseline (BCE)", "baseline", 0.0, 85.0, 18.0, jsd=0.06, seconds=2.0),
+            _agg("group thresholds", "postprocess", 0.0, 82.8, 1.0, jsd=0.01),
+            _agg("DiffDP (FFB)", "diffdp", 1.0, 82.6, 1.4),
+            _agg("DiffDP (FFB)", "diffdp", 2.0, 82.3, 0.9),
+            _agg("NormLoss DP", "linear-fractional", 0.3, 82.5, 0.95, jsd=0.012, seconds=3.0),
+            _agg("KLProjection DP", "linear-fractional", 10.0, 83.1, 2.8, jsd=0.009, seconds=4.0),
+            _agg("KLProjection DP", "linear-fractional", 30.0, 82.5, 1.5, jsd=0.008, seconds=4.0)]
+    lines = demo.findings(aggs, max_gap=1.0, max_acc_loss=2.0)["adult"]
+    text = "\n".join(lines)
+    # the front by DP difference: post-processing (82.8 at 1.0) beats DiffDP λ=1 (82.6 at 1.4) and KLProjection
+    # λ=30 (82.5 at 1.5)
+    assert ("front (no other setting is both more accurate and has a smaller difference): DiffDP (FFB) λ=2 82.30% "
+            "at 0.90; NormLoss DP λ=0.3 82.50% at 0.95; group thresholds 82.80% at 1.00; KLProjection DP λ=10 "
+            "83.10% at 2.80; baseline (BCE) 85.00% at 18.00.") in text
+    assert ("Most accurate penalty with a DP difference ≤ 1: NormLoss DP λ=0.3, 82.50% at 0.95 (accuracy -2.50 "
+            "points against the unconstrained model)") in text
+    # the JSD budget: accuracy >= 83.0 leaves KLProjection λ=10 only
+    assert ("Lowest JSD within 2 points of the unconstrained accuracy: KLProjection DP λ=10, JSD 0.0600 → 0.0090 "
+            "(-85%)") in text
+    assert ("The most accurate penalty with a difference no larger: NormLoss DP λ=0.3, 82.50% at 0.95 (-0.30 "
+            "points)") in text
+    assert ("λ=1 (82.60% at 1.40): NormLoss DP λ=0.3 82.50% at 0.95 (-0.10 points); λ=2 (82.30% at 0.90): no "
+            "fairret loss with a difference that small") in text
+    assert "unconstrained 2.0 s; with a penalty DiffDP (FFB) ×1.00, NormLoss DP ×1.50, KLProjection DP ×2.00" in text
+    assert ("- group thresholds on the unconstrained model (it needs each row's group at prediction time): 82.80% at "
+            "DP difference 1.00.") in text
+    # nothing within the gap: the smallest difference is named instead
+    lines = demo.findings(aggs, max_gap=0.5)["adult"]
+    assert any(line.startswith("- No penalty reaches a DP difference ≤ 0.5; the smallest: DiffDP (FFB) λ=2, 0.90")
+               for line in lines)
 
-    prob, y = torch.tensor([0.9, 0.2, 0.7, 0.1]), torch.tensor([1.0, 0, 1, 0])
-    with pytest.raises(ValueError, match="exactly two groups, but got 3"):
-        demo.dp_accuracy_ceiling(prob, y, torch.tensor([0, 1, 2, 2]))
-    with pytest.raises(ValueError, match="`max_gap` to be a finite number >= 0"):
-        demo.dp_accuracy_ceiling(prob, y, torch.tensor([0, 0, 1, 1]), max_gap=-1.0)
-    with pytest.raises(ValueError, match="labels 0 and 1"):
-        demo.dp_accuracy_ceiling(prob, torch.tensor([0.0, 2.0, 1.0, 0.0]), torch.tensor([0, 0, 1, 1]))
+
+def test_regression_findings():
+    base = {"dataset": "compas", "task": "regression", "family": "baseline", "setting": "baseline (MSE)", "lam": 0.0,
+            "rmse": 0.7, "dcor": 0.2, "jsd": 0.1, "seconds": 1.0}
+    pen = {**base, "family": "dependence", "setting": "CCdCov", "lam": 3.0, "rmse": 0.714, "dcor": 0.05, "jsd": 0.08,
+           "seconds": 1.5}
+    lines = demo.findings([base, pen])["regression"]
+    assert lines[1] == "- CCdCov λ=3: dCor² -75%, JSD -20%, RMSE 0.700 → 0.714 (+2.0%)."
+    assert "with a penalty CCdCov ×1.50" in lines[2]
 
 
-def test_group_thresholds_edges_and_errors():
-    import torch
-
-    # everyone negative is best: the threshold lies above every score; everyone positive: below every score
-    prob, groups = torch.tensor([0.9, 0.2, 0.7, 0.1]), torch.tensor([0, 0, 1, 1])
-    th = demo.group_thresholds(prob, torch.zeros(4), groups)
-    assert all(not bool((prob[groups == k] > v).any()) for k, v in th.items())
-    th = demo.group_thresholds(prob, torch.ones(4), groups)
-    assert all(bool((prob[groups == k] > v).all()) for k, v in th.items())
-    with pytest.raises(ValueError, match="of one non-empty shape"):
-        demo.group_thresholds(prob, torch.ones(3), groups)
-    with pytest.raises(ValueError, match="labels 0 and 1"):
-        demo.group_thresholds(prob, torch.tensor([0.0, 2.0, 1.0, 0.0]), groups)
+def test_demo_rejects_a_negative_budget(capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--max-gap", "-1"])
+    assert "--max-gap must be a finite number >= 0" in capsys.readouterr().err

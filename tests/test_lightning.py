@@ -190,15 +190,16 @@ def test_monitor_values_equal_metrics_on_the_whole_split():
     m = t.callback_metrics
     # gaps are differences of float32 rates near 0.5 summed batch by batch: compare with an absolute tolerance too
     # (a few ulps of the rates), or cancellation makes the relative one flaky
-    assert m["val/fairness/dp_gap"].item() == pytest.approx(dp.compute().item(), rel=1e-5, abs=1e-6)
-    assert m["val/fairness/eo_gap"].item() == pytest.approx(eo.compute().max().item(), rel=1e-5, abs=1e-6)
+    assert m["val/fairness/dp_relative_gap"].item() == pytest.approx(dp.compute().item(), rel=1e-5, abs=1e-6)
+    assert m["val/fairness/eo_relative_gap"].item() == pytest.approx(eo.compute().max().item(), rel=1e-5, abs=1e-6)
     assert m["val/fairness/jsd"].item() == pytest.approx(jsd.compute().item(), rel=1e-5, abs=1e-6)
     per_group = dp.compute_per_group().reshape(-1)
-    assert m["val/fairness/dp_gap/group_1"].item() == pytest.approx(per_group[1].item(), rel=1e-5, abs=1e-6)
+    assert m["val/fairness/dp_relative_gap/group_1"].item() == pytest.approx(per_group[1].item(), rel=1e-5, abs=1e-6)
     assert "val/fairness/dcor" in m
-    assert any(tag == "val/fairness/dp_gap" for tag in logger.sink.figures)
+    assert any(tag == "val/fairness/dp_relative_gap" for tag in logger.sink.figures)
     t.test(module, loader(seed=9))
-    assert t.callback_metrics["test/fairness/dp_gap"].item() == pytest.approx(dp.compute().item(), rel=1e-5, abs=1e-6)
+    assert t.callback_metrics["test/fairness/dp_relative_gap"].item() == pytest.approx(dp.compute().item(), rel=1e-5,
+                                                                                       abs=1e-6)
 
 
 def test_monitor_custom_metrics_and_submodule():
@@ -311,7 +312,7 @@ def test_yaml_config_runs_with_lightning_cli(path, tmp_path):
     assert "FairnessMonitor" in kinds
     assert cli.trainer.global_step > 0
     m = cli.trainer.callback_metrics
-    assert "val/fairness/dp_gap" in m
+    assert "val/fairness/dp_relative_gap" in m
     if "FairnessRegularizer" in kinds:
         assert "train/fairness/penalty_step" in m or "train/fairness/penalty" in m
 
@@ -324,7 +325,7 @@ def test_callbacks_append_on_the_command_line(tmp_path):
                     "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
                     "--trainer.callbacks+=fairret.lightning.FairnessMonitor", "--trainer.callbacks.sens=sens",
                     "--trainer.callbacks.labels=y"])
-    assert "val/fairness/eo_gap" in cli.trainer.callback_metrics
+    assert "val/fairness/eo_relative_gap" in cli.trainer.callback_metrics
 
 
 # --- bad configuration ------------------------------------------------------------------------------------------------
@@ -424,7 +425,7 @@ def test_fast_dev_run(which):
     t.fit(Net(), loader(), loader(seed=9))
     assert t.global_step == 1
     if which == "monitor":
-        assert "val/fairness/dp_gap" in t.callback_metrics
+        assert "val/fairness/dp_relative_gap" in t.callback_metrics
     else:
         assert reg.last_penalty is not None
         assert reg.lam == 0.5 if which == "regularizer" else reg.lam == 0.25

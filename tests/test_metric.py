@@ -2,7 +2,7 @@ import matplotlib
 import pytest
 import torch
 
-from fairret.metric import LinearFractionalParity, gap_abs_max
+from fairret.metric import LinearFractionalParity, gap_abs_max, gap_max_min
 from fairret.statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
 
 matplotlib.use("Agg")
@@ -33,6 +33,50 @@ def test_absent_group_and_plot():
     assert m.compute().item() == pytest.approx(0.0, abs=1e-7)
     fig, ax = m.plot(group_names=["a", "b", "c"])
     assert len(ax.patches) == 3
+
+
+def _rate_difference_by_hand(hard, y, groups, n_groups, label=None):
+    """max - min over the groups with rows (among those with y == label when given) of the positive rate, in plain
+    Python."""
+    rates = []
+    for g in range(n_groups):
+        rows = [h for h, yy, gg in zip(hard, y, groups) if gg == g and (label is None or yy == label)]
+        if rows:
+            rates.append(sum(rows) / len(rows))
+    return max(rates) - min(rates) if rates else 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gap_max_min_is_the_rate_difference_between_groups(seed):
+    # thresholded predictions, five groups of which one never appears and some rows in no group at all (their
+    # rates move the overall value outside the groups' range: an absent group must not take that value)
+    from fairret.statistic import EqualizedOdds
+
+    g = torch.Generator().manual_seed(seed)
+    n = 80
+    groups = torch.randint(-1, 4, (n,), generator=g)  # -1: no group; group 4 absent
+    hard = (torch.rand(n, generator=g) < 0.6 + 0.1 * groups).double()
+    hard[groups == -1] = 0.0  # the overall rates fall below every group's
+    y = (torch.rand(n, generator=g) < 0.5).double()
+    sens = (groups.unsqueeze(1) == torch.arange(5)).double()
+    dp = LinearFractionalParity(PositiveRate(), 5, gap_fn=gap_max_min)
+    eo = LinearFractionalParity(EqualizedOdds(), (2, 5), gap_fn=gap_max_min)
+    for i in range(0, n, 25):  # streamed in uneven batches
+        dp.update(hard[i:i + 25, None], sens[i:i + 25])
+        eo.update(hard[i:i + 25, None], sens[i:i + 25], y[i:i + 25])
+    h, yy, gg = hard.tolist(), y.tolist(), groups.tolist()
+    assert dp.compute().item() == pytest.approx(_rate_difference_by_hand(h, yy, gg, 5), abs=1e-6)
+    tpr, fpr = (_rate_difference_by_hand(h, yy, gg, 5, label) for label in (1.0, 0.0))
+    torch.testing.assert_close(eo.compute(), torch.tensor([tpr, fpr]), atol=1e-6, rtol=0)
+
+
+def test_gap_max_min_without_a_group_and_with_one():
+    m = LinearFractionalParity(PositiveRate(), 2, gap_fn=gap_max_min)
+    m.update(torch.tensor([[0.3], [0.9]]), torch.zeros(2, 2))  # no group present: no gap
+    assert m.compute().item() == 0.0
+    m.update(torch.tensor([[0.7]]), torch.tensor([[0.0, 1.0]]))  # one group: no gap either
+    assert m.compute().item() == 0.0
+    assert gap_max_min(torch.tensor([[0.1, 0.4], [0.9, 0.2]])).tolist() == pytest.approx([0.3, 0.7])
 
 
 def test_errors():

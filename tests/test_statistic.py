@@ -161,7 +161,7 @@ def test_errors():
         TruePositiveRate()(torch.rand(8, 3), torch.ones(8, 2), torch.full((8,), 3))
     with pytest.raises(ValueError, match=r"At least one statistic"):
         StackedLinearFractionalStatistic()
-    with pytest.raises(ValueError, match=r"Expected argument `beta` to be a positive number"):
+    with pytest.raises(ValueError, match=r"Expected argument `beta` to be a finite number > 0"):
         FScore(0)
     with pytest.raises(ValueError, match=r"Expected argument `pred` to have shape \(N,\) or \(N, C\)"):
         PositiveRate()(torch.rand(2, 2, 2), torch.ones(2, 1))

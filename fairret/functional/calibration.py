@@ -28,16 +28,23 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
+from .._validation import check_finite, check_number, check_tensor
+
 __all__ = ["intersectional_jsd", "unfairness_ratio", "calibrate_lambda"]
 
 
 def _cells(cells: torch.Tensor, n: int) -> torch.Tensor:
+    """Cell ids ``(N,)`` from ids or a one-hot ``(N, G)`` matrix; an all-zero one-hot row is id -1 (no cell)."""
     if not isinstance(cells, torch.Tensor):
         cells = torch.as_tensor(cells)
+    if cells.ndim not in (1, 2):
+        raise ValueError(f"Expected argument `cells` to have shape (N,) or (N, G), but got {tuple(cells.shape)}")
     if cells.shape[0] != n:
         raise ValueError(f"Expected argument `cells` to have N={n} rows like `pred`, but got {cells.shape[0]}")
-    if cells.ndim == 2:  # one-hot
-        cells = cells.argmax(1)
+    if cells.ndim == 2:  # one-hot; rows without a cell are ignored like id -1
+        if cells.shape[1] == 0:
+            return torch.full((n,), -1, dtype=torch.long, device=cells.device)
+        return torch.where((cells != 0).any(1), cells.argmax(1), torch.full_like(cells[:, 0], -1, dtype=torch.long))
     return cells.long()
 
 
@@ -48,16 +55,22 @@ def intersectional_jsd(pred: torch.Tensor, cells: torch.Tensor, *, bandwidth: fl
     Args:
         pred: ``(N,)`` or ``(N, 1)`` predictions.
         cells: ``(N,)`` cell ids (e.g. ``SensitiveAttributes.group_ids["race&sex"]``) or a one-hot ``(N, G)``;
-            negative ids are ignored.
+            negative ids and all-zero one-hot rows are ignored.
+
+    Raises:
+        ValueError: non-finite ``pred`` (the value is a report, computed on the host anyway), mismatched rows,
+            bad ``bandwidth``/``grid``/``weights``.
         bandwidth: Gaussian kernel bandwidth, in units of the predictions (0.15 as in Lee et al.).
         grid: number of grid points over ``[min, max]``.
         weights: ``cell`` (cell proportions) or ``equal``.
     """
     if weights not in ("cell", "equal"):
         raise ValueError(f"Expected argument `weights` to be 'cell' or 'equal', but got {weights!r}")
-    if bandwidth <= 0 or grid < 2:
-        raise ValueError(f"Expected a positive `bandwidth` and `grid` >= 2, but got {bandwidth!r} and {grid!r}")
-    p = pred.detach().reshape(-1).to(torch.float64)
+    check_number(bandwidth, "bandwidth", strict=True)
+    if not isinstance(grid, int) or isinstance(grid, bool) or grid < 2:
+        raise ValueError(f"Expected argument `grid` to be an int >= 2, but got {grid!r}")
+    p = check_tensor(pred, "pred").detach().reshape(-1).to(torch.float64)
+    check_finite(p, "pred")  # a report that reads its data anyway: NaN would index the grid out of range
     c = _cells(cells, p.shape[0]).to(p.device)
     keep = c >= 0
     p, c = p[keep], c[keep]

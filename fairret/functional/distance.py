@@ -82,6 +82,29 @@ def _normalise(t: torch.Tensor, n: int, unbiased: bool) -> torch.Tensor:
     return t / (n * (n - 3)) if unbiased else t / (n * n)
 
 
+#: A distance variance counts as zero when :math:`T_0(x, x)` is at most this many times
+#: :math:`\epsilon\, n R^2` (:func:`_zero_variance`).
+VARIANCE_NOISE = 64.0
+
+
+def _zero_variance(t_xx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r"""Whether :math:`T_0(x, x)` (the unnormalised distance variance) is zero up to rounding.
+
+    The U-statistic variance of a variable whose rows all coincide but one (or but two, on opposite sides of the
+    others) is exactly 0 (its U-centred distance matrix vanishes), but computed it is rounding noise, and a ratio of noises is an arbitrary dCor (0.4, -0.8)
+    with a huge gradient. The backends' noise is at most about :math:`16\,\epsilon\, n R^2` (measured over
+    degenerate inputs, backends, offsets and sizes up to 20,000), with :math:`\epsilon` the machine epsilon of
+    the input dtype (float32 at least) and :math:`R^2 = \sum_k (\max_i x_{ik} - \min_i x_{ik})^2` the squared
+    diameter bound: below :data:`VARIANCE_NOISE` times that the variance counts as 0. That is also below what the
+    input's own rounding determines. Tensor operations only (no host synchronisation); NaN never counts as zero.
+    """
+    eps = torch.finfo(torch.promote_types(x.dtype, torch.float32)).eps
+    xd = x.detach()
+    span = (xd.amax(0) - xd.amin(0)).to(torch.float64)
+    floor = VARIANCE_NOISE * eps * x.shape[0] * (span * span).sum()
+    return t_xx.detach().to(torch.float64) <= floor
+
+
 def distance_covariance_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = False, backend: str = "auto",
                             validate_args: bool = False) -> torch.Tensor:
     r"""Squared distance covariance: V-statistic, or the unbiased U-statistic :math:`\Omega_n`.
@@ -101,19 +124,17 @@ def distance_covariance_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool 
     """
     x, y = _as_2d(x, "x", validate_args), _as_2d(y, "y", validate_args)
     _check((x, y), ("x", "y"), unbiased)
-    return _normalise(ops.product_sum([x, y], 0.0, unbiased, backend), x.shape[0], unbiased)
-
-
-def _safe_ratio(num: torch.Tensor, den2: torch.Tensor) -> torch.Tensor:
-    """``num / sqrt(den2)``, and 0 (with zero gradient) where ``den2 <= 0``."""
-    pos = den2 > 0
-    den = torch.where(pos, den2, torch.ones_like(den2)).sqrt()
-    return torch.where(pos, num / den, torch.zeros_like(num))
+    return _normalise(ops.product_sum([x, y], 0.0, unbiased, backend), x.shape[0], unbiased).to(x.dtype)
 
 
 def distance_correlation_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = False, backend: str = "auto",
                              validate_args: bool = False) -> torch.Tensor:
     r"""Squared distance correlation (bias-corrected when ``unbiased``); 0 when a distance variance is 0.
+
+    A distance variance counts as 0 when it is below the rounding level of the input dtype (see
+    :func:`_zero_variance`): constant predictions, and for the U-statistic also a variable whose rows all coincide
+    but one, or but two on opposite sides of the others. The value is then 0 with a zero gradient. NaN input gives
+    NaN.
 
     Args and Raises as :func:`distance_covariance_sqr`.
     """
@@ -124,7 +145,10 @@ def distance_correlation_sqr(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool
     self_backend = "auto" if backend == "sorted" else backend  # dVar of a 1-D or categorical variable
     xx = ops.product_sum([x, x], 0.0, unbiased, self_backend if x.shape[1] > 1 else backend)
     yy = ops.product_sum([y, y], 0.0, unbiased, self_backend if y.shape[1] > 1 else backend)
-    return _safe_ratio(xy, xx * yy)
+    zero = _zero_variance(xx, x) | _zero_variance(yy, y)
+    den = torch.where(zero, torch.ones_like(xx), xx * yy).sqrt()  # double where: finite gradients at zero
+    # 0 * xy: still NaN when the other variable holds NaN (a constant partner must not hide it)
+    return torch.where(zero, xy * 0, xy / den).to(x.dtype)
 
 
 def joint_distance_covariance_sqr(*xs: torch.Tensor, c: float = 1.0, unbiased: bool = True,
@@ -153,17 +177,20 @@ def joint_distance_covariance_sqr(*xs: torch.Tensor, c: float = 1.0, unbiased: b
     if scale_invariant:
         scaled = []
         for x in xs2:
-            var = _normalise(ops.product_sum([x, x], 0.0, unbiased, "auto" if which == "sorted" else which), n,
-                             unbiased)
-            pos = var > 0
-            sd = torch.where(pos, var, torch.ones_like(var)).sqrt()
-            scaled.append(torch.where(pos, x / sd, torch.zeros_like(x)))  # distances scale with the variable
+            t_xx = ops.product_sum([x, x], 0.0, unbiased, "auto" if which == "sorted" else which)
+            zero = _zero_variance(t_xx, x)  # NaN is not zero: it reaches the value
+            sd = torch.where(zero, torch.ones_like(t_xx), _normalise(t_xx, n, unbiased)).sqrt()
+            scaled.append(torch.where(zero, torch.zeros_like(x), x / sd.to(x.dtype)))  # distances scale with x
         xs2 = scaled
-    t = ops.product_sum(xs2, float(c), unbiased, which)
+    # T_c is of order n^2 c^d and the result small: assembled in float64 (half inputs are summed in float32 by
+    # ops.product_sum), cast to the input dtype at the end
+    t = ops.product_sum(xs2, float(c), unbiased, which).to(torch.float64)
     cd = float(c) ** d
     if unbiased:
-        return (t + n * cd) / (n * (n - 3)) - cd * n / (n - 3)
-    return t / (n * n) - cd
+        out = (t + n * cd) / (n * (n - 3)) - cd * n / (n - 3)
+    else:
+        out = t / (n * n) - cd
+    return out.to(xs2[0].dtype)
 
 
 def attribute_list(sens: Attributes) -> list:
@@ -185,9 +212,13 @@ def check_categorical(categorical: str) -> None:
 
 def attribute_matrices(attributes: Sequence[Union[torch.Tensor, SensitiveAttributes]],
                        weights: Optional[Sequence[float]] = None, categorical: str = "onehot",
-                       like: Optional[torch.Tensor] = None) -> list:
+                       like: Optional[torch.Tensor] = None, name: str = "attributes") -> list:
     """Flatten attributes (tensors, or the blocks of :class:`~fairret.sensitive.SensitiveAttributes`) into a list
     of ``(N, k)`` matrices with their weights applied.
+
+    Every attribute must have the rows of ``like`` (the predictions, named ``pred`` in the error) or, without
+    ``like``, of the first attribute; ``name`` is the argument named in the errors (``sens`` for the losses and
+    metrics).
 
     With ``categorical="discrete"`` the one-hot blocks of categorical attributes and intersections are scaled by
     :math:`1/\\sqrt 2`, so that a category mismatch is at distance 1 (the discrete metric) instead of
@@ -204,10 +235,19 @@ def attribute_matrices(attributes: Sequence[Union[torch.Tensor, SensitiveAttribu
                     m = m / math.sqrt(2.0)
                 mats.append(m)
         else:
-            check_tensor(a, "attributes")
+            check_tensor(a, name)
+            if a.ndim not in (1, 2):
+                raise ValueError(f"Expected argument `{name}` to hold attributes of shape (N,) or (N, k), but got "
+                                 f"{tuple(a.shape)}")
             mats.append(a.unsqueeze(1) if a.ndim == 1 else a)
     if not mats:
-        raise ValueError("Expected at least one attribute, but got none")
+        raise ValueError(f"Expected argument `{name}` to hold at least one attribute, but got none")
+    ref, ref_name = (like, "pred") if like is not None else (mats[0], f"{name}[0]")
+    for k, m in enumerate(mats):
+        if m.shape[0] != ref.shape[0]:
+            which = f" (attribute {k})" if len(mats) > 1 else ""
+            raise ValueError(f"Expected argument `{name}`{which} to have N={ref.shape[0]} rows like `{ref_name}`, "
+                             f"but got {m.shape[0]}")
     if weights is not None:
         if len(weights) != len(mats):
             raise ValueError(f"Expected argument `weights` to have one weight per attribute ({len(mats)}), but got "

@@ -136,9 +136,15 @@ def _lf_valid(denom: torch.Tensor) -> torch.Tensor:
     """Where a statistic with these denominator sums is defined: the one zero-denominator rule.
 
     A denominator whose absolute value is at most :data:`ZERO_DENOM_EPS` means a group absent from the batch, or
-    without any sample the statistic conditions on (no positives for a TPR).
+    without any sample the statistic conditions on (no positives for a TPR). A NaN denominator is *not* absent: it
+    comes from non-finite input, and counting it as defined lets the NaN reach the statistic and the loss instead
+    of silently dropping the group (the non-finite policy, see :mod:`fairret._validation`).
+
+    Example:
+        >>> _lf_valid(torch.tensor([2.0, 0.0, float("nan"), float("inf")]))
+        tensor([ True, False,  True,  True])
     """
-    return denom.abs() > ZERO_DENOM_EPS
+    return ~(denom.abs() <= ZERO_DENOM_EPS)
 
 
 def _lf_compute(num: torch.Tensor, denom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,6 +156,12 @@ def _lf_compute(num: torch.Tensor, denom: torch.Tensor) -> tuple[torch.Tensor, t
     valid = _lf_valid(denom)
     safe = torch.where(valid, denom, torch.ones_like(denom))
     return torch.where(valid, num / safe, torch.zeros_like(num)), valid
+
+
+def _stat_shape(coefs: Sequence[Coef], like: torch.Tensor) -> tuple[int, int]:
+    """``(K, C)``: the shape of the overall statistic these coefficients give for ``(N, C)`` predictions ``like``."""
+    shapes = [_coef_tensor(c, like).shape for c in coefs]
+    return max(sh[1] for sh in shapes), max([sh[2] for sh in shapes] + [like.shape[1]])
 
 
 def _squeeze_stat(x: torch.Tensor, stacked: bool) -> torch.Tensor:
@@ -242,10 +254,27 @@ def norm_penalty(violation: torch.Tensor, p: float = 1) -> torch.Tensor:
     return torch.where(all_zero.squeeze(-1), torch.zeros_like(norms), norms).sum()
 
 
-def lse_penalty(violation: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log\sum_k e^{v_k} - \log S`, a smooth maximum over the group axis, summed over the others."""
-    s = violation.shape[-1]
-    return (torch.logsumexp(violation, dim=-1) - torch.log(torch.tensor(float(s), dtype=violation.dtype))).sum()
+def lse_penalty(violation: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r""":math:`\log\sum_k e^{v_k} - \log S`, a smooth maximum over the group axis, summed over the others.
+
+    With ``valid`` (a boolean mask like ``violation``) only the groups with a defined statistic enter: the sum runs
+    over them and :math:`S` counts them, so absent groups contribute nothing (rather than :math:`e^0` each); a
+    slice without any defined group gives 0 with zero gradient.
+
+    Example:
+        >>> v = torch.tensor([0.5, 0.0, 0.0])  # groups 1 and 2 absent
+        >>> round(lse_penalty(v, torch.tensor([True, False, False])).item(), 4), round(lse_penalty(v).item(), 4)
+        (0.5, 0.1958)
+    """
+    if valid is None:
+        s = violation.shape[-1]
+        return (torch.logsumexp(violation, dim=-1) - torch.log(torch.tensor(float(s), dtype=violation.dtype))).sum()
+    any_valid = valid.any(dim=-1, keepdim=True)
+    masked = torch.where(valid, violation, torch.full_like(violation, float("-inf")))
+    masked = torch.where(any_valid, masked, torch.zeros_like(masked))  # no group: log S - log S = 0
+    count = valid.sum(dim=-1).to(violation.dtype)
+    count = torch.where(any_valid.squeeze(-1), count, torch.full_like(count, float(violation.shape[-1])))
+    return (torch.logsumexp(masked, dim=-1) - torch.log(count)).sum()
 
 
 def fixed_constraint(

@@ -32,6 +32,7 @@ by :func:`projection_residual`.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -85,6 +86,13 @@ def _row_js(t, p, logp, log1mp, eps):
     return _RowSolution(q, 1 / d2, h)
 
 
+#: The quadratic divergences :math:`(q - p)^2 / (2 w(p))`: the scale :math:`w(p)` of each.
+_QUADRATIC_SCALE: dict[str, Callable] = {
+    "squared_euclidean": lambda p: torch.full_like(p, 0.25),
+    "chi_squared": lambda p: 0.5 * p * (1 - p),
+}
+
+
 def _row_quadratic(scale_fn):
     # D = (q - p)^2 / (2 w)  => q = clip(p - w t), W = w inside the box
     def row(t, p, logp, log1mp, eps):
@@ -113,8 +121,8 @@ _ROWS: dict[str, Callable] = {
     "kl": _row_kl,
     "js": _row_js,
     "tv": _row_tv,
-    "squared_euclidean": _row_quadratic(lambda p: torch.full_like(p, 0.25)),
-    "chi_squared": _row_quadratic(lambda p: 0.5 * p * (1 - p)),
+    "squared_euclidean": _row_quadratic(_QUADRATIC_SCALE["squared_euclidean"]),
+    "chi_squared": _row_quadratic(_QUADRATIC_SCALE["chi_squared"]),
 }
 
 _DEFAULT_ITERS = {"kl": 20, "js": 20, "tv": 12, "squared_euclidean": 20, "chi_squared": 20}
@@ -182,11 +190,18 @@ def project(
     # accelerators and under torch.compile it runs the fixed number of steps.
     early_exit = p.device.type == "cpu" and not torch.compiler.is_compiling()
     tol = _TOL * (red(at.abs().sum(1)) + b.abs()) if early_exit else None
+    # The quadratic divergences move q = clip(p - w(p) t) piecewise linearly in t: their trust region is measured
+    # in q (no row's q moves by more than `radius` in probability; rows pinned at 0 or 1 by the box do not count),
+    # so that rows with a tiny w (chi-squared on saturated probabilities, where t must reach ~1/w) are reached in a
+    # few steps, not after ~log2(1/w) doublings.
+    q_scale = _QUADRATIC_SCALE[divergence](p) if divergence in _QUADRATIC_SCALE else None
     for level, eps in enumerate(schedule):
-        # Trust region in t-space: no row multiplier moves by more than `radius` in one step. A step that does
-        # not raise the (concave) dual value is rejected and the radius shrinks; an accepted one widens it. All
-        # of this is tensor arithmetic: no host synchronisation, a fixed number of steps.
-        radius = torch.tensor(8.0 if divergence != "tv" else 30.0 * eps, dtype=torch.float64, device=p.device)
+        # Trust region in t-space (q-space for the quadratic divergences): no row multiplier moves by more than
+        # `radius` in one step. A step that does not raise the (concave) dual value is rejected and the radius
+        # shrinks; an accepted one widens it. All of this is tensor arithmetic: no host synchronisation, a fixed
+        # number of steps.
+        start = 30.0 * eps if divergence == "tv" else (8.0 if q_scale is None else 2.0)
+        radius = torch.tensor(start, dtype=torch.float64, device=p.device)
         sol = row(lam @ at, p, logp, log1mp, eps)
         g_cur = red(sol.h.sum()) + lam @ b
         # the last smoothing level of the total variation polishes with more steps
@@ -197,7 +212,12 @@ def project(
             hess = red((at * sol.w) @ a)
             ridge = 1e-12 * hess.diagonal().mean() + 1e-300
             delta = torch.linalg.solve(hess + ridge * eye, resid)
-            move = (delta @ at).abs().amax()
+            step = delta @ at
+            if q_scale is not None:  # how far each row's q moves in the full step; rows the box pins do not move
+                free = p - q_scale * (lam @ at)  # q before the box
+                step = (free - q_scale * step).clamp(0.0, 1.0) - free.clamp(0.0, 1.0)
+            # a rank without rows (N = 0) moves nothing; the shape is known without reading data
+            move = step.abs().amax() if step.numel() else torch.zeros((), dtype=torch.float64, device=p.device)
             if sync_dist and is_distributed():
                 torch.distributed.all_reduce(move, op=torch.distributed.ReduceOp.MAX)
             cand = lam + delta * torch.clamp(radius / move.clamp_min(1e-300), max=1.0)
@@ -231,27 +251,44 @@ def divergence_value(
             rows the projection leaves in place get a zero gradient rather than an arbitrary sign.
 
     Returns:
-        ``(N,)`` divergences (average them for the loss).
+        ``(N,)`` divergences (average them for the loss), in ``pred``'s dtype, at least float32.
+
+    Numerics: computed in float64 whatever ``pred``'s dtype (so float16 and bfloat16 inputs, and float32 logits
+    whose sigmoid rounds to 0 or 1, are safe), in log space for logits: :math:`\log p` and :math:`\log(1-p)` are
+    ``logsigmoid(±pred)``, finite for every finite logit, so the KL and JS values and gradients are finite however
+    saturated the logit. Probabilities (``pred_as_logit=False``) are bounded to ``[1e-12, 1 - 1e-12]`` as in
+    :func:`project`. The chi-squared divergence, whose weight :math:`1/(p(1-p))` grows without bound, bounds the
+    probability to the same interval in both cases (a logit beyond :math:`\pm 27.6`): such a row's divergence is
+    at most about :math:`10^{12}`, consistent with the projection (which uses the same bound), with zero
+    gradient beyond it.
     """
     _check_divergence(divergence)
-    q = q.detach().to(pred.dtype)
-    if pred_as_logit:
-        logp, log1mp = F.logsigmoid(pred), F.logsigmoid(-pred)
-        p = torch.sigmoid(pred)
+    out_dtype = torch.promote_types(pred.dtype, torch.float32)
+    q = q.detach().to(torch.float64)
+    x = pred.to(torch.float64)
+    if pred_as_logit and divergence != "chi_squared":
+        logp, log1mp = F.logsigmoid(x), F.logsigmoid(-x)
+        p, p1m = torch.sigmoid(x), torch.sigmoid(-x)
     else:
-        p = pred.clamp(_P_EPS, 1 - _P_EPS)
+        p = (torch.sigmoid(x) if pred_as_logit else x).clamp(_P_EPS, 1 - _P_EPS)
+        p1m = 1 - p
         logp, log1mp = torch.log(p), torch.log1p(-p)
     if divergence == "kl":
         val = torch.xlogy(q, q) + torch.xlogy(1 - q, 1 - q) - q * logp - (1 - q) * log1mp
     elif divergence == "js":
-        val = _js_value(q, p)
+        # the mixture m = (q + p) / 2 in log space: log m and log(1 - m) stay finite since log p and log(1 - p) are
+        half = math.log(2.0)
+        logm = torch.logaddexp(torch.log(q), logp) - half
+        log1mm = torch.logaddexp(torch.log1p(-q), log1mp) - half
+        val = 0.5 * (torch.xlogy(q, q) + torch.xlogy(1 - q, 1 - q) - q * logm - (1 - q) * log1mm
+                     + p * logp + p1m * log1mp - p * logm - p1m * log1mm)
     elif divergence == "tv":
         val = ((q - p) ** 2 + tv_eps * tv_eps).sqrt() - tv_eps
     elif divergence == "squared_euclidean":
         val = 2 * (q - p) ** 2
     else:
-        val = (q - p) ** 2 / (p * (1 - p))
-    return val
+        val = (q - p) ** 2 / (p * p1m)
+    return val.to(out_dtype)
 
 
 def projection_residual(q: torch.Tensor, intercept: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:

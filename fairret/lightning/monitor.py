@@ -4,14 +4,17 @@ Predictions are recorded from the module's forward (or a named submodule) during
 ``test_step``, turned into probabilities (sigmoid/softmax when ``pred_as_logit``), and fed with the batch's
 sensitive attributes (and labels) to torchmetrics metrics. At the epoch end every metric is computed over the whole
 epoch (synchronised across DDP ranks by torchmetrics) and logged as ``{stage}/{log_prefix}/{name}``, e.g.
-``val/fairness/dp_gap``; linear-fractional metrics also log each group's value (``.../dp_gap/group_k``) and, when
-the logger accepts matplotlib figures (TensorBoard's ``add_figure``), a bar plot of them.
+``val/fairness/dp_relative_gap``; linear-fractional metrics also log each group's value
+(``.../dp_relative_gap/group_k``) and, when the logger accepts matplotlib figures (TensorBoard's ``add_figure``), a
+bar plot of them.
 
 Default metrics (``metrics=None``), built at the first batch once the number of groups is known:
 
-* ``dp_gap``: :class:`~fairret.metric.LinearFractionalParity` of the positive rate (demographic parity; the
-  largest relative gap to the overall rate);
-* ``eo_gap``: the same for the stacked true- and false-positive rates (equalised odds), when ``labels`` is set;
+* ``dp_relative_gap``: :class:`~fairret.metric.LinearFractionalParity` of the positive rate on the probabilities
+  (demographic parity; the largest relative gap of a group's rate to the overall rate,
+  :func:`~fairret.metric.gap_relative_abs_max`; a fraction, not points);
+* ``eo_relative_gap``: the same for the stacked true- and false-positive rates (equalised odds), when ``labels`` is
+  set (the larger of the two);
 * ``jsd``: :class:`~fairret.metric.IntersectionalJSD` across intersectional cells (the ``cells`` selector, or, for
   a 0/1 sensitive matrix, each distinct row of it: the intersection of all its columns);
 * ``dcor``: :class:`~fairret.metric.DistanceCorrelation` between the probabilities and the attributes.
@@ -114,10 +117,10 @@ class FairnessMonitor(pl.Callback):
 
     def _default_metrics(self, sens: torch.Tensor, has_labels: bool, has_cells: bool) -> Dict[str, torchmetrics.Metric]:
         s = sens.reshape(sens.shape[0], -1).shape[1]
-        metrics: Dict[str, torchmetrics.Metric] = {"dp_gap": LinearFractionalParity(PositiveRate(), s)}
+        metrics: Dict[str, torchmetrics.Metric] = {"dp_relative_gap": LinearFractionalParity(PositiveRate(), s)}
         if has_labels:
             eo = StackedLinearFractionalStatistic(TruePositiveRate(), FalsePositiveRate())
-            metrics["eo_gap"] = LinearFractionalParity(eo, (2, s))
+            metrics["eo_relative_gap"] = LinearFractionalParity(eo, (2, s))
         if has_cells:
             metrics["jsd"] = IntersectionalJSD()
         metrics["dcor"] = DistanceCorrelation()

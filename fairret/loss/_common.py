@@ -1,7 +1,7 @@
 """Shared preparation of predictions and targets for the linear-fractional losses."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -25,6 +25,19 @@ def prepare_inputs(pred: torch.Tensor, sens: torch.Tensor, pred_as_logit: bool, 
             check_probability(raw, "pred")
     prob = to_probabilities(raw) if pred_as_logit else raw
     return raw, prob, sens
+
+
+def check_target_shape(target: torch.Tensor, shape: Tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless a user-given target broadcasts to the statistic's ``(K, C)`` shape without
+    enlarging it (a target of shape ``(5,)`` for one statistic would otherwise count the loss five times)."""
+    try:
+        ok = torch.broadcast_shapes(tuple(target.shape), tuple(shape)) == tuple(shape)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"Expected argument `target_statistic` to be a number or to broadcast to the statistic's "
+                         f"shape (K stacked statistics, C classes) = {tuple(shape)}, but got shape "
+                         f"{tuple(target.shape)}")
 
 
 def target_tensor(target_statistic: Optional[Any], like: torch.Tensor) -> Optional[torch.Tensor]:

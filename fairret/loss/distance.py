@@ -44,7 +44,8 @@ def _pred(pred: torch.Tensor, pred_as_logit: bool, sync_dist: bool) -> torch.Ten
 
 
 def _attributes(sens: D.Attributes, categorical: str, like: torch.Tensor, sync_dist: bool) -> List[torch.Tensor]:
-    mats = [m.detach() for m in D.attribute_matrices(D.attribute_list(sens), None, categorical, like=like)]
+    mats = [m.detach() for m in D.attribute_matrices(D.attribute_list(sens), None, categorical, like=like,
+                                                     name="sens")]
     return [all_gather_rows(m) for m in mats] if sync_dist else mats
 
 

@@ -10,7 +10,11 @@ fairret 0.1.3 (cvxpy/SCS on the CPU, fixed to the first batch size, rows renorma
 is solved exactly in torch on the predictions' device for any batch size, by Newton's method on its small dual
 (:func:`fairret.functional.project`), without host synchronisation.
 
-Predictions must be binary ``(N, 1)`` (logits by default, or probabilities with ``pred_as_logit=False``).
+Predictions must be binary ``(N, 1)`` (logits by default, or probabilities with ``pred_as_logit=False``). The
+projection and the divergence are computed in float64 whatever the input dtype, the divergence of logits in log
+space (finite value and gradient for saturated logits; see :func:`fairret.functional.divergence_value` for the
+bound the chi-squared divergence uses); the loss comes back in the input's dtype, at least float32. An empty batch
+gives 0.
 
 Example:
     >>> import torch
@@ -32,7 +36,8 @@ from .._distributed import all_reduce_sum
 from ..functional import linear_fractional as F
 from ..functional import projection as P
 from ..statistic import LinearFractionalStatistic
-from ._common import prepare_inputs, target_tensor
+from .._validation import to_probabilities
+from ._common import check_target_shape, prepare_inputs, target_tensor
 from .base import FairnessLoss
 
 __all__ = [
@@ -90,7 +95,8 @@ class ProjectionLoss(FairnessLoss):
         if raw.shape[1] != 1:
             raise ValueError(f"Expected argument `pred` to have shape (N, 1) for a projection loss (binary "
                              f"predictions), but got {tuple(raw.shape)}; use NormLoss or LSELoss for multiclass")
-        p64 = prob.detach().to(torch.float64)
+        # probabilities in float64 from the raw input: a float32 sigmoid rounds logits beyond ~17 to exactly 1
+        p64 = to_probabilities(raw.detach().to(torch.float64)) if pred_as_logit else raw.detach().to(torch.float64)
         s64 = sens.detach().to(torch.float64)
         target = target_tensor(target_statistic, p64)
         if target is None:
@@ -99,11 +105,13 @@ class ProjectionLoss(FairnessLoss):
             target = sums.overall_values().detach()
         coefs = self.statistic.coefficients(p64, *stat_args, **stat_kwargs)
         coefs = tuple(c.detach() if isinstance(c, torch.Tensor) else c for c in coefs)
+        if target_statistic is not None:
+            check_target_shape(target, F._stat_shape(coefs, p64))
         intercept, slope = F.fixed_constraint(target, s64, *coefs, like=p64)
         if self.sync_dist:
             intercept = all_reduce_sum(intercept)
-        q = P.project(p64[:, 0], intercept.reshape(-1), slope.reshape(slope.shape[0], -1), self.divergence,
-                      n_iter=self.n_iter, sync_dist=self.sync_dist)
+        q = P.project(p64[:, 0], intercept.reshape(-1), slope.reshape(slope.shape[0], intercept.numel()),
+                      self.divergence, n_iter=self.n_iter, sync_dist=self.sync_dist)
         return q.unsqueeze(1)
 
     def forward(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, pred_as_logit: bool = True,
@@ -113,11 +121,12 @@ class ProjectionLoss(FairnessLoss):
                          **stat_kwargs)
         raw = pred.unsqueeze(-1) if pred.ndim == 1 else pred
         per_row = P.divergence_value(q[:, 0], raw[:, 0], self.divergence, pred_as_logit=pred_as_logit)
+        # an empty batch (N = 0 on every rank) gives 0: no row is away from its projection
+        n = torch.tensor(float(per_row.shape[0]), dtype=per_row.dtype, device=per_row.device)
+        total = per_row.sum()
         if self.sync_dist:
-            total = all_reduce_sum(per_row.sum())
-            n = all_reduce_sum(torch.tensor(float(per_row.shape[0]), dtype=per_row.dtype, device=per_row.device))
-            return total / n
-        return per_row.mean()
+            total, n = all_reduce_sum(total), all_reduce_sum(n)
+        return total / n.clamp_min(1.0)
 
 
 class KLProjectionLoss(ProjectionLoss):

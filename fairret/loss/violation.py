@@ -30,14 +30,14 @@ Example:
 from __future__ import annotations
 
 import abc
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 
 from .._distributed import all_reduce_sum
 from ..functional import linear_fractional as F
 from ..statistic import LinearFractionalStatistic, Statistic
-from ._common import prepare_inputs, target_tensor
+from ._common import check_target_shape, prepare_inputs, target_tensor
 from .base import FairnessLoss
 
 __all__ = ["ViolationLoss", "NormLoss", "LSELoss"]
@@ -53,7 +53,9 @@ class ViolationLoss(FairnessLoss):
         momentum: if set (in ``(0, 1]``), keep exponential moving averages across batches of the overall
             statistic (the target) and of each group's per-sample denominator, and use them in place of the
             batch values: ``gamma_k = num_k / (N * running_denom_k)``. Gradients then flow through the numerators
-            only. Groups with a zero denominator in the batch still contribute nothing.
+            only. Groups with a zero denominator in the batch still contribute nothing. Updates a batch leaves
+            undefined (absent groups, empty batches, a TPR batch without positives, non-finite values) are
+            skipped. The averages are buffers: ``load_state_dict`` restores them, into a fresh module too.
         sync_dist: all-reduce the statistic's sums across ranks when a process group is initialised.
         validate_args: also check that ``pred`` and ``sens`` are finite (off by default: the check synchronises
             with the device; see :mod:`fairret._validation`).
@@ -79,9 +81,22 @@ class ViolationLoss(FairnessLoss):
         """Reduce the violation tensor ``(..., S)`` to a scalar."""
         raise NotImplementedError
 
+    def penalize(self, violation: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        """Reduce the violation tensor knowing which groups have a defined statistic (``valid``, or None when
+        every group counts); by default :meth:`penalize_violation` of the violations alone, whose absent groups
+        are 0."""
+        return self.penalize_violation(violation)
+
     def violation(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, pred_as_logit: bool = True,
                   target_statistic: Optional[torch.Tensor] = None, **stat_kwargs: Any) -> torch.Tensor:
         """The violation tensor ``(K, C, S)`` (zeros for groups without a defined statistic)."""
+        return self._violation(pred, sens, *stat_args, pred_as_logit=pred_as_logit,
+                               target_statistic=target_statistic, **stat_kwargs)[0]
+
+    def _violation(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, pred_as_logit: bool = True,
+                   target_statistic: Optional[torch.Tensor] = None, **stat_kwargs: Any
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The violation tensor and the mask of groups with a defined statistic (None: all of them)."""
         raw, prob, sens = prepare_inputs(pred, sens, pred_as_logit, self.validate_args)
         target = target_tensor(target_statistic, prob)
         if not isinstance(self.statistic, LinearFractionalStatistic):
@@ -89,37 +104,64 @@ class ViolationLoss(FairnessLoss):
                 raise ValueError(f"Was initialized with a statistic of type {type(self.statistic).__name__}, but no "
                                  f"`target_statistic` was given. Use a LinearFractionalStatistic or pass one.")
             stats = self.statistic(prob, sens, *stat_args, **stat_kwargs)
-            return F.statistic_violation(stats, target if target.ndim < stats.ndim else target[..., None])
+            return F.statistic_violation(stats, target if target.ndim < stats.ndim else target[..., None]), None
 
         sums = self.statistic.sums(prob, sens, *stat_args, sync_dist=self.sync_dist, **stat_kwargs)
+        if target is not None:
+            check_target_shape(target, sums.overall_num.shape)
         den = sums.denom
         if target is None or self.momentum is not None:
             overall = sums.overall_values().detach()
         if self.momentum is not None:
             n = torch.tensor(float(prob.shape[0]), dtype=prob.dtype, device=prob.device)
             n = all_reduce_sum(n) if self.sync_dist else n
-            den = self._running_denominators(den.detach() / n, overall, sums.valid) * n
+            overall_ok = F._lf_valid(sums.overall_denom.detach())
+            den = self._update_running(den.detach() / n, overall, sums.valid, overall_ok) * n
             if target is None:
-                target = self.running_target
+                # a target not defined by any batch yet (NaN): this batch's own overall statistic
+                target = torch.where(torch.isnan(self.running_target), overall, self.running_target)
         if target is None:
             target = overall
         stats, valid = F._lf_compute(sums.num, den)
-        return F.statistic_violation(stats, target.detach().unsqueeze(-1), valid & sums.valid)
+        valid = valid & sums.valid
+        return F.statistic_violation(stats, target.detach().unsqueeze(-1), valid), valid
 
-    def _running_denominators(self, den_rate: torch.Tensor, overall: torch.Tensor, present: torch.Tensor
-                              ) -> torch.Tensor:
+    def _update_running(self, den_rate: torch.Tensor, overall: torch.Tensor, present: torch.Tensor,
+                        overall_ok: torch.Tensor) -> torch.Tensor:
+        """Update the moving averages with this batch where its values are defined; return ``running_denom``.
+
+        Undefined updates are skipped, entry by entry, with tensor operations only (no host synchronisation): a
+        group absent from the batch (``present`` False) or with a non-finite denominator keeps its running
+        denominator, and the target keeps its value where the batch's overall statistic is undefined (an empty
+        batch, a TPR batch without positives) or non-finite. Until its first defined batch a running denominator
+        is 0 (the group counts as absent) and the running target NaN (the batch's own overall statistic is used).
+        Non-finite batches thus never poison the averages: their loss is non-finite through the numerators, and
+        a step skipped by e.g. a gradient scaler leaves no trace.
+        """
         m = float(self.momentum)
         with torch.no_grad():
+            ok = present & torch.isfinite(den_rate)
+            target_ok = overall_ok & torch.isfinite(overall)
             if self.running_denom is None or self.running_denom.shape != den_rate.shape:
-                self.running_denom = den_rate.clone()
-                self.running_target = overall.clone()
+                self.running_denom = torch.where(ok, den_rate, torch.zeros_like(den_rate))
+                self.running_target = torch.where(target_ok, overall, torch.full_like(overall, float("nan")))
             elif self.training:
-                upd = (1 - m) * self.running_denom + m * den_rate
-                # A group absent from this batch (``present``: the batch's valid-group mask) keeps its running
-                # denominator.
-                self.running_denom = torch.where(present, upd, self.running_denom)
-                self.running_target = (1 - m) * self.running_target + m * overall
+                seen = F._lf_valid(self.running_denom)
+                upd = torch.where(seen, (1 - m) * self.running_denom + m * den_rate, den_rate)
+                self.running_denom = torch.where(ok, upd, self.running_denom)
+                known = ~torch.isnan(self.running_target)
+                upd = torch.where(known, (1 - m) * self.running_target + m * overall, overall)
+                self.running_target = torch.where(target_ok, upd, self.running_target)
         return self.running_denom
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The running buffers are created by the first batch; a fresh module loading a checkpoint that has them
+        # materialises them first, so that a strict load_state_dict resumes them (instead of "Unexpected key(s)").
+        for name in ("running_target", "running_denom"):
+            key = prefix + name
+            if key in state_dict and getattr(self, name) is None:
+                setattr(self, name, torch.empty_like(state_dict[key]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, pred: torch.Tensor, sens: torch.Tensor, *stat_args: Any, pred_as_logit: bool = True,
                 target_statistic: Optional[torch.Tensor] = None, **stat_kwargs: Any) -> torch.Tensor:
@@ -137,8 +179,8 @@ class ViolationLoss(FairnessLoss):
         Returns:
             A scalar tensor.
         """
-        return self.penalize_violation(self.violation(pred, sens, *stat_args, pred_as_logit=pred_as_logit,
-                                                      target_statistic=target_statistic, **stat_kwargs))
+        return self.penalize(*self._violation(pred, sens, *stat_args, pred_as_logit=pred_as_logit,
+                                              target_statistic=target_statistic, **stat_kwargs))
 
 
 class NormLoss(ViolationLoss):
@@ -161,7 +203,13 @@ class NormLoss(ViolationLoss):
 
 
 class LSELoss(ViolationLoss):
-    """Log-sum-exp of the violation vector minus ``log S``: a smooth maximum violation."""
+    """Log-sum-exp of the violation vector minus ``log S``: a smooth maximum violation.
 
-    def penalize_violation(self, violation: torch.Tensor) -> torch.Tensor:
-        return F.lse_penalty(violation)
+    Only groups with a defined statistic enter, in the sum and in ``S`` (absent groups contribute nothing).
+    """
+
+    def penalize_violation(self, violation: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.lse_penalty(violation, valid)
+
+    def penalize(self, violation: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.lse_penalty(violation, valid)

@@ -113,7 +113,8 @@ class OGMGE(BalanceRule):
             return torch.ones(m, dtype=torch.float64, device=s.device)
         others = (s.sum() - s) / (m - 1)
         rho = s / others.clamp_min(1e-12)
-        return torch.where(rho > 1, 1 - torch.tanh(self.alpha * rho), torch.ones_like(rho))
+        # written so that a NaN ratio (non-finite logits) gives a NaN coefficient, not 1
+        return torch.where(rho <= 1, torch.ones_like(rho), 1 - torch.tanh(self.alpha * rho))
 
 
 class AGM(BalanceRule):
@@ -143,21 +144,32 @@ class AGM(BalanceRule):
         self._accumulate(torch.cat([ce, n]))
 
     def coefficients(self, step: int) -> torch.Tensor:
+        """``k_m`` for the pooled statistics of this step.
+
+        A step whose micro-batches held no rows has no scores: it is skipped (coefficients 1, running means
+        unchanged). Scores that are not finite give non-finite coefficients for the step and leave the running
+        means unchanged. Until a step defines them the running means are NaN.
+        """
         if self.stats.numel() == 0:
             raise RuntimeError("AGM.coefficients called before any update() in this step")
-        s = self.stats[:-1] / self.stats[-1]
+        count = self.stats[-1]
+        empty = ~(count > 0)
+        s = self.stats[:-1] / torch.where(empty, torch.ones_like(count), count)
         self.reset_step()
         if self.running.numel() != s.numel():
-            self.running = s.clone()
-        else:
-            self.running = (1 - self.momentum) * self.running.to(s.device) + self.momentum * s
+            self.running = torch.full_like(s, float("nan"))
+        running = self.running.to(s.device)
+        known = ~torch.isnan(running)
+        upd = torch.where(known, (1 - self.momentum) * running + self.momentum * s, s)
+        self.running = torch.where(~empty & torch.isfinite(s), upd, running)  # tensor ops: no host sync
         m = s.numel()
 
         def rho(v: torch.Tensor) -> torch.Tensor:
             others = (v.sum() - v) / (m - 1)
             return torch.exp(others - v)
 
-        return torch.exp(self.alpha * torch.clamp(rho(self.running) - rho(s), max=10.0))
+        k = torch.exp(self.alpha * torch.clamp(rho(self.running) - rho(s), max=10.0))
+        return torch.where(empty, torch.ones_like(k), k)
 
 
 def min_norm_weights(g1: torch.Tensor, g2: torch.Tensor) -> Tuple[float, float]:

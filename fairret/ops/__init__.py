@@ -78,9 +78,19 @@ def resolve_backend(backend: str, xs: Sequence[torch.Tensor], c: float = 0.0) ->
     return backend
 
 
+#: Input dtypes evaluated in float32 by :func:`product_sum`.
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def product_sum(xs: Sequence[torch.Tensor], c: float, unbiased: bool, backend: str = "auto",
                 tile: int = DEFAULT_TILE) -> torch.Tensor:
-    r""":math:`T_c` over all pairs (V) or ``i != j`` (U) with the chosen backend."""
+    r""":math:`T_c` over all pairs (V) or ``i != j`` (U) with the chosen backend.
+
+    float16 and bfloat16 inputs are evaluated in float32, and the sum comes back in float32: :math:`T_c` is of
+    order :math:`n^2 c^d` and the measures subtract that from it, so in bfloat16 (8 significant bits) a JdCov of
+    -0.011 would round to 0. The callers cast their final value back to the input dtype.
+    """
+    xs = [x.float() if x.dtype in _HALF else x for x in xs]
     which = resolve_backend(backend, xs, c)
     if which == "dense":
         return product_sum_dense(xs, c, unbiased)

@@ -34,7 +34,7 @@ def pairwise_distances(x: torch.Tensor, z: torch.Tensor | None = None) -> torch.
         return (x - z.T).abs()
     diff = x.unsqueeze(1) - z.unsqueeze(0)
     sq = (diff * diff).sum(-1)
-    pos = sq > 0
+    pos = ~(sq <= 0)  # NaN stays NaN (a NaN coordinate must not read as a zero distance)
     return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
 

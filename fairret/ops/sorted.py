@@ -223,11 +223,14 @@ def sorted_applicable(xs: List[torch.Tensor], c: float) -> Tuple[bool, str]:
     if len(xs) != 2 or c != 0:
         return False, "it handles two variables without JdCov's constant (dCov/dCor and CCdCov)"
     one_d = [x.shape[1] == 1 for x in xs]
-    cat = [x.shape[1] > 1 and is_categorical(x) for x in xs]
+    # a categorical variable is taken as data: one that needs a gradient (e.g. saturated one-hot predictions)
+    cat = [x.shape[1] > 1 and not x.requires_grad and is_categorical(x) for x in xs]
     if all(one_d) or (one_d[0] and cat[1]) or (cat[0] and one_d[1]):
         return True, ""
     if all(cat) and not any(x.requires_grad for x in xs):
         return True, ""
+    if any(x.shape[1] > 1 and x.requires_grad and is_categorical(x) for x in xs):
+        return False, "it takes a categorical variable as data and cannot differentiate it (detach it)"
     return False, ("it needs a 1-D variable against a 1-D or a categorical (scaled one-hot) one; got shapes "
                    f"{[tuple(x.shape) for x in xs]}")
 

@@ -57,7 +57,7 @@ def _dist(x: torch.Tensor, z: torch.Tensor, nx: Optional[torch.Tensor] = None,
         sq = sq.index_put((ii, jj), (diff * diff).sum(1))
     if not torch.is_grad_enabled():
         return sq.clamp_min_(0.0).sqrt_()
-    pos = sq > 0
+    pos = ~(sq <= 0)  # NaN stays NaN (a NaN coordinate must not read as a zero distance)
     return torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
 

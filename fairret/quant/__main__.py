@@ -26,6 +26,10 @@ from typing import Any, Dict, List, Optional
 
 FP_NAME = "FP"
 
+from .._extras import require_extra
+
+require_extra("quant", "python -m fairret.quant", "transformers", "safetensors")
+
 
 def _parser() -> argparse.ArgumentParser:
     from .model import FAIR_LAYERS

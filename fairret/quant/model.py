@@ -30,9 +30,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._extras import require_extra
 from .export import pack_layer
 from .gptq import GPTQResult, HessianAccumulator, fair_shift, gptq_quantize
 from .pairs import PairHessians, check_pairs
+
+require_extra("quant", "fairret.quant.model", "transformers", "safetensors")
 
 __all__ = ["FAIR_LAYERS", "find_blocks", "select_blocks", "linear_layers", "pair_batches", "QuantizedModel",
            "quantize_model", "quantize_from_hessians", "to_quant_linear", "save_quantized", "load_quantized"]

@@ -7,7 +7,7 @@ A statistic is defined by the four coefficient functions of its canonical form
 
 Shapes: ``pred`` is ``(N, 1)`` for binary classification or regression, or ``(N, C)`` for multiclass
 probabilities; then every column is treated one-vs-rest and a label may be given as class indices ``(N,)``
-(converted to one-hot) or as a one-hot ``(N, C)`` tensor. A ``(N,)`` float label for ``(N, 1)`` predictions is
+(integer or integral float, converted to one-hot) or as a one-hot ``(N, C)`` tensor. A ``(N,)`` float label for ``(N, 1)`` predictions is
 taken as a column. The output is ``(S,)`` for ``(N, 1)`` predictions and ``(C, S)`` for ``(N, C)``;
 stacked statistics put their ``K`` axis first.
 
@@ -32,7 +32,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from .._validation import prepare_pred, prepare_sens
+from .._validation import check_number, prepare_pred, prepare_sens
 from ..functional import linear_fractional as F
 from .base import Statistic, requires_arguments
 
@@ -66,14 +66,21 @@ def _prepare_arg(arg: Any, pred: torch.Tensor, name: str) -> Any:
     if arg.shape[0] != n:
         raise ValueError(f"Expected argument `{name}` to have N={n} rows like `pred`, but got {arg.shape[0]}")
     if arg.ndim == 1:
-        if c > 1 and not arg.is_floating_point():
-            # the range check reads values: only where that costs no device synchronisation
+        if c > 1:
+            # class indices, integer or floating (0., 1., 2.): both one-hot, so a float label gives the integer
+            # label's result. The value check reads data: only where that costs no device synchronisation.
             if arg.device.type == "cpu" and not torch.compiler.is_compiling():
-                if bool(((arg < 0) | (arg >= c)).any()):
-                    raise ValueError(f"Expected argument `{name}` to hold class indices in [0, {c}), but got values "
-                                     f"outside that range")
+                bad = (arg < 0) | (arg >= c)
+                if arg.is_floating_point():  # non-finite labels are left to propagate (the non-finite policy)
+                    bad = torch.isfinite(arg) & (bad | (arg != torch.round(arg)))
+                if bool(bad.any()):
+                    raise ValueError(f"Expected argument `{name}` to hold class indices in [0, {c}) (as integers or "
+                                     f"integral floats) for (N, {c}) predictions, but got other values")
             classes = torch.arange(c, device=arg.device)
-            return (arg.long().unsqueeze(1) == classes).to(pred.dtype)  # one-hot without a value check
+            onehot = (arg.unsqueeze(1) == classes).to(pred.dtype)
+            if arg.is_floating_point():  # NaN/inf labels stay non-finite (x - x is 0, or NaN for them)
+                onehot = onehot + (arg - arg).to(pred.dtype).unsqueeze(1)
+            return onehot
         return arg.to(pred.dtype).unsqueeze(-1)
     if arg.ndim == 2 and arg.shape[1] not in (1, c):
         raise ValueError(f"Expected argument `{name}` to have 1 or C={c} columns like `pred`, but got {arg.shape[1]}")
@@ -373,9 +380,7 @@ class FScore(LinearFractionalStatistic):
 
     def __init__(self, beta: float = 1.0):
         super().__init__()
-        if not isinstance(beta, (int, float)) or beta <= 0:
-            raise ValueError(f"Expected argument `beta` to be a positive number, but got {beta!r}")
-        self.beta = beta
+        self.beta = check_number(beta, "beta", strict=True)  # finite and > 0: NaN would pass `beta <= 0`
 
     def num_intercept(self, label: torch.Tensor) -> float:
         return 0.0
