@@ -80,7 +80,7 @@ def test_inverse_cholesky_upper_without_the_inverse():
 
     W, H, _ = _layer(dead=False)
     H = H + 0.01 * H.diag().mean() * torch.eye(40, dtype=torch.float64)
-    U = _inverse_cholesky_upper(H)
+    U = _inverse_cholesky_upper(H, 0.0)
     assert torch.equal(U, torch.triu(U)) and (U.diag() > 0).all()
     # the unique upper factor with a positive diagonal, against the inverse formed explicitly
     torch.testing.assert_close(U, torch.linalg.cholesky(torch.linalg.inv(H), upper=True), rtol=1e-9, atol=1e-12)

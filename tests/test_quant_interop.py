@@ -93,15 +93,25 @@ def test_the_old_zero_point_is_refused_and_would_be_misread():
 
 
 def test_quantizer_keeps_zero_points_storable_and_the_range_covered():
+    """Against GPTQ's asymmetric parameters written out here: rows whose zero would round to 0 get zero 1 and
+    ``scale = max / (2^b - 2)``, which covers ``[min(w, 0), max(w)]`` exactly; every other row is unchanged."""
     g = torch.Generator().manual_seed(1)
     w = torch.rand(200, 16, generator=g, dtype=torch.float64) * torch.rand(200, 1, generator=g, dtype=torch.float64)
     w[100:] -= 0.02 * torch.rand(100, 1, generator=g, dtype=torch.float64)  # slightly negative minimum
+    lo_w, hi_w = w.min(1).values.clamp_max(0), w.max(1).values.clamp_min(0)
     for bits in (2, 3, 4, 8):
+        maxq = 2 ** bits - 1
         q = Quantizer(bits)
-        scale, zero = q.params(w)
-        assert zero.min() >= 1 and zero.max() <= q.maxq
-        lo, hi = scale * (0 - zero), scale * (q.maxq - zero)  # the representable range
-        assert (lo.squeeze(1) <= w.min(1).values + 1e-12).all() and (hi.squeeze(1) >= w.max(1).values - 1e-12).all()
+        scale, zero = (t.squeeze(1) for t in q.params(w))
+        plain_scale = (hi_w - lo_w) / maxq
+        plain_zero = torch.round(-lo_w / plain_scale)
+        edge = plain_zero == 0
+        assert edge[:100].all() and edge[100:].any() and not edge[100:].all()
+        assert torch.equal(zero[~edge], plain_zero[~edge]) and torch.equal(scale[~edge], plain_scale[~edge])
+        assert (zero[edge] == 1).all() and torch.equal(scale[edge], hi_w[edge] / (maxq - 1))
+        assert (zero >= 1).all() and (zero <= maxq).all()
+        lo, hi = scale * -zero, scale * (maxq - zero)  # what codes 0 and maxq decode to
+        assert (lo[edge] <= lo_w[edge]).all() and torch.allclose(hi[edge], hi_w[edge], rtol=1e-15, atol=0)
 
 
 # --- real models --------------------------------------------------------------------------------------------------------
