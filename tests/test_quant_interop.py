@@ -237,3 +237,115 @@ def test_quant_linear_rejects_bad_tensors():
         QuantLinear(packed, 4, tile=48)
     with pytest.raises(ValueError, match="`bias` of shape \\(96,\\)"):
         QuantLinear(packed, 4, torch.zeros(95))
+
+
+# --- the checkpoint folder ------------------------------------------------------------------------------------------------
+def _tiny_quantized(kind="llama"):
+    from test_quant_model import batches, tiny
+
+    from fairret.quant.model import quantize_model
+
+    model = tiny(kind)
+    return model, quantize_model(model, batches(), bits=4, group_size=16, alpha=0.5, progress=False)
+
+
+def test_checkpoint_folder_config_shards_and_round_trip(tmp_path):
+    from safetensors.torch import load_file
+
+    from fairret.quant.model import is_quantized, load_quantized, save_quantized, to_quant_linear
+
+    model, q = _tiny_quantized()
+    save_quantized(q, tmp_path / "ckpt", max_shard_size=20_000)  # small shards: an index and several files
+    d = tmp_path / "ckpt"
+    qc = json.loads((d / "config.json").read_text())["quantization_config"]
+    assert {k: qc[k] for k in ("quant_method", "checkpoint_format", "bits", "group_size", "desc_act", "sym",
+                               "true_sequential")} == {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": 4,
+                                                      "group_size": 16, "desc_act": False, "sym": False,
+                                                      "true_sequential": False}
+    assert qc["meta"]["fair_gptq"]["alpha"] == 0.5 and qc["meta"]["quantizer"][0].startswith("fairret-plus:")
+    assert json.loads((d / "quantize_config.json").read_text()) == qc
+    assert (d / "generation_config.json").is_file()
+    index = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(index.values())) > 1
+    stored = {}
+    for f in set(index.values()):
+        stored.update(load_file(str(d / f)))
+    for name, packed in q.packed.items():  # packed tensors in place of the weight, exactly as packed
+        assert f"{name}.weight" not in stored
+        assert all(torch.equal(stored[f"{name}.{k}"], v) for k, v in packed.items())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    loaded = load_quantized(d)
+    assert is_quantized(loaded) and not is_quantized(q.model)
+    assert not [k for k in loaded.state_dict() if any(k == f"{n}.weight" for n in q.packed)]
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, to_quant_linear(q)(input_ids=ids).logits)
+        torch.testing.assert_close(loaded(input_ids=ids).logits, q.model(input_ids=ids).logits, rtol=0, atol=1e-5)
+    save_quantized(q, d)  # an existing folder is replaced
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_checkpoint_errors(tmp_path):
+    from fairret.quant.model import load_quantized, save_quantized
+
+    model, q = _tiny_quantized()
+    with pytest.raises(FileNotFoundError, match="No checkpoint folder"):
+        load_quantized(tmp_path / "nothing")
+    model.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="is not a GPTQ checkpoint"):
+        load_quantized(tmp_path / "plain")
+    save_quantized(q, tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    cfg["quantization_config"]["bits"] = 5
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="holds 5-bit codes; fairret reads GPTQ checkpoints of 2, 3, 4, 8 bits"):
+        load_quantized(tmp_path / "ckpt")
+    cfg["quantization_config"].update(bits=4, checkpoint_format="gptq_v2")
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="is a 'gptq_v2' checkpoint"):
+        load_quantized(tmp_path / "ckpt")
+
+
+def test_load_pairs_json_lines_and_csv(tmp_path):
+    from fairret.quant.pairs import SentencePair, load_pairs
+
+    (tmp_path / "p.jsonl").write_text('{"stereotype": "A b.", "anti_stereotype": "C b.", "bias_type": "race"}\n\n'
+                                      '{"stereotype": "D e.", "anti-stereotype": "F e."}\n')
+    assert load_pairs(tmp_path / "p.jsonl") == [SentencePair("A b.", "C b.", "race"), SentencePair("D e.", "F e.")]
+    (tmp_path / "p.csv").write_text('stereotype,anti_stereotype\n"A, b.",C b.\n')
+    assert load_pairs(tmp_path / "p.csv") == [SentencePair("A, b.", "C b.")]
+    (tmp_path / "bad.csv").write_text("stereotype,other\nA b.,C b.\n")
+    with pytest.raises(ValueError, match=r"line 2: expected the fields 'stereotype' and 'anti_stereotype'"):
+        load_pairs(tmp_path / "bad.csv")
+    (tmp_path / "bad.jsonl").write_text('{"stereotype": "A"}\n')
+    with pytest.raises(ValueError, match="line 1: expected the fields"):
+        load_pairs(tmp_path / "bad.jsonl")
+    (tmp_path / "bad2.jsonl").write_text('not json\n')
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        load_pairs(tmp_path / "bad2.jsonl")
+    (tmp_path / "same.jsonl").write_text('{"stereotype": "A b.", "anti_stereotype": "A b."}\n')
+    with pytest.raises(ValueError, match="identical sentences"):
+        load_pairs(tmp_path / "same.jsonl")
+    with pytest.raises(FileNotFoundError, match="No pairs file"):
+        load_pairs(tmp_path / "missing.csv")
+
+
+@needs_smol
+@pytest.mark.slow
+def test_real_smollm2_save_load_identical_logits(smol_two_blocks, tmp_path):
+    """SmolLM2 (two real blocks) quantized, saved with its tokenizer, loaded back through load_model (as
+    ``--model <folder>`` does): logits identical to the in-memory model with the same QuantLinear layers."""
+    from fairret.quant.loading import load_model
+    from fairret.quant.model import pair_batches, quantize_model, save_quantized, to_quant_linear
+
+    model, tok = smol_two_blocks
+    qm = quantize_model(model, pair_batches(tok, PAIRS, batch_size=4, max_length=24), bits=4, group_size=128,
+                        alpha=0.1, progress=False)
+    save_quantized(qm, tmp_path / "q", tokenizer=tok)
+    loaded, tok2, kind = load_model(tmp_path / "q")
+    assert kind == "causal" and tok2("Hello there")["input_ids"] == tok("Hello there")["input_ids"]
+    ids = tok(["The nurse said she was tired of waiting for the doctor."], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a = loaded(input_ids=ids).logits
+        assert torch.equal(a, to_quant_linear(qm)(input_ids=ids).logits)
+        torch.testing.assert_close(a, qm.model(input_ids=ids).logits, rtol=0, atol=1e-3)

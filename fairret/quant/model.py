@@ -38,7 +38,7 @@ from .pairs import PairHessians, check_pairs
 require_extra("quant", "fairret.quant.model", "transformers", "safetensors")
 
 __all__ = ["FAIR_LAYERS", "find_blocks", "select_blocks", "linear_layers", "pair_batches", "QuantizedModel",
-           "quantize_model", "quantize_from_hessians", "to_quant_linear", "save_quantized", "load_quantized"]
+           "quantize_model", "quantize_from_hessians", "to_quant_linear", "is_quantized", "save_quantized", "load_quantized"]
 
 #: Default layers of the fair term: attention output and MLP down projections (Llama/Mistral, OPT, GPT-2, BERT).
 FAIR_LAYERS = r"(self_attn\.(o_proj|out_proj)|attn\.c_proj|attention\.output\.dense|mlp\.(down_proj|c_proj)|fc2|^output\.dense)$"
@@ -483,6 +483,13 @@ def to_quant_linear(qm: QuantizedModel) -> torch.nn.Module:
     finally:
         _swap(qm.model, old)
     return out.eval()
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds :class:`~fairret.quant.export.QuantLinear` layers (e.g. from :func:`load_quantized`)."""
+    from .export import QuantLinear
+
+    return any(isinstance(m, QuantLinear) for m in model.modules())
 
 
 def save_quantized(qm: QuantizedModel, directory: Any, tokenizer: Any = None,
