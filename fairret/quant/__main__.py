@@ -207,17 +207,17 @@ def _encoder(model, tok, ev, batches, names, alpha, kw) -> Dict[str, Any]:
     from .model import quantize_model
 
     unrelated = [it.unrelated for it in ev]
-    rows = {names[0]: (encoder_stereotype_score(model, tok, ev), 1.0)}
+    rows = {names[0]: (encoder_stereotype_score(model, tok, ev, desc=names[0]), 1.0)}
     if len(names) == 1:  # evaluation only: no FP reference to compare with
         rows[names[0]] = (rows[names[0]][0], None)
         _encoder_table(rows, ev)
         return {"rows": rows}
     gptq = quantize_model(model, batches, alpha=0.0, desc=names[1], **kw)
-    rows[names[1]] = (encoder_stereotype_score(gptq.model, tok, ev),
-                      embedding_fidelity(gptq.model, model, tok, unrelated))
+    rows[names[1]] = (encoder_stereotype_score(gptq.model, tok, ev, desc=names[1]),
+                      embedding_fidelity(gptq.model, model, tok, unrelated, desc=names[1]))
     fair = quantize_model(model, batches, alpha=alpha, desc=names[2], **kw)
-    rows[names[2]] = (encoder_stereotype_score(fair.model, tok, ev),
-                      embedding_fidelity(fair.model, model, tok, unrelated))
+    rows[names[2]] = (encoder_stereotype_score(fair.model, tok, ev, desc=names[2]),
+                      embedding_fidelity(fair.model, model, tok, unrelated, desc=names[2]))
     _encoder_table(rows, ev)
     return {"rows": rows, "fair": fair}
 
