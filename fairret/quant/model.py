@@ -509,6 +509,8 @@ def save_quantized(qm: QuantizedModel, directory: Any, tokenizer: Any = None,
     model = to_quant_linear(qm)
     qc = dict(qm.config)
     model.config.quantization_config = qc  # the copy's config
+    if getattr(model, "hf_quantizer", None) is not None:  # e.g. GGUF: dequantized to float when loaded, and the
+        model.hf_quantizer = None  # copy's weights are ours now; its quantizer would refuse to serialize them
     with atomic_folder(directory) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         (Path(tmp) / "quantize_config.json").write_text(json.dumps(qc, indent=2) + "\n")
