@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quant.py --part time [--dim 4096] [--pairs 1053] [--seq 12] [--reps 3] [--device cpu|cuda]
     python benchmarks/bench_quant.py --part floor   (the compute floor of the SmolLM2 command line: quant_floor.md)
+    python benchmarks/bench_quant.py --part load [--ckpt DIR] [--batch 4] [--tokens 128] [--reps 3]
     python benchmarks/bench_quant.py --part minilm [--bits 4 3] [--alphas 0.02 0.05 0.1 0.3] [--position-pairs]
                                      [--fair-layers REGEX] [--split-seeds 0 1 2 3] [--out FILE]
 
@@ -12,6 +13,9 @@ fidelity (cosine to FP32 embeddings of the evaluation items' unrelated sentences
 each α; a table on stdout and in ``benchmarks/quant_minilm.md`` (rewritten; ``--out``), rows in
 ``benchmarks/results.csv``. With several ``--split-seeds``, one table per split and their mean, with the number of
 splits on which each Fair-GPTQ row is closer to 50 than GPTQ at a fidelity within 1% of GPTQ's.
+
+Part ``load``: the resident memory and forward time of SmolLM2 loaded from a 4-bit GPTQ checkpoint against
+float32, each in a fresh process (``benchmarks/quant_load.py``).
 
 Part ``time``: one ``dim x dim`` layer, as the model driver meets it: its inputs for ``pairs`` calibration pairs of
 ``seq`` tokens a sentence (default: the 1,053 pairs of the StereoSet calibration half, 11.5 real tokens a sentence
@@ -146,7 +150,7 @@ def minilm_rows(results: Dict[str, Tuple[float, ...]], n_cal: int, align: bool, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["time", "minilm", "causal", "floor"], default="time")
+    ap.add_argument("--part", choices=["time", "minilm", "causal", "floor", "load"], default="time")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     ap.add_argument("--alphas", type=float, nargs="+", default=None,
                     help="α values (minilm: 0.02 0.05 0.1 0.3; causal: the selection grid, 0.01 0.03 0.1 0.3)")
@@ -171,6 +175,12 @@ def main() -> None:
     ap.add_argument("--no-layer-study", action="store_true", help="(causal) skip the one-layer-type-at-a-time part")
     ap.add_argument("--max-items", type=int, default=None, help="(causal) use only the first StereoSet "
                     "intrasentence items (a smoke run of the study)")
+    ap.add_argument("--ckpt", default="fairret-output/smollm2-gptq4", help="(load) the checkpoint folder (written "
+                    "when absent)")
+    ap.add_argument("--load-pairs", type=int, default=32, help="(load) calibration pairs when writing the checkpoint")
+    ap.add_argument("--batch", type=int, default=4, help="(load) sequences a forward batch")
+    ap.add_argument("--tokens", type=int, default=128, help="(load) tokens a sequence")
+    ap.add_argument("--load-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--pairs", type=int, default=1053, help="calibration pairs (default: the StereoSet half)")
     ap.add_argument("--seq", type=int, default=12, help="tokens a sentence")
@@ -196,6 +206,16 @@ def main() -> None:
         text = quant_floor.run(args)
         print(text)
         Path(args.out or Path(args.csv).with_name("quant_floor.md")).write_text(text)
+        return
+    if args.part == "load":
+        import json
+
+        import quant_load
+
+        if args.load_child:
+            print(json.dumps(quant_load.child(args.load_child, args.ckpt, args.batch, args.tokens, args.reps)))
+        else:
+            quant_load.run(args)
         return
     if args.part == "minilm":
         minilm(args.bits, args.alphas, Path(args.out or Path(args.csv).with_name("quant_minilm.md")),

@@ -219,13 +219,23 @@ def test_command_line_on_minilm(tmp_path, capsys):
     from fairret.quant.model import load_quantized
 
     res = main(["--bits", "4", "--alpha", "0.1", "--max-pairs", "64", "--out", str(tmp_path / "fair")])
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
+    out = cap.out
     assert "| FP |" in out and "| GPTQ 4-bit |" in out and "Fair-GPTQ 4-bit α=0.1" in out
+    for label in ("FP: targets", "GPTQ 4-bit:", "GPTQ 4-bit: fidelity", "Fair-GPTQ 4-bit α=0.1:",
+                  "Fair-GPTQ 4-bit α=0.1: anti-stereotypes"):  # every phase's progress bar is labelled
+        assert label in cap.err, label
     assert res["calibration"] == res["evaluation"] == 32
     fid = res["rows"]["GPTQ 4-bit"][1]
     assert 0.9 < fid <= 1.0
     loaded = load_quantized(tmp_path / "fair")
     assert any(type(m).__name__ == "QuantLinear" for m in loaded.modules())
+    # the written folder is a model again: --model <out> evaluates it (one row, the same evaluation half)
+    again = main(["--model", str(tmp_path / "fair"), "--max-pairs", "64"])
+    assert again["kind"] == "encoder" and again["evaluation"] == 32 and again["calibration"] == 0
+    (name, (score, fidelity)), = again["rows"].items()
+    assert "GPTQ checkpoint" in name and fidelity is None
+    assert score == res["rows"]["Fair-GPTQ 4-bit α=0.1"][0]  # the loaded checkpoint scores as the in-memory model
 
 
 @needs_data

@@ -1,16 +1,11 @@
 """Issue 19 rows 16 and 17, quantization part: argument and value validation of the GPTQ entry points.
 
-The validation itself belongs in ``fairret/quant/gptq.py`` (being rewritten by its owner): these tests pin the
-expected errors and are marked ``xfail(strict=True)`` until it lands, so that they start failing (XPASS) the
-moment it does and the marks must then be removed.
+Each bad argument raises ValueError naming it (the validation lives in ``fairret/quant/gptq.py``).
 """
 import pytest
 import torch
 
 from fairret.quant import HessianAccumulator, gptq_quantize
-
-PENDING = pytest.mark.xfail(strict=True, reason="validation added by the lead in fairret/quant")
-
 
 def layer(d_out=8, d_in=16, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -28,28 +23,25 @@ def test_a_valid_layer_quantizes_to_finite_codes():
     assert int(res.qweight.min()) >= 0 and int(res.qweight.max()) <= 15
 
 
-@PENDING
 @pytest.mark.parametrize("block_size", [0, -1, 2.5])
 def test_row16_block_size(block_size):
-    # today: 0 raises range()'s ValueError, 2.5 a TypeError, and -1 silently returns all-zero weights
+    # before the validation: 0 raised range()'s ValueError, 2.5 a TypeError, and -1 silently gave all-zero weights
     W, H = layer()
     with pytest.raises(ValueError, match=r"Expected argument `block_size` to be a positive int, but got"):
         gptq_quantize(W, H, block_size=block_size)
 
 
-@PENDING
 def test_row16_singular_hessian_without_damping():
     W, _ = layer()
     H = torch.eye(16, dtype=torch.float64)
     H[0, 1] = H[1, 0] = 1.0  # positive semi-definite, exactly singular, no zero diagonal (no dead column)
-    # today: torch's _LinAlgError from the Cholesky factorisation, which names neither argument
+    # before the validation: torch's _LinAlgError from the Cholesky factorisation, which named neither argument
     with pytest.raises(ValueError, match=r"Expected argument `H` to be positive definite after damping .*`damp`"):
         gptq_quantize(W, H, damp=0.0)
 
 
-@PENDING
 def test_row16_hessian_accumulator_width():
-    acc = HessianAccumulator(16)  # today: addmm_'s RuntimeError "Bad in-place call"
+    acc = HessianAccumulator(16)  # before: addmm_'s RuntimeError "Bad in-place call"
     with pytest.raises(ValueError, match=r"Expected argument `x` to have 16 columns \(`columns` of the "
                                          r"accumulator\), but got 8"):
         acc.add(torch.randn(4, 8))
@@ -58,12 +50,11 @@ def test_row16_hessian_accumulator_width():
         acc.add_rows(torch.randn(4, 8))
 
 
-@PENDING
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("where", ["W", "H"])
 def test_row17_nonfinite_weights_or_hessian(bad, where):
     W, H = layer()
     (W if where == "W" else H)[2, 3] = bad
-    # today NaN weights are written as int32 codes of -2**31; the codes must never silently be wrong
+    # before: NaN weights were written as int32 codes of -2**31; the codes must never silently be wrong
     with pytest.raises(ValueError, match=rf"Expected argument `{where}` to be finite"):
         gptq_quantize(W, H)

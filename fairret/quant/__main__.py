@@ -16,7 +16,12 @@ ending as the float one. Then, for each quantized model against GPTQ (or FP), th
 away from the stereotype with an exact McNemar p-value. Encoders: the stereotype score of the target term's
 embedding and the fidelity (cosine to the FP embeddings).
 
-``--out`` writes the Fair-GPTQ model as a GPTQ-v1 checkpoint.
+``--pairs FILE`` calibrates on one's own pairs instead of StereoSet's calibration half (JSON lines or CSV with
+``stereotype`` and ``anti_stereotype`` fields, optional ``bias_type``); the evaluation stays on StereoSet's
+evaluation half.
+
+``--out`` writes the Fair-GPTQ model as a GPTQ-v1 checkpoint folder (with the tokenizer); ``--model <that folder>``
+evaluates it again (one row, the same evaluation half for the same ``--seed`` and ``--calib-fraction``).
 """
 from __future__ import annotations
 
@@ -50,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--first-order", action="store_true", help="the first-order shift W (I - alpha H_delta H^-1)")
     ap.add_argument("--calib-fraction", type=float, default=0.5, help="share of the pairs used for calibration")
     ap.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs (quick runs)")
+    ap.add_argument("--pairs", default=None, help="calibrate on the pairs of this file (JSON lines or CSV with "
+                    "stereotype and anti_stereotype fields, optional bias_type) instead of StereoSet's calibration "
+                    "half")
     ap.add_argument("--seed", type=int, default=0, help="seed of the calibration/evaluation split")
     ap.add_argument("--position-pairs", action="store_true",
                     help="pair differences position by position instead of between aligned tokens")
@@ -60,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--start-token", default="auto",
                     help="token put before every scored text so its first word is scored: auto (the tokenizer's "
                          "BOS, else EOS), a token, or none")
-    ap.add_argument("--out", default=None, help="write the Fair-GPTQ model here (GPTQ-v1 checkpoint)")
+    ap.add_argument("--out", default=None, help="write the Fair-GPTQ model here (a GPTQ-v1 checkpoint folder with "
+                    "the tokenizer, loadable by transformers + optimum/GPTQModel and by --model)")
     return ap
 
 
@@ -112,13 +121,24 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     except (FileNotFoundError, ModuleNotFoundError, ValueError) as e:
         ap.error(str(e))
     from .evaluate import load_stereoset
-    from .model import pair_batches, quantize_model, save_quantized
-    from .pairs import split_pairs
+    from .model import is_quantized, pair_batches, save_quantized
+    from .pairs import load_pairs, split_pairs
 
     items = load_stereoset()
     if args.max_pairs:
         items = items[: args.max_pairs]
     cal, ev = split_pairs(items, args.calib_fraction, args.seed)
+    if is_quantized(model):  # a GPTQ checkpoint: evaluate it as it is
+        names = [f"{args.model} (GPTQ checkpoint)"]
+        result = _encoder(model, tok, ev, None, names, None, None) if kind == "encoder" else \
+            _causal(model, tok, ev, None, names, args, None)
+        result.update(calibration=0, evaluation=len(ev), kind=kind)
+        return result
+    if args.pairs:
+        try:
+            cal = load_pairs(args.pairs)
+        except (OSError, ValueError) as e:
+            ap.error(str(e))
     batches = pair_batches(tok, cal, batch_size=32, max_length=48, align=not args.position_pairs)
     kw = dict(bits=args.bits, group_size=args.group_size, fair_layers=args.fair_layers, fair_blocks=args.fair_blocks,
               first_order=args.first_order)
@@ -130,7 +150,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         result = _causal(model, tok, ev, batches, names, args, kw)
     print(f"\n{len(cal)} calibration / {len(ev)} evaluation pairs; {time.perf_counter() - t0:.0f} s")
     if args.out:
-        save_quantized(result["fair"], args.out)
+        save_quantized(result["fair"], args.out, tokenizer=tok)
         print(f"Fair-GPTQ checkpoint written to {args.out}")
     result.update(calibration=len(cal), evaluation=len(ev), kind=kind)
     return result
@@ -146,6 +166,12 @@ def _causal(model, tok, ev, batches, names, args, kw) -> Dict[str, Any]:
                     load_passages(args.passages) if args.passages else [],
                     load_hellaswag(args.choices) if args.choices else [])
     reports = {names[0]: evaluate_causal(model, tok, data, start, label=names[0])}
+    if len(names) == 1:  # evaluation only
+        summaries = {names[0]: reports[names[0]].summary(None)}
+        print("\n".join(format_causal(summaries, "intrasentence")))
+        if data.intersentence:
+            print("\n".join(format_causal(summaries, "intersentence")))
+        return {"reports": reports, "summaries": summaries}
     gptq = quantize_model(model, batches, alpha=0.0, desc=names[1], **kw)
     reports[names[1]] = evaluate_causal(gptq.model, tok, data, start, label=names[1])
     del gptq
@@ -181,21 +207,36 @@ def _encoder(model, tok, ev, batches, names, alpha, kw) -> Dict[str, Any]:
     from .model import quantize_model
 
     unrelated = [it.unrelated for it in ev]
-    rows = {names[0]: (encoder_stereotype_score(model, tok, ev), 1.0)}
+    rows = {names[0]: (encoder_stereotype_score(model, tok, ev, desc=names[0]), 1.0)}
+    if len(names) == 1:  # evaluation only: no FP reference to compare with
+        rows[names[0]] = (rows[names[0]][0], None)
+        _encoder_table(rows, ev)
+        return {"rows": rows}
     gptq = quantize_model(model, batches, alpha=0.0, desc=names[1], **kw)
-    rows[names[1]] = (encoder_stereotype_score(gptq.model, tok, ev),
-                      embedding_fidelity(gptq.model, model, tok, unrelated))
+    rows[names[1]] = (encoder_stereotype_score(gptq.model, tok, ev, desc=names[1]),
+                      embedding_fidelity(gptq.model, model, tok, unrelated, desc=names[1]))
     fair = quantize_model(model, batches, alpha=alpha, desc=names[2], **kw)
-    rows[names[2]] = (encoder_stereotype_score(fair.model, tok, ev),
-                      embedding_fidelity(fair.model, model, tok, unrelated))
-    types = list(rows[names[0]][0])
+    rows[names[2]] = (encoder_stereotype_score(fair.model, tok, ev, desc=names[2]),
+                      embedding_fidelity(fair.model, model, tok, unrelated, desc=names[2]))
+    _encoder_table(rows, ev)
+    return {"rows": rows, "fair": fair}
+
+
+def _encoder_table(rows, ev) -> None:
+    from collections import Counter
+
+    types = list(next(iter(rows.values()))[0])
+    n = Counter(it.bias_type for it in ev)
+    n["overall"] = len(ev)
     print("\nstereotype score in % (50 = neutral): the target term's embedding closer to the stereotype sentence; "
           "fidelity: mean cosine to the FP embeddings of the evaluation items' unrelated sentences")
-    print(f"| model | {' | '.join(types)} | fidelity (cos) |")
+    print("| model | " + " | ".join(f"{t} (n={n[t]})" for t in types) + " | fidelity (cos) |")
     print("|---|" + "---|" * (len(types) + 1))
     for name, (score, f) in rows.items():
-        print(f"| {name} | " + " | ".join(f"{score[t]:.2f}" for t in types) + f" | {f:.4f} |")
-    return {"rows": rows, "fair": fair}
+        print(f"| {name} | " + " | ".join(f"{score[t]:.2f}" for t in types) + (" | |" if f is None else f" | {f:.4f} |"))
+    small = [f"{t} ({n[t]} items)" for t in types if n[t] < 100]
+    if small:
+        print(f"\nFew items: {', '.join(small)}; their scores move by several points per few items.")
 
 
 if __name__ == "__main__":

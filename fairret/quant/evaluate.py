@@ -724,30 +724,40 @@ def _by_type(values: Sequence[float], types: Sequence[str]) -> Dict[str, float]:
 
 @torch.no_grad()
 def sentence_embeddings(model, tokenizer, sentences: Sequence[str], batch_size: int = 64,
-                        device: Optional[Any] = None) -> torch.Tensor:
-    """Mean-pooled, L2-normalised token embeddings of an encoder (sentence-transformers style), ``(N, d)``."""
+                        device: Optional[Any] = None, desc: Optional[str] = None) -> torch.Tensor:
+    """Mean-pooled, L2-normalised token embeddings of an encoder (sentence-transformers style), ``(N, d)``; a
+    progress bar labelled ``desc`` when given."""
     device = device or next(model.parameters()).device
     outs = []
+    bar = _bar(len(sentences), desc, "sent")
     for i in range(0, len(sentences), batch_size):
         enc = tokenizer(list(sentences[i:i + batch_size]), return_tensors="pt", padding=True, truncation=True,
                         max_length=128).to(device)
         h = model(**enc)[0].float()
         m = enc["attention_mask"].unsqueeze(-1).float()
         outs.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1).cpu())
+        if bar is not None:
+            bar.update(enc["input_ids"].shape[0])
+    if bar is not None:
+        bar.close()
     return torch.cat(outs)
 
 
-def _target_similarities(model, tokenizer, items: Sequence[StereoItem], batch_size: int):
+def _target_similarities(model, tokenizer, items: Sequence[StereoItem], batch_size: int,
+                         desc: Optional[str] = None):
     """Cosines of the stereotype and of the anti-stereotype sentence to the target term, ``(N,)`` each."""
-    t = sentence_embeddings(model, tokenizer, [it.target for it in items], batch_size)
-    s = sentence_embeddings(model, tokenizer, [it.stereotype for it in items], batch_size)
-    a = sentence_embeddings(model, tokenizer, [it.anti_stereotype for it in items], batch_size)
+    t, s, a = (sentence_embeddings(model, tokenizer, texts, batch_size, desc=desc and f"{desc}: {part}")
+               for part, texts in (("targets", [it.target for it in items]),
+                                   ("stereotypes", [it.stereotype for it in items]),
+                                   ("anti-stereotypes", [it.anti_stereotype for it in items])))
     return (t * s).sum(1), (t * a).sum(1)
 
 
-def encoder_stereotype_score(model, tokenizer, items: Sequence[StereoItem], batch_size: int = 64) -> Dict[str, float]:
-    """Share (%) of items whose stereotype sentence embeds closer to the target term than the anti-stereotype."""
-    cs, ca = _target_similarities(model, tokenizer, items, batch_size)
+def encoder_stereotype_score(model, tokenizer, items: Sequence[StereoItem], batch_size: int = 64,
+                             desc: Optional[str] = None) -> Dict[str, float]:
+    """Share (%) of items whose stereotype sentence embeds closer to the target term than the anti-stereotype
+    (progress bars labelled ``desc`` when given)."""
+    cs, ca = _target_similarities(model, tokenizer, items, batch_size, desc)
     return _by_type((cs > ca).tolist(), [it.bias_type for it in items])
 
 
@@ -760,8 +770,10 @@ def encoder_stereotype_margin(model, tokenizer, items: Sequence[StereoItem], bat
     return _by_type((cs - ca).tolist(), [it.bias_type for it in items])
 
 
-def embedding_fidelity(model, reference, tokenizer, sentences: Sequence[str], batch_size: int = 64) -> float:
-    """Mean cosine between ``model``'s and ``reference``'s sentence embeddings of ``sentences``."""
-    e = sentence_embeddings(model, tokenizer, sentences, batch_size)
-    r = sentence_embeddings(reference, tokenizer, sentences, batch_size)
+def embedding_fidelity(model, reference, tokenizer, sentences: Sequence[str], batch_size: int = 64,
+                       desc: Optional[str] = None) -> float:
+    """Mean cosine between ``model``'s and ``reference``'s sentence embeddings of ``sentences`` (progress bars
+    labelled ``desc`` when given)."""
+    e = sentence_embeddings(model, tokenizer, sentences, batch_size, desc=desc and f"{desc}: fidelity")
+    r = sentence_embeddings(reference, tokenizer, sentences, batch_size, desc=desc and f"{desc}: fidelity (FP)")
     return float((e * r).sum(1).mean())

@@ -47,6 +47,13 @@ class Quantizer:
 
     Asymmetric: the range ``[min(w, 0), max(w, 0)]``, ``scale = (max - min)/(2^b - 1)``, ``zero = round(-min/scale)``;
     symmetric: ``max = max(|min|, max)``, ``min = -max``, zero at the middle code ``(2^b - 1 + 1)/2``.
+
+    Zero points are at least 1: GPTQ-v1 checkpoints store ``zero - 1`` in ``b`` bits, so a zero of 0 (a group whose
+    weights are all ``>= 0``, or nearly) has no exact v1 encoding; readers disagree on the all-ones word it would
+    become (GPTQModel's word-level v1 to v2 conversion carries into the neighbouring zero, AutoGPTQ-style kernels
+    read ``2^b``). Such a group gets ``zero = 1`` and ``scale = max/(2^b - 2)`` instead, which still covers
+    ``[min, max]`` (``-min < scale/2`` there) at one code less of resolution. Choosing it here, before rounding,
+    keeps GPTQ's error compensation on the weights the checkpoint stores; clamping at export would not.
     """
 
     def __init__(self, bits: int = 4, sym: bool = False):
@@ -70,6 +77,9 @@ class Quantizer:
             zero = torch.full_like(scale, (self.maxq + 1) / 2)
         else:
             zero = torch.round(-xmin / scale)
+            low = zero < 1  # not representable in GPTQ-v1 (see the class docstring)
+            scale = torch.where(low, xmax / (self.maxq - 1), scale)
+            zero = zero.clamp_min(1)
         return scale.unsqueeze(1), zero.unsqueeze(1)
 
     def codes(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -117,8 +127,16 @@ class HessianAccumulator:
             self._pending_rows = 0
         return self._S
 
+    def _check_width(self, x: torch.Tensor, name: str) -> None:
+        if name == "X" and x.ndim != 2:
+            raise ValueError(f"Expected argument `X` to be 2-D (rows, columns), but got shape {tuple(x.shape)}")
+        if x.ndim < 1 or x.shape[-1] != self._S.shape[0]:
+            raise ValueError(f"Expected argument `{name}` to have {self._S.shape[0]} columns (`columns` of the "
+                             f"accumulator), but got {x.shape[-1] if x.ndim else 'a scalar'}")
+
     def add(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> None:
         """Add inputs ``(..., d_in)``; ``mask`` (same leading shape) keeps only the rows where it is true."""
+        self._check_width(x, "x")
         x = x.reshape(-1, x.shape[-1])
         if mask is not None:
             x = x[mask.reshape(-1).bool()]
@@ -126,6 +144,7 @@ class HessianAccumulator:
 
     def add_rows(self, X: torch.Tensor, weight: float = 1.0, count: Optional[int] = None) -> None:
         """Add ``weight * X^T X`` to the sum and ``count`` rows to ``n`` (default: the rows of ``X``)."""
+        self._check_width(X, "X")
         if X.shape[0]:
             X = X.to(self.product_dtype)
             if self._pending is None:
@@ -177,12 +196,16 @@ def _prepare_hessian(W: torch.Tensor, H: torch.Tensor, damp: float) -> Tuple[tor
     return W, H
 
 
-def _inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor:
+def _inverse_cholesky_upper(H: torch.Tensor, damp: float) -> torch.Tensor:
     """The upper Cholesky factor ``U`` of :math:`H^{-1}` (:math:`H^{-1} = U^\\top U`) without forming the inverse:
     with ``J`` the order reversal and :math:`JHJ = LL^\\top`, :math:`H = (JLJ)(JLJ)^\\top` with :math:`JLJ` upper
     triangular, so :math:`U = (JLJ)^{-1} = JL^{-1}J`. One factorisation and one triangular solve instead of a
     factorisation, an inverse and a second factorisation (a third less time at 4096 columns on CPU)."""
-    L = torch.linalg.cholesky(H.flip(0, 1))
+    L, info = torch.linalg.cholesky_ex(H.flip(0, 1))
+    if int(info):
+        raise ValueError(f"Expected argument `H` to be positive definite after damping (`damp`={damp!r}), but its "
+                         f"Cholesky factorisation failed (leading minor {int(info)} of the reversed column order is "
+                         f"not positive); raise `damp` (GPTQ's default is 0.01)")
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
 
@@ -223,6 +246,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
     if compute_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"Expected argument `compute_dtype` to be torch.float32 or torch.float64, but got "
                          f"{compute_dtype!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"Expected argument `block_size` to be a positive int, but got {block_size!r}")
+    for name, t in (("W", W), ("H", H)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"Expected argument `{name}` to be finite, but it holds "
+                             f"{int((~torch.isfinite(t)).sum())} NaN or infinite values")
     quant = Quantizer(bits, sym)
     d_out, d_in = W.shape
     W, H = _prepare_hessian(W, H, damp)
@@ -244,7 +273,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
             static[g] = params(W[:, g * gs:(g + 1) * gs])
     # the column loop works on W^T (row i = input column i, contiguous) in compute_dtype
     Wt = W[:, perm].T.to(compute_dtype).contiguous()
-    U = _inverse_cholesky_upper(H[perm][:, perm]).to(compute_dtype)
+    U = _inverse_cholesky_upper(H[perm][:, perm], damp).to(compute_dtype)
     codes = torch.empty_like(Wt)
     scales = torch.zeros(n_groups, d_out, dtype=compute_dtype, device=W.device)
     zeros = torch.zeros_like(scales)

@@ -101,6 +101,14 @@ def _need(module: str, why: str) -> None:
                                   f"'fairret-plus[quant]')")
 
 
+def _is_gptq_folder(folder: Path) -> bool:
+    """Whether ``folder``'s ``config.json`` declares a GPTQ quantization."""
+    import json
+
+    qc = json.loads((folder / "config.json").read_text()).get("quantization_config")
+    return isinstance(qc, dict) and str(qc.get("quant_method", "")).lower() == "gptq"
+
+
 def load_model(spec: Union[str, Path], kind: str = "auto", dtype: Optional[Any] = None
                ) -> Tuple[Any, Any, str]:
     """``(model, tokenizer, kind)`` for a model argument (see :func:`resolve_model`), in evaluation mode.
@@ -110,6 +118,11 @@ def load_model(spec: Union[str, Path], kind: str = "auto", dtype: Optional[Any] 
         kind: ``causal`` (``AutoModelForCausalLM``), ``encoder`` (``AutoModel``) or ``auto``: causal for GGUF files
             and for configs naming a ``...ForCausalLM`` architecture, else encoder.
         dtype: the torch dtype of the loaded weights (default: float32).
+
+    A folder holding a GPTQ checkpoint (``quantization_config`` with ``quant_method: gptq`` in its ``config.json``,
+    e.g. one written by ``python -m fairret.quant --out``) is loaded with
+    :func:`~fairret.quant.model.load_quantized`: its quantized layers stay packed, its other tensors keep their
+    saved dtype (``dtype`` does not apply).
 
     The tokenizer gets a padding token (its EOS) when it has none.
     """
@@ -137,7 +150,12 @@ def load_model(spec: Union[str, Path], kind: str = "auto", dtype: Optional[Any] 
     # transformers 4.56 renamed torch_dtype to dtype (and 5.0 loads in the checkpoint's dtype unless told)
     version = tuple(int(p) for p in transformers.__version__.split(".")[:2])
     extra_model = {("dtype" if version >= (4, 56) else "torch_dtype"): dtype or torch.float32}
-    model = cls.from_pretrained(str(src.folder), **extra, **extra_model).eval()
+    if not src.is_gguf and _is_gptq_folder(src.folder):
+        from .model import load_quantized
+
+        model = load_quantized(src.folder)
+    else:
+        model = cls.from_pretrained(str(src.folder), **extra, **extra_model).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(src.folder), **extra)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

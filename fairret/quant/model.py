@@ -22,9 +22,11 @@ Supported block containers: ``model.layers`` (Llama, Mistral), ``model.decoder.l
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 
@@ -36,7 +38,7 @@ from .pairs import PairHessians, check_pairs
 require_extra("quant", "fairret.quant.model", "transformers", "safetensors")
 
 __all__ = ["FAIR_LAYERS", "find_blocks", "select_blocks", "linear_layers", "pair_batches", "QuantizedModel",
-           "quantize_model", "quantize_from_hessians", "save_quantized", "load_quantized"]
+           "quantize_model", "quantize_from_hessians", "to_quant_linear", "is_quantized", "save_quantized", "load_quantized"]
 
 #: Default layers of the fair term: attention output and MLP down projections (Llama/Mistral, OPT, GPT-2, BERT).
 FAIR_LAYERS = r"(self_attn\.(o_proj|out_proj)|attn\.c_proj|attention\.output\.dense|mlp\.(down_proj|c_proj)|fc2|^output\.dense)$"
@@ -374,10 +376,17 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
 
 
 def _config(st: _Settings, fair_layers: str, fair_blocks: str) -> Dict[str, Any]:
-    return {"bits": st.bits, "group_size": st.group_size, "desc_act": bool(st.act_order),
-            "static_groups": bool(st.static_groups), "sym": bool(st.sym), "damp_percent": st.damp,
-            "checkpoint_format": "gptq", "fair_alpha": st.alpha, "fair_layers": fair_layers,
-            "fair_blocks": fair_blocks, "fair_first_order": bool(st.first_order)}
+    """The ``quantization_config`` of a checkpoint: the keys GPTQ readers (transformers + optimum, GPTQModel,
+    AutoGPTQ, vLLM) read at the top, Fair-GPTQ's settings under ``meta``. Layers of a block are quantized from the
+    unquantized block's inputs (``true_sequential: false``)."""
+    from .. import __version__
+
+    return {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": st.bits, "group_size": st.group_size,
+            "desc_act": bool(st.act_order), "static_groups": bool(st.static_groups), "sym": bool(st.sym),
+            "true_sequential": False, "damp_percent": st.damp,
+            "meta": {"quantizer": [f"fairret-plus:{__version__}"],
+                     "fair_gptq": {"alpha": st.alpha, "layers": fair_layers, "blocks": fair_blocks,
+                                   "first_order": bool(st.first_order)}}}
 
 
 @torch.no_grad()
@@ -439,68 +448,132 @@ def quantize_from_hessians(model: torch.nn.Module, hessians: Dict[int, List[Tupl
     return QuantizedModel(model, packed, _config(st, fair_layers, fair_blocks), chosen, stats)
 
 
-def save_quantized(qm: QuantizedModel, directory: Any) -> Any:
-    """Write a GPTQ-v1 checkpoint: every quantized layer's ``qweight``/``qzeros``/``scales``/``g_idx`` (+ bias), the
-    model's other tensors, ``quantize_config.json`` and ``config.json`` with ``quantization_config``."""
-    from .export import write_checkpoint
+def _quant_linears(model: torch.nn.Module, packed: Dict[str, Dict[str, torch.Tensor]], bits: int
+                   ) -> Dict[str, torch.nn.Module]:
+    """A :class:`~fairret.quant.export.QuantLinear` for every packed layer of ``model`` (sharing its bias)."""
+    from .export import QuantLinear
 
+    def bias(name):
+        b = getattr(model.get_submodule(name), "bias", None)
+        return None if b is None else b.detach()
+
+    return {name: QuantLinear(t, bits, bias(name)) for name, t in packed.items()}
+
+
+def _swap(model: torch.nn.Module, modules: Dict[str, torch.nn.Module]) -> Dict[str, torch.nn.Module]:
+    """Put ``modules`` in place by full name; returns the modules they replaced."""
+    old = {}
+    for name, mod in modules.items():
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old[name] = getattr(parent, leaf)
+        setattr(parent, leaf, mod)
+    return old
+
+
+def to_quant_linear(qm: QuantizedModel) -> torch.nn.Module:
+    """A copy of ``qm.model`` whose quantized layers are :class:`~fairret.quant.export.QuantLinear` modules (packed
+    tensors only, dequantized per tile in ``forward``): the model :func:`save_quantized` writes and
+    :func:`load_quantized` returns. The other tensors are shared with ``qm.model``."""
     bad = [n for n, t in qm.packed.items() if not t]
     if bad:
         raise ValueError(f"GPTQ-v1 holds 2, 3, 4 or 8-bit codes packed in whole 32-bit words; at {qm.config['bits']} "
                          f"bits these layers cannot be packed: {bad[:3]}")
-    state = qm.model.state_dict()
-    tensors = {k: v for k, v in state.items() if not any(k == f"{n}.weight" for n in qm.packed)}
-    for name, packed in qm.packed.items():
-        for k, v in packed.items():
-            tensors[f"{name}.{k}"] = v
-    seen: Dict[int, str] = {}
-    for k in list(tensors):  # tied weights (e.g. lm_head = embed_tokens) are stored once; the model re-ties them
-        ptr = tensors[k].data_ptr()
-        if ptr in seen and tensors[k].shape == tensors[seen[ptr]].shape:
-            del tensors[k]
-        else:
-            seen[ptr] = k
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    qc = dict(qm.config, model_class=type(qm.model).__name__)
-    cfg = cast(Any, qm.model).config.to_dict() if hasattr(qm.model, "config") else {}  # a transformers model
-    return write_checkpoint(directory, tensors, qc, cfg)
+    modules = _quant_linears(qm.model, qm.packed, qm.config["bits"])
+    old = _swap(qm.model, modules)
+    try:  # copies of the modules, sharing every tensor (and so the ties between them)
+        memo = {id(t): t for t in list(qm.model.parameters()) + list(qm.model.buffers())}
+        out = copy.deepcopy(qm.model, memo)
+    finally:
+        _swap(qm.model, old)
+    return out.eval()
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds :class:`~fairret.quant.export.QuantLinear` layers (e.g. from :func:`load_quantized`)."""
+    from .export import QuantLinear
+
+    return any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+def save_quantized(qm: QuantizedModel, directory: Any, tokenizer: Any = None,
+                   max_shard_size: Union[int, str] = "2GB") -> Path:
+    """Write a GPTQ-v1 checkpoint folder through ``save_pretrained``: every quantized layer's ``qweight``,
+    ``qzeros``, ``scales``, ``g_idx`` (and bias) in place of its weight, the model's other tensors (tied weights
+    once), ``config.json`` with ``quantization_config`` (see :func:`quantize_model`'s ``config``), the generation
+    config, safetensors shards of at most ``max_shard_size``, the tokenizer when given, and
+    ``quantize_config.json`` (the same settings, for AutoGPTQ-style readers).
+
+    The folder is written beside its final place and renamed into it when complete (an existing folder of that
+    name is replaced). :func:`load_quantized` reads it back; so do transformers with optimum and GPTQModel, and
+    vLLM (see the README).
+    """
+    from .export import atomic_folder
+
+    model = to_quant_linear(qm)
+    qc = dict(qm.config)
+    model.config.quantization_config = qc  # the copy's config
+    if getattr(model, "hf_quantizer", None) is not None:  # e.g. GGUF: dequantized to float when loaded, and the
+        model.hf_quantizer = None  # copy's weights are ours now; its quantizer would refuse to serialize them
+    with atomic_folder(directory) as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        (Path(tmp) / "quantize_config.json").write_text(json.dumps(qc, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(directory)
 
 
 def load_quantized(directory: Any, model: Optional[torch.nn.Module] = None) -> torch.nn.Module:
-    """Rebuild a model from :func:`save_quantized`'s checkpoint: quantized layers become
-    :class:`~fairret.quant.export.QuantLinear` modules, every other tensor is loaded as saved.
+    """The model of a GPTQ-v1 checkpoint folder, ready to use (evaluation mode): quantized layers become
+    :class:`~fairret.quant.export.QuantLinear` modules that keep only the packed tensors, every other tensor is
+    loaded as saved, tied weights are tied again and the generation config is restored. No float copy of the
+    quantized layers is ever built: the model is created with empty (meta) parameters and the checkpoint's tensors
+    are assigned to it.
 
     Args:
-        directory: the checkpoint folder.
-        model: an instance of the architecture to fill (default: built from ``config.json`` with the transformers
-            class named in ``quantize_config.json``).
+        directory: the checkpoint folder (:func:`save_quantized`'s, or any GPTQ-v1 checkpoint of a transformers
+            architecture).
+        model: an instance of the architecture to fill (default: built from ``config.json``'s ``architectures``).
+
+    Raises:
+        FileNotFoundError: no such folder. ValueError: not a GPTQ-v1 checkpoint, an unsupported bit width, or
+            tensors that do not match the architecture.
     """
     from .export import QuantLinear, read_checkpoint
 
     tensors, qc = read_checkpoint(directory)
+    d = Path(directory)
     if model is None:
-        import json
-        from pathlib import Path
+        import transformers
+        from accelerate import init_empty_weights
 
+        config = transformers.AutoConfig.from_pretrained(str(d))
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the model is built plain; its quantized layers are swapped in below
+        archs = getattr(config, "architectures", None) or []
+        cls = next((getattr(transformers, a) for a in archs if hasattr(transformers, a)), None)
+        if cls is None:
+            raise ValueError(f"{str(d)!r}: config.json names no transformers architecture ({archs}); pass `model`")
+        with init_empty_weights():
+            model = cls(config)
+    names = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
+    if not names:
+        raise ValueError(f"{str(d)!r} has a GPTQ config but no quantized layer (no '.qweight' tensor)")
+    try:
+        modules = {n: QuantLinear({k: tensors.pop(f"{n}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")},
+                                  qc["bits"], tensors.pop(f"{n}.bias", None)) for n in names}
+        _swap(model, modules)
+    except (KeyError, AttributeError) as e:
+        raise ValueError(f"{str(d)!r}: the quantized layers do not match the architecture ({e})") from e
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    empty = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if unexpected or empty:
+        raise ValueError(f"Checkpoint {str(d)!r} does not match the architecture: unexpected {unexpected[:5]}, "
+                         f"missing {empty[:5]}")
+    if (d / "generation_config.json").is_file() and getattr(model, "generation_config", None) is not None:
         import transformers
 
-        cfg_dict = json.loads((Path(directory) / "config.json").read_text())
-        cfg_dict.pop("quantization_config", None)
-        config = transformers.AutoConfig.for_model(**cfg_dict)
-        model = getattr(transformers, qc["model_class"])(config)
-    names = sorted({k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")})
-    for name in names:
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        packed = {k: tensors.pop(f"{name}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")}
-        bias = tensors.pop(f"{name}.bias", None)
-        setattr(parent, leaf, QuantLinear(packed, qc["bits"], bias))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    quant_keys = {f"{n}.{k}" for n in names for k in ("qweight", "qzeros", "scales", "g_idx", "bias", "_weight")}
-    state = model.state_dict()
-    loaded_ptrs = {state[k].data_ptr() for k in tensors if k in state}
-    missing = [k for k in missing if k not in quant_keys and state[k].data_ptr() not in loaded_ptrs]  # tied
-    if unexpected or missing:
-        raise ValueError(f"Checkpoint does not match the architecture: unexpected {unexpected[:5]}, missing "
-                         f"{missing[:5]}")
+        model.generation_config = transformers.GenerationConfig.from_pretrained(str(d))
     return model.eval()

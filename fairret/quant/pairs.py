@@ -29,7 +29,7 @@ import torch
 
 from .gptq import HessianAccumulator
 
-__all__ = ["SentencePair", "check_pairs", "PairDeltaAccumulator", "PairHessians", "split_pairs",
+__all__ = ["SentencePair", "check_pairs", "load_pairs", "PairDeltaAccumulator", "PairHessians", "split_pairs",
            "align_pairs"]
 
 
@@ -63,6 +63,53 @@ def check_pairs(pairs: Iterable) -> List[SentencePair]:
     if not out:
         raise ValueError("Expected at least one (stereotype, anti-stereotype) pair, but got none")
     return out
+
+
+def load_pairs(path) -> List[SentencePair]:
+    """Pairs from a file: JSON lines (one object a line) or CSV with a header (by the suffix ``.csv``), with the
+    fields ``stereotype`` and ``anti_stereotype`` (or ``anti-stereotype``) and optionally ``bias_type``; checked
+    as in :func:`check_pairs`.
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "pairs.csv")
+        >>> _ = open(f, "w").write("stereotype,anti_stereotype,bias_type\\nHe is strong.,She is strong.,gender\\n")
+        >>> load_pairs(f)
+        [SentencePair(stereotype='He is strong.', anti_stereotype='She is strong.', bias_type='gender')]
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a row without the two sentences, malformed JSON, or a pair
+            :func:`check_pairs` rejects.
+    """
+    import csv
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"No pairs file at {str(p)!r}")
+    with open(p, newline="", encoding="utf-8") as f:
+        if p.suffix.lower() == ".csv":
+            rows = list(enumerate(csv.DictReader(f), start=2))
+        else:
+            rows = []
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append((n, json.loads(line)))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{str(p)!r} line {n} is not JSON ({e.msg}); expected JSON lines or a "
+                                         f".csv file") from None
+    pairs = []
+    for n, r in rows:
+        anti = r.get("anti_stereotype", r.get("anti-stereotype")) if isinstance(r, dict) else None
+        if anti is None or r.get("stereotype") is None:
+            raise ValueError(f"{str(p)!r} line {n}: expected the fields 'stereotype' and 'anti_stereotype', but "
+                             f"got {sorted(r) if isinstance(r, dict) else r!r}")
+        pairs.append(SentencePair(r["stereotype"], anti, r.get("bias_type") or ""))
+    if not pairs:
+        raise ValueError(f"{str(p)!r} holds no pairs")
+    return check_pairs(pairs)
 
 
 def split_pairs(pairs: Sequence[SentencePair], fraction: float = 0.5, seed: int = 0
