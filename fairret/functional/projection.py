@@ -279,6 +279,8 @@ def _newton(row: Callable, data: tuple, at: torch.Tensor, a: torch.Tensor, b: to
     def total(h: torch.Tensor) -> torch.Tensor:
         return red(h.sum() if weights is None else h @ weights)
 
+    lam_prev: torch.Tensor  # the multipliers at the start of the previous level (set from level 1 on)
+    lam_level: torch.Tensor  # the multipliers at the end of the previous level
     for level, eps in enumerate(schedule):
         # Trust region in t-space (q-space for the quadratic divergences): no row multiplier moves by more than
         # `radius` in one step. A step that does not raise the (concave) dual value is rejected and the radius

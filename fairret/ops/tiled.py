@@ -28,6 +28,7 @@ of threads, so the values are bitwise identical for every :func:`torch.set_num_t
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -155,7 +156,7 @@ def _sweep_tiles(n: int, tile: int, device: torch.device, widths: Dict[str, Opti
         works = [run(c) for c in chains]
     else:
         workers = worker_count(len(chains)) if device.type == "cpu" else 1
-        works = run_parallel([lambda c=c: run(c) for c in chains], workers)
+        works = run_parallel([functools.partial(run, c) for c in chains], workers)
     total = works[0].total
     for w in works[1:]:
         total = total + w.total
@@ -180,6 +181,8 @@ def _dist(work: _Work, key: str, x: torch.Tensor, z: torch.Tensor, nx: Optional[
     if x.shape[1] == 1:
         d = torch.sub(x, z.T, out=work.out(key, h, w, dt))
         return torch.abs(d, out=work.inplace(d))
+    # several columns: the callers pass the norms (_norms gives None only for one column)
+    assert nx is not None and nz is not None
     scale = torch.add(nx.unsqueeze(1), nz.unsqueeze(0), out=work.out("scale", h, w, dt))
     sq = torch.addmm(scale, x, z.T, alpha=-2.0, out=work.out(key, h, w, dt))
     thr = torch.mul(scale, _NEAR, out=work.inplace(scale))
@@ -229,6 +232,7 @@ def _row_sums(x: torch.Tensor, tile: int) -> torch.Tensor:
     if x.shape[1] == 1:
         return _row_sums_sorted(x[:, 0].to(torch.float64))
     nx = _norms(x)
+    assert nx is not None  # more than one column here
 
     def body(work: _Work, t: Tile) -> None:
         i0, i1, j0, j1 = t

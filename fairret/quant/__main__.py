@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 FP_NAME = "FP"
 
@@ -207,7 +207,9 @@ def _encoder(model, tok, ev, batches, names, alpha, kw) -> Dict[str, Any]:
     from .model import quantize_model
 
     unrelated = [it.unrelated for it in ev]
-    rows = {names[0]: (encoder_stereotype_score(model, tok, ev, desc=names[0]), 1.0)}
+    # model name -> (scores by bias type, fidelity; None without an FP reference)
+    rows: Dict[str, Tuple[Dict[str, float], Optional[float]]] = {
+        names[0]: (encoder_stereotype_score(model, tok, ev, desc=names[0]), 1.0)}
     if len(names) == 1:  # evaluation only: no FP reference to compare with
         rows[names[0]] = (rows[names[0]][0], None)
         _encoder_table(rows, ev)

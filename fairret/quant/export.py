@@ -178,6 +178,13 @@ class QuantLinear(torch.nn.Module):
         (torch.Size([1, 8]), ['g_idx', 'qweight', 'qzeros', 'scales'])
     """
 
+    # buffers (register_buffer), declared so that the checker knows their type
+    qweight: torch.Tensor
+    qzeros: torch.Tensor
+    scales: torch.Tensor
+    g_idx: torch.Tensor
+    bias: Optional[torch.Tensor]
+
     def __init__(self, tensors: Mapping[str, torch.Tensor], bits: int, bias: Optional[torch.Tensor] = None,
                  tile: Optional[int] = None):
         super().__init__()

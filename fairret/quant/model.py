@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 
@@ -460,7 +460,7 @@ def _quant_linears(model: torch.nn.Module, packed: Dict[str, Dict[str, torch.Ten
     return {name: QuantLinear(t, bits, bias(name)) for name, t in packed.items()}
 
 
-def _swap(model: torch.nn.Module, modules: Dict[str, torch.nn.Module]) -> Dict[str, torch.nn.Module]:
+def _swap(model: torch.nn.Module, modules: Mapping[str, torch.nn.Module]) -> Dict[str, torch.nn.Module]:
     """Put ``modules`` in place by full name; returns the modules they replaced."""
     old = {}
     for name, mod in modules.items():
@@ -510,7 +510,9 @@ def save_quantized(qm: QuantizedModel, directory: Any, tokenizer: Any = None,
     """
     from .export import atomic_folder
 
-    model = to_quant_linear(qm)
+    # a transformers model: config, hf_quantizer and save_pretrained are its own (Module.__getattr__ is typed
+    # Tensor | Module)
+    model = cast(Any, to_quant_linear(qm))
     qc = dict(qm.config)
     model.config.quantization_config = qc  # the copy's config
     if getattr(model, "hf_quantizer", None) is not None:  # e.g. GGUF: dequantized to float when loaded, and the
@@ -567,7 +569,7 @@ def load_quantized(directory: Any, model: Optional[torch.nn.Module] = None) -> t
         raise ValueError(f"{str(d)!r}: the quantized layers do not match the architecture ({e})") from e
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     if hasattr(model, "tie_weights"):
-        model.tie_weights()
+        cast(Any, model).tie_weights()  # a transformers model's method (Module.__getattr__ is typed Tensor | Module)
     empty = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if unexpected or empty:
         raise ValueError(f"Checkpoint {str(d)!r} does not match the architecture: unexpected {unexpected[:5]}, "
