@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, c
 import torch
 
 from .._extras import require_extra
+from .._progress import progress_bar
 from .export import pack_layer
 from .gptq import GPTQResult, HessianAccumulator, fair_shift, gptq_quantize
 from .pairs import PairHessians, check_pairs
@@ -247,16 +248,6 @@ def _quantize_group(layers: Dict[str, torch.nn.Module], names: Sequence[str], H:
         _set_weight(layers[name], part.weight)
 
 
-def _bar(total: int, desc: str, progress: bool):
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, unit="block")
-
-
 @torch.no_grad()
 def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bits: int = 4, group_size: int = 128,
                    alpha: float = 0.0, fair_layers: str = FAIR_LAYERS, fair_blocks: str = "all",
@@ -313,7 +304,7 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
     stats: Dict[str, Dict[str, float]] = {}
     kept: Dict[int, List[Tuple[List[str], torch.Tensor, Optional[torch.Tensor]]]] = {}
     chosen: List[str] = []
-    bar = _bar(len(blocks), desc or ("Fair-GPTQ" if alpha > 0 else "GPTQ"), progress)
+    bar = progress_bar(len(blocks), (desc or ("Fair-GPTQ" if alpha > 0 else "GPTQ")) if progress else None, "block")
     for bi, block in enumerate(blocks):
         home = next(block.parameters()).device
         block.to(device)
@@ -416,7 +407,7 @@ def quantize_from_hessians(model: torch.nn.Module, hessians: Dict[int, List[Tupl
     packed: Dict[str, Dict[str, torch.Tensor]] = {}
     stats: Dict[str, Dict[str, float]] = {}
     chosen: List[str] = []
-    bar = _bar(len(blocks), desc or "quantize from kept Hessians", progress)
+    bar = progress_bar(len(blocks), (desc or "quantize from kept Hessians") if progress else None, "block")
     for bi, block in enumerate(blocks):
         if bi not in hessians:
             raise ValueError(f"No kept Hessians for block {bi}")
