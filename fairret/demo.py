@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from ._extras import require_extra
+from ._progress import progress_bar
 from .metric import LinearFractionalParity, gap_max_min
 from .postprocess import apply_thresholds, group_thresholds
 from .statistic import EqualizedOdds, PositiveRate
@@ -550,17 +551,6 @@ def jobs_for(datasets: Sequence[str], seeds: int, full: bool, epochs: Optional[i
     return jobs
 
 
-def _progress(total: int, quiet: bool):
-    if quiet:
-        return None
-    try:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc="training runs", unit="run")
-    except ImportError:  # pragma: no cover - tqdm comes with lightning
-        return None
-
-
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m fairret.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="more seeds (5), epochs and λ values")
@@ -593,7 +583,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     t0 = time.perf_counter()
     jobs = jobs_for(datasets, seeds, args.full, args.epochs, args.data_dir, args.subsample,
                     not args.no_regression and "compas" in datasets)
-    bar = _progress(len(jobs), args.quiet)
+    bar = progress_bar(len(jobs), None if args.quiet else "training runs", "run")
     rows: List[Dict[str, Any]] = []
     if args.workers > 1:
         import multiprocessing

@@ -32,6 +32,18 @@ def args_for(stat_name, label):
     return () if stat_name == "dp" else (label,)
 
 
+def projection_problem(stat_name, n, s, seed, overlapping=False):
+    """Probabilities ``(n, 1)`` of :func:`problem` and the constraint ``b + a^T q = 0`` that fixes every group's
+    statistic to the overall one: ``(p, b, a)``."""
+    logits, label, sens = problem(n, s, seed, overlapping)
+    stat = STATS[stat_name]()
+    p = torch.sigmoid(logits)
+    coefs = stat.coefficients(p, *args_for(stat_name, label))
+    target = linear_fractional_statistic(p, None, *coefs)
+    intercept, slope = fixed_constraint(target, sens, *coefs, like=p)
+    return p, intercept.reshape(-1), slope.reshape(n, -1)
+
+
 @pytest.mark.parametrize("div", list(LOSSES))
 @pytest.mark.parametrize("stat_name", list(STATS))
 def test_projection_satisfies_constraints(div, stat_name):
@@ -80,14 +92,7 @@ def _scipy_projection(p, intercept, slope, div):
 @pytest.mark.parametrize("div", list(LOSSES))
 @pytest.mark.parametrize("stat_name", ["dp", "eodds", "acc"])
 def test_matches_exact_convex_solve(div, stat_name):
-    logits, label, sens = problem(40, 2, seed=11)
-    stat = STATS[stat_name]()
-    args = args_for(stat_name, label)
-    p = torch.sigmoid(logits)
-    coefs = stat.coefficients(p, *args)
-    target = linear_fractional_statistic(p, None, *coefs)
-    intercept, slope = fixed_constraint(target, sens, *coefs, like=p)
-    b, a = intercept.reshape(-1), slope.reshape(40, -1)
+    p, b, a = projection_problem(stat_name, 40, 2, seed=11)
     q = project(p[:, 0], b, a, div)
     assert projection_residual(q, b, a).abs().max().item() < 1e-7
     q_ref, f_ref = _scipy_projection(p[:, 0].numpy(), b.numpy(), a.numpy(), div)
@@ -103,14 +108,7 @@ def test_tv_on_row_types_matches_rows_and_linprog(stat_name):
     total move counts); accelerators, torch.compile and sync_dist solve it on the rows. Same optimal value, both
     HiGHS's, constraints met."""
     from fairret.functional.projection import _row_types, _solve
-    logits, label, sens = problem(60, 3, seed=5, overlapping=True)
-    stat = STATS[stat_name]()
-    args = args_for(stat_name, label)
-    p = torch.sigmoid(logits)
-    coefs = stat.coefficients(p, *args)
-    target = linear_fractional_statistic(p, None, *coefs)
-    intercept, slope = fixed_constraint(target, sens, *coefs, like=p)
-    b, a = intercept.reshape(-1), slope.reshape(60, -1)
+    p, b, a = projection_problem(stat_name, 60, 3, seed=5, overlapping=True)
     assert _row_types(a) is not None and len(_row_types(a)[1]) < 60  # the types route is taken
     _, f_ref = _scipy_projection(p[:, 0].numpy(), b.numpy(), a.numpy(), "tv")
     q_types = project(p[:, 0], b, a, "tv")

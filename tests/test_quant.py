@@ -216,6 +216,10 @@ def test_export_refuses_unpackable_bits():
     W, H, _ = _layer()
     with pytest.raises(ValueError, match="GPTQ-v1 checkpoints hold \\(2, 3, 4, 8\\)-bit codes, not 5"):
         pack_layer(gptq_quantize(W, H, bits=5))
+    # 3-bit codes fill whole 32-bit words 32 at a time: d_in = 40 (and d_out = 6) cannot be packed
+    with pytest.raises(ValueError, match=r"at 3 bits GPTQ-v1 packs each dimension in whole 32-bit words \(a multiple "
+                                         r"of 32 codes\), but d_in = 40 and d_out = 6"):
+        pack_layer(gptq_quantize(W, H, bits=3))
 
 
 # --- pairs ---------------------------------------------------------------------------------------------------------------

@@ -141,43 +141,47 @@ def _check_model(qm, bits, sym, nonneg_layer):
         assert (zeros[:8, 0] == 1).all()  # the constructed edge case was hit
 
 
+def _first_two_blocks(name):
+    """The real model ``name`` (:func:`~fairret.quant.loading.load_model`) cut to its first two transformer blocks:
+    its real weights, a fraction of the quantization time. ``(model, tokenizer)``."""
+    from fairret.quant.loading import load_model
+    from fairret.quant.model import find_blocks
+
+    model, tok, _ = load_model(name)
+    prefix, blocks = find_blocks(model)
+    parent, _, leaf = prefix.rpartition(".")
+    setattr(model.get_submodule(parent), leaf, blocks[:2])
+    model.config.num_hidden_layers = 2
+    assert len(find_blocks(model)[1]) == 2
+    return model, tok
+
+
 @pytest.fixture(scope="module")
 def minilm():
-    """The real MiniLM cut to its first two blocks (its real weights; a third of the quantization time)."""
-    from fairret.quant.loading import load_model
+    return _first_two_blocks("minilm")
 
-    model, tok, _ = load_model("minilm")
-    model.encoder.layer = model.encoder.layer[:2]
-    model.config.num_hidden_layers = 2
-    return model, tok
+
+MINILM_LAYER = "encoder.layer.0.attention.self.query"
 
 
 @needs_minilm
 @pytest.mark.parametrize("bits,sym,act", [s if s[0] == 4 and not s[1] else pytest.param(*s, marks=pytest.mark.slow)
                                           for s in SETTINGS])  # fast: 4-bit asymmetric (the zero-point edge)
 def test_real_minilm_decodes_bit_for_bit(minilm, bits, sym, act):
-    layer = "encoder.layer.0.attention.self.query"
-    qm = _quantize_real(*minilm, bits, sym, act, layer)
-    _check_model(qm, bits, sym, layer)
+    qm = _quantize_real(*minilm, bits, sym, act, MINILM_LAYER)
+    _check_model(qm, bits, sym, MINILM_LAYER)
 
 
 @needs_minilm
 def test_real_minilm_act_order_with_moving_groups(minilm):
-    layer = "encoder.layer.0.attention.self.query"
-    qm = _quantize_real(*minilm, 4, False, True, layer, static_groups=False)
+    qm = _quantize_real(*minilm, 4, False, True, MINILM_LAYER, static_groups=False)
     assert any(not torch.equal(p["g_idx"], torch.sort(p["g_idx"]).values) for p in qm.packed.values())
-    _check_model(qm, 4, False, layer)
+    _check_model(qm, 4, False, MINILM_LAYER)
 
 
 @pytest.fixture(scope="module")
 def smol_two_blocks():
-    """The real SmolLM2 cut to its first two blocks (its real weights, a quick quantization)."""
-    from fairret.quant.loading import load_model
-
-    model, tok, _ = load_model("smollm2")
-    model.model.layers = model.model.layers[:2]
-    model.config.num_hidden_layers = 2
-    return model, tok
+    return _first_two_blocks("smollm2")
 
 
 @needs_smol

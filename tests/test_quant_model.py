@@ -2,6 +2,8 @@
 (offline)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -95,11 +97,48 @@ def test_block_selection_and_bad_batches():
         quantize_model(model, [dict(b, pairs=0)], alpha=0.5, progress=False)
     with pytest.raises(ValueError, match="at least one calibration batch"):
         quantize_model(model, [], progress=False)
-    q = quantize_model(model, batches(), bits=5, group_size=16, progress=False)
-    with pytest.raises(ValueError, match="GPTQ-v1 holds 2, 3, 4 or 8-bit codes"):
-        save_quantized(q, "/nonexistent/never-written")
     lowest = quantize_model(model, batches(), bits=4, group_size=16, alpha=0.5, fair_blocks="lowest", progress=False)
     assert lowest.fair_layers == ["transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj"]
+
+
+def test_unpackable_bits_quantize_warn_record_and_refuse_to_save():
+    """5-bit codes: every layer is quantized (the model is usable), but GPTQ-v1 cannot hold them: a warning at the
+    caller, every layer in ``unpacked`` with the reason, none in ``packed``, and saving refuses; the same from kept
+    Hessians, memoized or not."""
+    from fairret.quant.model import linear_layers, quantize_from_hessians, to_quant_linear
+
+    model = tiny("gpt2")
+    msg = re.escape("8 of the 8 quantized layers cannot be written as GPTQ-v1 (transformer.h.0.attn.c_attn: GPTQ-v1 "
+                    "checkpoints hold (2, 3, 4, 8)-bit codes, not 5")
+    with pytest.warns(UserWarning, match=msg) as rec:
+        q = quantize_model(model, batches(), bits=5, group_size=16, progress=False, keep_hessians=True)
+    assert [w.filename for w in rec] == [__file__]  # reported where quantize_model was called
+    prefix, blocks = find_blocks(model)
+    layers = {f"{prefix}.{b}.{n}" for b in range(len(blocks)) for n in linear_layers(blocks[b])}
+    assert q.packed == {} and set(q.unpacked) == layers and len(layers) == 8
+    assert not torch.equal(q.model.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].attn.c_attn.weight)
+    for refuse in (to_quant_linear, lambda qm: save_quantized(qm, "/nonexistent/never-written")):
+        with pytest.raises(ValueError, match=msg):
+            refuse(q)
+    memo: dict = {}
+    for _ in range(2):  # quantized, then from the memo
+        with pytest.warns(UserWarning, match=msg):
+            again = quantize_from_hessians(model, q.hessians, bits=5, group_size=16, memo=memo)
+        assert again.packed == {} and again.unpacked == q.unpacked
+
+
+def test_a_layer_pack_layer_refuses_raises_naming_it(monkeypatch):
+    """A layer GPTQ-v1 can hold but pack_layer refuses (here: zero points forced to 0) is an error naming the layer,
+    never an empty entry."""
+    import dataclasses
+
+    import fairret.quant.model as M
+
+    pack_layer = M.pack_layer
+    monkeypatch.setattr(M, "pack_layer", lambda r: pack_layer(dataclasses.replace(r, zeros=torch.zeros_like(r.zeros))))
+    with pytest.raises(ValueError, match=r"Cannot pack the quantized layer 'transformer\.h\.0\.attn\.c_attn': "
+                                         r"GPTQ-v1 stores zero points in \[1, 16\]"):
+        quantize_model(tiny("gpt2"), batches(), bits=4, group_size=16, progress=False)
 
 
 def test_aligned_batches_reach_the_delta_statistic():

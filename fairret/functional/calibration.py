@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -46,6 +46,15 @@ def _cells(cells: torch.Tensor, n: int) -> torch.Tensor:
             return torch.full((n,), -1, dtype=torch.long, device=cells.device)
         return torch.where((cells != 0).any(1), cells.argmax(1), torch.full_like(cells[:, 0], -1, dtype=torch.long))
     return cells.long()
+
+
+def _in_cells(p: torch.Tensor, cells: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The predictions ``p`` ``(N,)`` of the rows in a cell (:func:`_cells`) and their cells renumbered
+    ``0 .. G-1``."""
+    c = _cells(cells, p.shape[0]).to(p.device)
+    keep = c >= 0
+    _, c = torch.unique(c[keep], return_inverse=True)
+    return p[keep], c
 
 
 def intersectional_jsd(pred: torch.Tensor, cells: torch.Tensor, *, bandwidth: float = 0.15, grid: int = 1000,
@@ -71,10 +80,7 @@ def intersectional_jsd(pred: torch.Tensor, cells: torch.Tensor, *, bandwidth: fl
         raise ValueError(f"Expected argument `grid` to be an int >= 2, but got {grid!r}")
     p = check_tensor(pred, "pred").detach().reshape(-1).to(torch.float64)
     check_finite(p, "pred")  # a report that reads its data anyway: NaN would index the grid out of range
-    c = _cells(cells, p.shape[0]).to(p.device)
-    keep = c >= 0
-    p, c = p[keep], c[keep]
-    _, c = torch.unique(c, return_inverse=True)
+    p, c = _in_cells(p, cells)
     g = int(c.max()) + 1 if c.numel() else 0
     if g <= 1:
         return torch.zeros((), dtype=torch.float64)
@@ -103,10 +109,7 @@ def intersectional_jsd(pred: torch.Tensor, cells: torch.Tensor, *, bandwidth: fl
 def unfairness_ratio(pred: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     """Between-cell share of the variance of the predictions (0 = equal cell means, 1 = all variance between)."""
     p = pred.detach().reshape(-1).to(torch.float64)
-    c = _cells(cells, p.shape[0]).to(p.device)
-    keep = c >= 0
-    p, c = p[keep], c[keep]
-    _, c = torch.unique(c, return_inverse=True)
+    p, c = _in_cells(p, cells)
     var = p.var(unbiased=False)
     if var <= 0:
         return torch.zeros((), dtype=torch.float64)

@@ -22,7 +22,8 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import abc
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -51,7 +52,8 @@ def _attributes(sens: D.Attributes, categorical: str, like: torch.Tensor, sync_d
 
 class _DependenceLoss(FairnessLoss):
     """Dependence losses take no statistic arguments (:attr:`requires_labels` is False): their ``forward`` has the
-    signature of every fairret loss and refuses labels with a clear error."""
+    signature of every fairret loss and refuses labels with a clear error. A subclass gives its measure of the
+    probabilities and attribute matrices in :meth:`_dependence`."""
 
     def __init__(self, *, unbiased: bool, backend: str, categorical: str = "onehot", validate_args: bool = False,
                  sync_dist: bool = True):
@@ -64,15 +66,48 @@ class _DependenceLoss(FairnessLoss):
         self.categorical = categorical
         self.validate_args = validate_args
 
-    def _inputs(self, pred: torch.Tensor, sens: D.Attributes, pred_as_logit: bool, stat_args: tuple, stat_kwargs: dict
-                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Probabilities and attribute matrices, gathered under ``sync_dist``; statistic arguments refused."""
+    def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
+                **stat_kwargs: Any) -> torch.Tensor:
+        """The loss's dependence measure (dCov², dCor², JdCov² or CCdCov², see the class) between the predictions
+        and the attributes: a scalar tensor (0-dim), differentiable in ``pred``.
+
+        Args:
+            pred: ``(N,)`` or ``(N, 1)`` logits (the default, ``pred_as_logit=True``: a sigmoid is applied;
+                ``(N, C)``: a softmax over the columns), or probabilities / regression outputs with
+                ``pred_as_logit=False``.
+            sens: the attributes, detached: a tensor ``(N,)``/``(N, k)`` (one attribute), a list of tensors
+                (one per attribute), or a :class:`~fairret.sensitive.SensitiveAttributes` (one per block).
+            *stat_args: none (a dependence loss takes no labels; passing some raises ``TypeError``).
+            pred_as_logit: whether ``pred`` holds logits.
+
+        Returns:
+            A scalar tensor; 0 when the predictions do not depend on the attributes (up to the estimator's bias).
+
+        Example:
+            >>> import torch
+            >>> from fairret.loss import CCdCovLoss, DistanceCorrelationLoss, DistanceCovarianceLoss, JdCovLoss
+            >>> torch.manual_seed(0) and None
+            >>> z = torch.randint(0, 2, (32, 1)).float(); age = torch.rand(32, 1)
+            >>> logits = (3 * z + torch.randn(32, 1)).requires_grad_()
+            >>> for cls in (DistanceCovarianceLoss, DistanceCorrelationLoss, JdCovLoss, CCdCovLoss):
+            ...     value = cls()(logits, [z, age])
+            ...     print(f"{cls.__name__}: shape {tuple(value.shape)}, positive {bool(value > 0)}")
+            DistanceCovarianceLoss: shape (), positive True
+            DistanceCorrelationLoss: shape (), positive True
+            JdCovLoss: shape (), positive True
+            CCdCovLoss: shape (), positive True
+        """
         if stat_args or stat_kwargs:
             got = ", ".join([type(a).__name__ for a in stat_args] + [f"{k}=..." for k in stat_kwargs])
             raise TypeError(f"{type(self).__name__} takes no statistic arguments (labels) after `sens`: it measures "
                             f"dependence between predictions and attributes, but got ({got}); pass pred_as_logit "
                             f"by keyword")
-        return _pred(pred, pred_as_logit, self.sync_dist), _attributes(sens, self.categorical, pred, self.sync_dist)
+        p = _pred(pred, pred_as_logit, self.sync_dist)
+        return self._dependence(p, _attributes(sens, self.categorical, pred, self.sync_dist))
+
+    @abc.abstractmethod
+    def _dependence(self, p: torch.Tensor, zs: List[torch.Tensor]) -> torch.Tensor:
+        """The measure between the probabilities ``p`` and the attribute matrices ``zs`` (gathered, detached)."""
 
 
 class DistanceCovarianceLoss(_DependenceLoss):
@@ -92,32 +127,7 @@ class DistanceCovarianceLoss(_DependenceLoss):
     def __init__(self, unbiased: bool = False, backend: str = "auto", **kwargs):
         super().__init__(unbiased=unbiased, backend=backend, **kwargs)
 
-    def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
-                **stat_kwargs: Any) -> torch.Tensor:
-        """dCov² (dCor² for :class:`DistanceCorrelationLoss`) between the predictions and all attributes concatenated: a scalar tensor (0-dim), differentiable in ``pred``.
-
-        Args:
-            pred: ``(N,)`` or ``(N, 1)`` logits (the default, ``pred_as_logit=True``: a sigmoid is applied;
-                ``(N, C)``: a softmax over the columns), or probabilities / regression outputs with
-                ``pred_as_logit=False``.
-            sens: the attributes, detached: a tensor ``(N,)``/``(N, k)`` (one attribute), a list of tensors
-                (one per attribute), or a :class:`~fairret.sensitive.SensitiveAttributes` (one per block).
-            *stat_args: none (a dependence loss takes no labels; passing some raises ``TypeError``).
-            pred_as_logit: whether ``pred`` holds logits.
-
-        Returns:
-            A scalar tensor; 0 when the predictions do not depend on the attributes (up to the estimator's bias).
-
-        Example:
-            >>> import torch
-            >>> torch.manual_seed(0) and None
-            >>> z = torch.randint(0, 2, (32, 1)).float(); age = torch.rand(32, 1)
-            >>> logits = (3 * z + torch.randn(32, 1)).requires_grad_()
-            >>> value = DistanceCovarianceLoss()(logits, [z, age])
-            >>> value.shape, bool(value > 0)
-            (torch.Size([]), True)
-        """
-        p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
+    def _dependence(self, p: torch.Tensor, zs: List[torch.Tensor]) -> torch.Tensor:
         z = torch.cat(zs, dim=1)
         return self._measure(p, z, unbiased=self.unbiased, backend=self.backend, validate_args=self.validate_args)
 
@@ -153,32 +163,7 @@ class JdCovLoss(_DependenceLoss):
         self.scale_invariant = bool(scale_invariant)
         self.attribute_dependence: Optional[torch.Tensor] = None
 
-    def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
-                **stat_kwargs: Any) -> torch.Tensor:
-        """JdCov² of the predictions and the attributes (each list entry or block one variable): a scalar tensor (0-dim), differentiable in ``pred``.
-
-        Args:
-            pred: ``(N,)`` or ``(N, 1)`` logits (the default, ``pred_as_logit=True``: a sigmoid is applied;
-                ``(N, C)``: a softmax over the columns), or probabilities / regression outputs with
-                ``pred_as_logit=False``.
-            sens: the attributes, detached: a tensor ``(N,)``/``(N, k)`` (one attribute), a list of tensors
-                (one per attribute), or a :class:`~fairret.sensitive.SensitiveAttributes` (one per block).
-            *stat_args: none (a dependence loss takes no labels; passing some raises ``TypeError``).
-            pred_as_logit: whether ``pred`` holds logits.
-
-        Returns:
-            A scalar tensor; 0 when the predictions do not depend on the attributes (up to the estimator's bias).
-
-        Example:
-            >>> import torch
-            >>> torch.manual_seed(0) and None
-            >>> z = torch.randint(0, 2, (32, 1)).float(); age = torch.rand(32, 1)
-            >>> logits = (3 * z + torch.randn(32, 1)).requires_grad_()
-            >>> value = JdCovLoss()(logits, [z, age])
-            >>> value.shape, bool(value > 0)
-            (torch.Size([]), True)
-        """
-        p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
+    def _dependence(self, p: torch.Tensor, zs: List[torch.Tensor]) -> torch.Tensor:
         kw: Dict[str, Any] = dict(c=self.c, unbiased=self.unbiased, scale_invariant=self.scale_invariant,
                                   backend=self.backend, validate_args=self.validate_args)
         if len(zs) >= 2:
@@ -203,31 +188,6 @@ class CCdCovLoss(_DependenceLoss):
         super().__init__(unbiased=unbiased, backend=backend, **kwargs)
         self.weights = None if weights is None else [float(w) for w in weights]
 
-    def forward(self, pred: torch.Tensor, sens: D.Attributes, *stat_args: Any, pred_as_logit: bool = True,
-                **stat_kwargs: Any) -> torch.Tensor:
-        """CCdCov² between the predictions and the weighted concatenation of the attributes: a scalar tensor (0-dim), differentiable in ``pred``.
-
-        Args:
-            pred: ``(N,)`` or ``(N, 1)`` logits (the default, ``pred_as_logit=True``: a sigmoid is applied;
-                ``(N, C)``: a softmax over the columns), or probabilities / regression outputs with
-                ``pred_as_logit=False``.
-            sens: the attributes, detached: a tensor ``(N,)``/``(N, k)`` (one attribute), a list of tensors
-                (one per attribute), or a :class:`~fairret.sensitive.SensitiveAttributes` (one per block).
-            *stat_args: none (a dependence loss takes no labels; passing some raises ``TypeError``).
-            pred_as_logit: whether ``pred`` holds logits.
-
-        Returns:
-            A scalar tensor; 0 when the predictions do not depend on the attributes (up to the estimator's bias).
-
-        Example:
-            >>> import torch
-            >>> torch.manual_seed(0) and None
-            >>> z = torch.randint(0, 2, (32, 1)).float(); age = torch.rand(32, 1)
-            >>> logits = (3 * z + torch.randn(32, 1)).requires_grad_()
-            >>> value = CCdCovLoss()(logits, [z, age])
-            >>> value.shape, bool(value > 0)
-            (torch.Size([]), True)
-        """
-        p, zs = self._inputs(pred, sens, pred_as_logit, stat_args, stat_kwargs)
+    def _dependence(self, p: torch.Tensor, zs: List[torch.Tensor]) -> torch.Tensor:
         return D.concatenated_distance_covariance_sqr(p, *zs, weights=self.weights, unbiased=self.unbiased,
                                                       backend=self.backend, validate_args=self.validate_args)

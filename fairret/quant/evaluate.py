@@ -49,6 +49,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._progress import progress_bar
 from ..stats import Flips, bootstrap_ci, paired_flips
 from .pairs import SentencePair
 
@@ -173,16 +174,6 @@ def _head_split(model: Any):
     if head is None or base is None or base is model:
         return None
     return base, head
-
-
-def _bar(total: int, desc: Optional[str], unit: str):
-    if desc is None:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, unit=unit, leave=False)
 
 
 @dataclass
@@ -374,7 +365,7 @@ def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
     units = sorted(_units(seqs, first, share), key=lambda u: u.length(seqs))
     logprob = torch.zeros(n, dtype=torch.float64)
     count = torch.zeros(n, dtype=torch.long)
-    bar = _bar(n, desc, "seq")
+    bar = progress_bar(n, desc, "seq", leave=False)
     pos = 0
     while pos < len(units):  # ascending lengths: the next unit is the batch's longest
         take = 1
@@ -729,7 +720,7 @@ def sentence_embeddings(model, tokenizer, sentences: Sequence[str], batch_size: 
     progress bar labelled ``desc`` when given."""
     device = device or next(model.parameters()).device
     outs = []
-    bar = _bar(len(sentences), desc, "sent")
+    bar = progress_bar(len(sentences), desc, "sent", leave=False)
     for i in range(0, len(sentences), batch_size):
         enc = tokenizer(list(sentences[i:i + batch_size]), return_tensors="pt", padding=True, truncation=True,
                         max_length=128).to(device)

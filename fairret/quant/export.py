@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -37,18 +38,43 @@ import torch
 
 from .gptq import GPTQResult
 
-__all__ = ["PACKABLE_BITS", "pack_rows", "unpack_rows", "pack_layer", "unpack_layer", "dequantize", "QuantLinear",
-           "atomic_folder", "read_quantization_config", "read_checkpoint"]
+__all__ = ["PACKABLE_BITS", "packing_problem", "pack_rows", "unpack_rows", "pack_layer", "unpack_layer", "dequantize",
+           "QuantLinear", "atomic_folder", "read_quantization_config", "read_checkpoint"]
 
 #: Bit widths the GPTQ-v1 format (and its kernels) can hold.
 PACKABLE_BITS = (2, 3, 4, 8)
 _PACKED = ("qweight", "qzeros", "scales", "g_idx")
 
 
+def packing_problem(bits: int, d_out: int, d_in: int) -> Optional[str]:
+    """Why GPTQ-v1 cannot hold a ``(d_out, d_in)`` layer of ``bits``-bit codes, or None when it can: the format
+    holds :data:`PACKABLE_BITS` codes packed in whole 32-bit words along both dimensions (``qweight`` along
+    ``d_in``, ``qzeros`` along ``d_out``).
+
+    Example:
+        >>> packing_problem(4, 64, 128) is None
+        True
+        >>> packing_problem(5, 64, 128)
+        'GPTQ-v1 checkpoints hold (2, 3, 4, 8)-bit codes, not 5; quantize with one of those to export'
+        >>> packing_problem(3, 64, 100)
+        'at 3 bits GPTQ-v1 packs each dimension in whole 32-bit words (a multiple of 32 codes), but d_in = 100'
+    """
+    if bits not in PACKABLE_BITS:
+        return _unpackable_bits(bits)
+    odd = [f"{name} = {n}" for name, n in (("d_in", d_in), ("d_out", d_out)) if (n * bits) % 32]
+    if odd:
+        return (f"at {bits} bits GPTQ-v1 packs each dimension in whole 32-bit words (a multiple of "
+                f"{32 // math.gcd(32, bits)} codes), but {' and '.join(odd)}")
+    return None
+
+
+def _unpackable_bits(bits: int) -> str:
+    return f"GPTQ-v1 checkpoints hold {PACKABLE_BITS}-bit codes, not {bits}; quantize with one of those to export"
+
+
 def _check_bits(bits: int) -> None:
     if bits not in PACKABLE_BITS:
-        raise ValueError(f"GPTQ-v1 checkpoints hold {PACKABLE_BITS}-bit codes, not {bits}; quantize with one of those "
-                         f"to export")
+        raise ValueError(_unpackable_bits(bits))
 
 
 def _layout(bits: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,10 +129,13 @@ def pack_layer(result: GPTQResult) -> Dict[str, torch.Tensor]:
     """``qweight``, ``qzeros``, ``scales``, ``g_idx`` of a quantized layer (see the module docstring).
 
     Raises:
-        ValueError: a bit width GPTQ-v1 cannot hold, dimensions that do not fill whole words, or a zero point
-            outside ``[1, 2^bits]`` (v1 stores ``zero - 1`` in ``bits`` bits).
+        ValueError: a bit width GPTQ-v1 cannot hold, dimensions that do not fill whole words (both:
+            :func:`packing_problem`), or a zero point outside ``[1, 2^bits]`` (v1 stores ``zero - 1`` in ``bits``
+            bits).
     """
-    _check_bits(result.bits)
+    problem = packing_problem(result.bits, *result.qweight.shape)
+    if problem is not None:
+        raise ValueError(problem)
     zeros = result.zeros.round().to(torch.int64)
     if zeros.numel() and (int(zeros.min()) < 1 or int(zeros.max()) > 1 << result.bits):
         raise ValueError(f"GPTQ-v1 stores zero points in [1, {1 << result.bits}] (as zero - 1 in {result.bits} bits), "

@@ -29,13 +29,13 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
+from .._threads import single_threaded
 from .._validation import check_number
 
 __all__ = ["Quantizer", "HessianAccumulator", "GPTQResult", "gptq_quantize", "fair_shift", "fair_objective",
@@ -210,19 +210,6 @@ def _inverse_cholesky_upper(H: torch.Tensor, damp: float) -> torch.Tensor:
     return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run the column loop's many small operations on one thread: each parallel operation ends with a barrier
-    across threads, which costs more than the operation itself for vectors of a few thousand numbers, and far more
-    when other processes share the cores (measured: 4-5x faster on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: int = -1, sym: bool = False,
                   act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
                   block_size: int = 128, compute_dtype: torch.dtype = torch.float64,
@@ -285,7 +272,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
         gpos = torch.arange(d_in, device=W.device) // gs
     gpos_list = gpos.tolist()
     diag = U.diagonal().tolist()
-    with _one_thread():  # the loop's small operations on one thread
+    # the column loop's many small operations on one thread: each parallel operation ends with a barrier across
+    # threads, which costs more than the operation itself for vectors of a few thousand numbers, and far more when
+    # other processes share the cores (measured: 4-5x faster on a busy 2-core machine)
+    with single_threaded():
         scale: torch.Tensor; zero: torch.Tensor  # set at column 0 by every branch below
         for b0 in range(0, d_in, block_size):
             b1 = min(b0 + block_size, d_in)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
@@ -31,7 +32,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, c
 import torch
 
 from .._extras import require_extra
-from .export import pack_layer
+from .._progress import progress_bar
+from .export import pack_layer, packing_problem
 from .gptq import GPTQResult, HessianAccumulator, fair_shift, gptq_quantize
 from .pairs import PairHessians, check_pairs
 
@@ -126,7 +128,13 @@ class _Stop(Exception):
 
 @dataclass
 class QuantizedModel:
-    """The quantized model, its layers' GPTQ-v1 tensors by full module name, the settings, and diagnostics."""
+    """The quantized model, its layers' GPTQ-v1 tensors by full module name, the settings, and diagnostics.
+
+    Every linear layer of every block is quantized (``model`` holds its dequantized weights); those GPTQ-v1 cannot
+    hold (a bit width other than 2, 3, 4, 8, or dimensions that do not fill whole 32-bit words) are in
+    ``unpacked`` with the reason instead of ``packed``, and :func:`to_quant_linear` and :func:`save_quantized`
+    refuse a model that has any.
+    """
 
     model: torch.nn.Module
     packed: Dict[str, Dict[str, torch.Tensor]]
@@ -138,6 +146,9 @@ class QuantizedModel:
     stats: Dict[str, Dict[str, float]] = field(default_factory=dict)
     #: with ``keep_hessians``: block -> [(layer names sharing H, H, H_delta or None)]
     hessians: Dict[int, List[Tuple[List[str], torch.Tensor, Optional[torch.Tensor]]]] = field(default_factory=dict)
+    #: layers quantized but not packed: full module name -> why GPTQ-v1 cannot hold them
+    #: (:func:`~fairret.quant.export.packing_problem`)
+    unpacked: Dict[str, str] = field(default_factory=dict)
 
 
 def _capture_inputs(model, block0, batches, device) -> List[Tuple[tuple, dict]]:
@@ -213,10 +224,13 @@ class _Settings:
 
 def _quantize_group(layers: Dict[str, torch.nn.Module], names: Sequence[str], H: torch.Tensor,
                     H_delta: Optional[torch.Tensor], fair: Sequence[str], st: _Settings, prefix: str,
-                    packed: Dict[str, Dict[str, torch.Tensor]], stats: Dict[str, Dict[str, float]]) -> None:
+                    packed: Dict[str, Dict[str, torch.Tensor]], unpacked: Dict[str, str],
+                    stats: Dict[str, Dict[str, float]]) -> None:
     """Quantize layers that share ``H`` as one stacked matrix (GPTQ's rows are independent given ``H``): the fair
     shift first on the layers in ``fair``, then one rounding loop; write the dequantized weights into the layers,
-    their GPTQ-v1 tensors into ``packed`` and the fair layers' diagnostics into ``stats``."""
+    their GPTQ-v1 tensors into ``packed`` (or, where the format cannot hold them, the reason into ``unpacked``) and
+    the fair layers' diagnostics into ``stats``. A layer the format can hold but :func:`pack_layer` refuses raises
+    ``ValueError`` naming it."""
     if fair and H_delta is None:
         raise ValueError(f"Expected `H_delta` for the fair layers {list(fair)}, but got None")
     Ws = []
@@ -235,26 +249,20 @@ def _quantize_group(layers: Dict[str, torch.nn.Module], names: Sequence[str], H:
                           res.zeros[start:stop], res.g_idx.clone(), res.bits, res.group_size, res.sym, res.act_order)
         start = stop
         full = f"{prefix}.{name}"
-        try:  # GPTQ-v1 holds 2/3/4/8 bits with whole 32-bit words along both dimensions
-            packed[full] = pack_layer(part)
-        except ValueError:
-            packed[full] = {}
+        problem = packing_problem(part.bits, *part.qweight.shape)
+        if problem is not None:  # the weights stay usable in the model; only the checkpoint cannot hold them
+            unpacked[full] = problem
+        else:
+            try:
+                packed[full] = pack_layer(part)
+            except ValueError as e:  # e.g. a zero point outside [1, 2^bits]: never written as something else
+                raise ValueError(f"Cannot pack the quantized layer {full!r}: {e}") from e
         if name in fair and H_delta is not None:
             W0 = _weight(layers[name]).detach().to(torch.float64)
             Hd = H_delta.to(torch.float64)
             stats[full]["pair_energy_fp"] = float((W0 @ Hd * W0).sum())
             stats[full]["pair_energy_q"] = float((part.weight @ Hd * part.weight).sum())
         _set_weight(layers[name], part.weight)
-
-
-def _bar(total: int, desc: str, progress: bool):
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, unit="block")
 
 
 @torch.no_grad()
@@ -310,10 +318,11 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
     hidden = [_hidden(a, k) for a, k in inputs]
     masks = [b["attention_mask"].to(device).bool() for b in batches]
     packed: Dict[str, Dict[str, torch.Tensor]] = {}
+    unpacked: Dict[str, str] = {}
     stats: Dict[str, Dict[str, float]] = {}
     kept: Dict[int, List[Tuple[List[str], torch.Tensor, Optional[torch.Tensor]]]] = {}
     chosen: List[str] = []
-    bar = _bar(len(blocks), desc or ("Fair-GPTQ" if alpha > 0 else "GPTQ"), progress)
+    bar = progress_bar(len(blocks), (desc or ("Fair-GPTQ" if alpha > 0 else "GPTQ")) if progress else None, "block")
     for bi, block in enumerate(blocks):
         home = next(block.parameters()).device
         block.to(device)
@@ -357,7 +366,7 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
             H = acc.H
             Hd = acc.H_delta if isinstance(acc, PairHessians) else None
             fair = [n for n in g if n in fair_names]
-            _quantize_group(layers, g, H, Hd, fair, st, f"{prefix}.{bi}", packed, stats)
+            _quantize_group(layers, g, H, Hd, fair, st, f"{prefix}.{bi}", packed, unpacked, stats)
             chosen += [f"{prefix}.{bi}.{n}" for n in fair]
             if keep_hessians:
                 kept.setdefault(bi, []).append((list(g), H.cpu(), None if Hd is None else Hd.cpu()))
@@ -372,7 +381,8 @@ def quantize_model(model: torch.nn.Module, batches: Sequence[Dict[str, Any]], bi
             bar.update(1)
     if bar is not None:
         bar.close()
-    return QuantizedModel(model, packed, _config(st, fair_layers, fair_blocks), chosen, stats, kept)
+    return _result(QuantizedModel(model, packed, _config(st, fair_layers, fair_blocks), chosen, stats, kept,
+                                  unpacked))
 
 
 def _config(st: _Settings, fair_layers: str, fair_blocks: str) -> Dict[str, Any]:
@@ -414,9 +424,10 @@ def quantize_from_hessians(model: torch.nn.Module, hessians: Dict[int, List[Tupl
     prefix, blocks = find_blocks(model)
     fair_idx = set(select_blocks(len(blocks), fair_blocks)) if alpha > 0 else set()
     packed: Dict[str, Dict[str, torch.Tensor]] = {}
+    unpacked: Dict[str, str] = {}
     stats: Dict[str, Dict[str, float]] = {}
     chosen: List[str] = []
-    bar = _bar(len(blocks), desc or "quantize from kept Hessians", progress)
+    bar = progress_bar(len(blocks), (desc or "quantize from kept Hessians") if progress else None, "block")
     for bi, block in enumerate(blocks):
         if bi not in hessians:
             raise ValueError(f"No kept Hessians for block {bi}")
@@ -429,23 +440,40 @@ def quantize_from_hessians(model: torch.nn.Module, hessians: Dict[int, List[Tupl
             key = (bi, tuple(names), tuple(fair), bits, group_size, sym, act_order, static_groups, damp) + (
                 (alpha, first_order) if fair else ())
             if memo is not None and key in memo:
-                weights, part_packed, part_stats = memo[key]
+                weights, part_packed, part_unpacked, part_stats = memo[key]
                 for n, w in weights.items():
                     _set_weight(layers[n], w)
             else:
-                part_packed, part_stats = {}, {}
+                part_packed, part_unpacked, part_stats = {}, {}, {}
                 _quantize_group(layers, names, H.double(), None if Hd is None else Hd.double(), fair, st, here,
-                                part_packed, part_stats)
+                                part_packed, part_unpacked, part_stats)
                 if memo is not None:
-                    memo[key] = ({n: _weight(layers[n]).detach().clone() for n in names}, part_packed, part_stats)
+                    memo[key] = ({n: _weight(layers[n]).detach().clone() for n in names}, part_packed,
+                                 part_unpacked, part_stats)
             packed.update(part_packed)
+            unpacked.update(part_unpacked)
             stats.update(part_stats)
             chosen += [f"{here}.{n}" for n in fair]
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return QuantizedModel(model, packed, _config(st, fair_layers, fair_blocks), chosen, stats)
+    return _result(QuantizedModel(model, packed, _config(st, fair_layers, fair_blocks), chosen, stats,
+                                  unpacked=unpacked))
+
+
+def _unpacked_message(qm: QuantizedModel) -> str:
+    name, problem = next(iter(qm.unpacked.items()))
+    return (f"{len(qm.unpacked)} of the {len(qm.unpacked) + len(qm.packed)} quantized layers cannot be written as "
+            f"GPTQ-v1 ({name}: {problem})")
+
+
+def _result(qm: QuantizedModel) -> QuantizedModel:
+    """``qm``, with a warning when some of its layers cannot be packed (so that it is not learnt at save time)."""
+    if qm.unpacked:
+        warnings.warn(f"{_unpacked_message(qm)}; the model holds their dequantized weights, but to_quant_linear and "
+                      f"save_quantized refuse it (QuantizedModel.unpacked lists them)", UserWarning, stacklevel=4)
+    return qm
 
 
 def _quant_linears(model: torch.nn.Module, packed: Dict[str, Dict[str, torch.Tensor]], bits: int
@@ -475,10 +503,8 @@ def to_quant_linear(qm: QuantizedModel) -> torch.nn.Module:
     """A copy of ``qm.model`` whose quantized layers are :class:`~fairret.quant.export.QuantLinear` modules (packed
     tensors only, dequantized per tile in ``forward``): the model :func:`save_quantized` writes and
     :func:`load_quantized` returns. The other tensors are shared with ``qm.model``."""
-    bad = [n for n, t in qm.packed.items() if not t]
-    if bad:
-        raise ValueError(f"GPTQ-v1 holds 2, 3, 4 or 8-bit codes packed in whole 32-bit words; at {qm.config['bits']} "
-                         f"bits these layers cannot be packed: {bad[:3]}")
+    if qm.unpacked:
+        raise ValueError(f"{_unpacked_message(qm)}: no QuantLinear model or checkpoint can hold them")
     modules = _quant_linears(qm.model, qm.packed, qm.config["bits"])
     old = _swap(qm.model, modules)
     try:  # copies of the modules, sharing every tensor (and so the ties between them)
