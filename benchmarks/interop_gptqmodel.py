@@ -12,6 +12,9 @@ venv). The checkpoint (``--ckpt``, written as in ``bench_quant.py --part load`` 
 generate ``--new-tokens`` greedily from the first 16; printed: the largest absolute logit difference, the share of
 positions with the same argmax, and whether the generations are identical. A failure of the peer is printed with
 its error (the last lines of its output).
+Layer by layer it also compares the weight the peer's kernel multiplies by (``dequantize_weight()``) with ours,
+exactly and rounded to the peer's dtype, and scores our model once more with its weights rounded that way, so that
+what is left of the logit difference is summation order.
 """
 from __future__ import annotations
 
@@ -36,11 +39,17 @@ import gptqmodel, optimum
 versions = {"torch": torch.__version__, "transformers": transformers.__version__,
             "gptqmodel": gptqmodel.__version__, "optimum": optimum.__version__ if hasattr(optimum, "__version__") else "?"}
 model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, device_map="cpu", dtype=torch.float32).eval()
-kinds = sorted({type(m).__module__ + "." + type(m).__name__ for m in model.modules() if "Quant" in type(m).__name__})
+quant = {n: m for n, m in model.named_modules() if hasattr(m, "qweight")}
+kinds = sorted({type(m).__module__ + "." + type(m).__name__ for m in quant.values()})
+weights = {}
 with torch.no_grad():
     logits = model(input_ids=ids).logits.float()
     gen = model.generate(ids[:, :16], max_new_tokens=int(sys.argv[3]), do_sample=False)
-torch.save({"logits": logits, "gen": gen, "versions": versions, "kinds": kinds}, io + "/peer.pt")
+    for n, m in quant.items():  # the weight the peer's kernel multiplies by, (out, in), in the dtype it uses
+        w = m.dequantize_weight()
+        weights[n] = w.T.contiguous() if tuple(w.shape) == (m.in_features, m.out_features) else w
+torch.save({"logits": logits, "gen": gen, "versions": versions, "kinds": kinds, "weights": weights},
+           io + "/peer.pt")
 """
 
 
@@ -63,6 +72,7 @@ def main() -> None:
     from quant_load import ensure_checkpoint
 
     from fairret.quant.evaluate import load_passages
+    from fairret.quant.export import QuantLinear, dequantize, unpack_layer
     from fairret.quant.model import load_quantized
 
     ckpt = ensure_checkpoint(args.ckpt)
@@ -87,13 +97,47 @@ def main() -> None:
         peer = torch.load(Path(io, "peer.pt"), weights_only=False)
     diff = (peer["logits"] - logits).abs()
     same = (peer["logits"].argmax(-1) == logits.argmax(-1)).float().mean().item()
-    print(f"peer: {peer['versions']}, quantized layers as {peer['kinds']}")
+    print(f"peer: {peer['versions']}, {len(peer['weights'])} quantized layers as {peer['kinds']}")
+    # Layer by layer: the peer's dequantized weight against ours, both exactly and rounded to the peer's dtype
+    ours_w = {n: dequantize(*unpack_layer(m.state_dict(), m.bits)) for n, m in ours.named_modules()
+              if isinstance(m, QuantLinear)}
+    missing = sorted(set(ours_w) ^ set(peer["weights"]))
+    exact = rounded = 0
+    worst = 0.0
+    dtypes = set()
+    for n, w in ours_w.items():
+        pw = peer["weights"].get(n)
+        if pw is None:
+            continue
+        dtypes.add(str(pw.dtype))
+        exact += bool(torch.equal(pw.float(), w))
+        rounded += bool(torch.equal(pw, w.to(pw.dtype)))
+        worst = max(worst, (pw.float() - w).abs().max().item())
+    print(f"weights: {len(ours_w)} layers here, {len(peer['weights'])} in the peer"
+          f"{f' (not in both: {missing[:4]})' if missing else ''}; the peer dequantizes to {sorted(dtypes)}; "
+          f"equal to ours in float32 in {exact}, equal to ours rounded to the peer's dtype in {rounded} "
+          f"(largest difference to ours in float32 {worst:.3g})")
+    # The same forward with our weights rounded as the peer rounds them: what is left is summation order
+    for n, w in ours_w.items():
+        if n in peer["weights"]:
+            ours.get_submodule(n).forward = _rounded_forward(w.to(peer["weights"][n].dtype).float(),
+                                                               ours.get_submodule(n).bias)
+    with torch.no_grad():
+        logits_r = ours(input_ids=ids).logits.float()
+    diff_r = (peer["logits"] - logits_r).abs()
     print(f"{ids.shape[1]} tokens: max |logit difference| {diff.max().item():.3g} (mean {diff.mean().item():.3g}, "
-          f"logits up to {logits.abs().max().item():.3g}); same argmax at {100 * same:.1f}% of positions; greedy "
-          f"generation of {args.new_tokens} tokens {'identical' if torch.equal(peer['gen'], gen) else 'DIFFERENT'}")
+          f"logits up to {logits.abs().max().item():.3g}); with our weights rounded as the peer rounds them "
+          f"{diff_r.max().item():.3g} (mean {diff_r.mean().item():.3g}); same argmax at {100 * same:.1f}% of "
+          f"positions; greedy generation of {args.new_tokens} tokens "
+          f"{'identical' if torch.equal(peer['gen'], gen) else 'DIFFERENT'}")
     if not torch.equal(peer["gen"], gen):
         print("ours:", tok.decode(gen[0, 16:]), "\npeer:", tok.decode(peer["gen"][0, 16:]))
 
+
+def _rounded_forward(weight: torch.Tensor, bias):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    return forward
 
 if __name__ == "__main__":
     main()
