@@ -20,10 +20,11 @@ def is_distributed() -> bool:
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum ``x`` over all ranks, with gradient when ``x`` requires it.
 
-    The backward of a sum all-reduce is again a sum all-reduce of the incoming gradients: each rank receives the
-    gradient of the total loss (summed over ranks' identical copies) with respect to its local part. Because every
-    rank computes the same global loss, the summed gradient is ``world_size`` times the single-process one; it is
-    divided back here so that each rank's gradient equals the single-process full-batch gradient.
+    Every rank computes the same global loss from the reduced sum, so the gradient reaching the sum is the same on
+    every rank, and the local part's gradient is that gradient itself (``d sum / d x_local = 1``): the backward
+    passes it through unchanged, with no communication and no division, and each rank's gradient is the
+    single-process full-batch gradient with respect to its own rows. (The general rule, a sum all-reduce of the
+    incoming gradients, would give ``world_size`` times that here, since every rank's copy is identical.)
     """
     if not is_distributed():
         return x

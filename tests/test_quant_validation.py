@@ -58,3 +58,14 @@ def test_row17_nonfinite_weights_or_hessian(bad, where):
     # before: NaN weights were written as int32 codes of -2**31; the codes must never silently be wrong
     with pytest.raises(ValueError, match=rf"Expected argument `{where}` to be finite"):
         gptq_quantize(W, H)
+
+
+def test_command_line_refuses_out_at_a_bit_width_it_cannot_write(capsys):
+    """--out with bits GPTQ-v1 cannot hold is refused at once, before a model is loaded or quantized."""
+    from fairret.quant.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "no/such/folder", "--bits", "5", "--out", "x"])
+    err = capsys.readouterr().err
+    assert "--out: GPTQ-v1 checkpoints hold" in err and "not 5" in err
+    assert "no/such/folder" not in err  # the model was never looked for

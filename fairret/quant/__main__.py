@@ -114,7 +114,11 @@ def format_flips(name: str, reference: str, cmp: Dict[str, Any], part: str) -> s
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap = _parser()
     args = ap.parse_args(argv)
+    from .export import PACKABLE_BITS, _unpackable_bits
     from .loading import load_model
+
+    if args.out and args.bits not in PACKABLE_BITS:  # refuse before the minutes of quantizing, not after
+        ap.error(f"--out: {_unpackable_bits(args.bits)} (or drop --out to evaluate {args.bits}-bit weights)")
 
     try:
         model, tok, kind = load_model(args.model, args.kind)
