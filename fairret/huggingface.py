@@ -7,7 +7,10 @@ r"""Fairness for Hugging Face ``transformers.Trainer``: any fairret loss as a pe
 * :class:`FairnessMonitorCallback`, a ``TrainerCallback``, holds named fairness metrics that the mixin feeds
   during every evaluation; they are added to the evaluation metrics (``eval_fairness/dp_relative_gap``,
   ``eval_fairness/dp_relative_gap/pr/sex=Female``, as the Lightning monitor names them) before the Trainer logs
-  them, and a summary table is printed after ``evaluate()`` and at the end of training (main process).
+  them, and a summary table is printed after ``evaluate()`` and at the end of training (main process). The table's
+  figures come from :func:`fairret.report.compare_groups`, as in the Lightning monitor; collapsed predictions (one
+  decision for every row of an evaluation, or constant probabilities) warn on the main process
+  (:class:`~fairret._validation.CollapsedPredictionsWarning`, the fixes in the message).
 
 The semantics are those of :class:`fairret.lightning.FairnessRegularizer`:
 
@@ -169,8 +172,8 @@ class FairnessMonitorCallback(TrainerCallback):
                             _take(batch, self.attributes, "attributes"), _take(batch, self.cells, "cells"))
         self._fed = True
 
-    def finish(self, metric_key_prefix: str) -> Dict[str, float]:
-        result = self.tracker.compute() if self._fed else None
+    def finish(self, metric_key_prefix: str, warn: bool = True) -> Dict[str, float]:
+        result = self.tracker.compute(warn=warn) if self._fed else None
         self._fed = False
         if result is None:
             return {}
@@ -340,7 +343,7 @@ class FairnessTrainerMixin(_TrainerBase):
         for m in monitors:
             if output.metrics is None:  # the Trainer's evaluation loop always returns its metrics dict
                 raise RuntimeError("The Trainer's evaluation loop returned no metrics to add the fairness values to")
-            output.metrics.update(m.finish(metric_key_prefix))
+            output.metrics.update(m.finish(metric_key_prefix, warn=self.is_world_process_zero()))
         return output
 
 

@@ -156,6 +156,30 @@ def test_monitor_on_a_tiny_bert_names_groups_and_matches_hand_rates(tmp_path, ca
     assert trainer.state.log_history[-1].get("eval_fairness/dp_relative_gap") is not None  # logged, not only returned
 
 
+def test_monitor_warns_on_collapsed_predictions_and_not_on_valid_ones(tmp_path):
+    import warnings
+
+    from fairret._validation import CollapsedPredictionsWarning
+
+    data = tabular(16)
+    collapsed = Tiny()
+    with torch.no_grad():
+        collapsed.lin.weight.mul_(0.01)
+        collapsed.lin.bias.copy_(torch.tensor([3.0, -3.0]))  # class 1 never wins: every row predicted negative
+    mon = FairnessMonitorCallback(summary=False)
+    trainer = FairnessTrainer(model=collapsed, args=args(tmp_path, per_device_eval_batch_size=5),
+                              eval_dataset=Rows(data), callbacks=[mon])
+    with pytest.warns(CollapsedPredictionsWarning, match=r"all 16 rows of this evaluation are predicted negative.*"
+                                                         r"lower λ"):
+        trainer.evaluate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapsedPredictionsWarning)
+        mon = FairnessMonitorCallback(summary=False)
+        FairnessTrainer(model=Tiny(), args=args(tmp_path, per_device_eval_batch_size=5), eval_dataset=Rows(data),
+                        callbacks=[mon]).evaluate()
+        assert mon.last_result is not None and mon.last_result.collapse is None
+
+
 def test_list_of_sens_keys_for_ccdcov_and_monitor_alone_warns(tmp_path):
     data = tabular(8)
     data["age"] = torch.rand(8, 1)
