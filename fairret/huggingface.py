@@ -24,7 +24,9 @@ The semantics are those of :class:`fairret.lightning.FairnessRegularizer`:
 * **DDP**: a fairret loss with ``sync_dist=True`` (the default) computes the *global-batch* penalty on every rank;
   its gradient is multiplied by the world size so that DDP's averaging gives the single-process full-batch
   gradient (:func:`fairret._penalty.weighted_penalty`). A loss with ``sync_dist=False`` is a per-rank term,
-  averaged like the task loss.
+  averaged like the task loss. (Tested with two gloo processes on the CPU, the Trainer setting DDP up from the
+  environment: one step, with and without accumulation, for both of the Trainer's loss-scaling rules, gives every
+  process the parameters of the single-process full-batch step.)
 * **two-class heads**: a ``(N, 2)`` output (``AutoModelForSequenceClassification`` with two labels) is reduced to
   the positive class' logit ``logits[:, 1] - logits[:, 0]`` (probabilities: column 1) when ``binary_head`` is true
   (the default), so that binary statistics such as :class:`~fairret.statistic.PositiveRate` apply; other widths
