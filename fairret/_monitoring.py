@@ -196,14 +196,15 @@ def collapse_message(low: Sequence[float], high: Sequence[float], decided: Seque
 
 class SummaryColumn(NamedTuple):
     """One statistic (row of a linear-fractional metric) in the summary table: its label, per-group values (NaN
-    where undefined), overall value, difference (max − min) and relative gap over the groups
-    (:func:`fairret.report.compare_groups`)."""
+    where undefined), overall value, relative gap and difference (max − min) over the groups
+    (:func:`fairret.report.compare_groups`). The first four fields are the ``(label, per-group values, overall,
+    relative gap)`` tuples of earlier versions."""
 
     label: str
     values: List[float]
     overall: float
-    difference: float
     relative: float
+    difference: float
 
 
 @dataclass
@@ -216,8 +217,8 @@ class FairnessResult:
         group_names: the S group names.
         counts: rows per group (column sums of the sensitive matrix), or None.
         rows: rows seen.
-        columns: the statistics of the table, each a :class:`SummaryColumn` (per-group values, overall, difference
-            and relative gap, from :func:`fairret.report.compare_groups`).
+        columns: the statistics of the table, each a :class:`SummaryColumn` (per-group values, overall, relative
+            gap and difference, from :func:`fairret.report.compare_groups`).
         collapse: the collapse warning's text when the predictions collapsed (:func:`collapse_message`), else None.
     """
 
@@ -241,7 +242,7 @@ class FairnessResult:
         Example:
             >>> res = FairnessResult({"dp": 0.6, "dp/pr/a": 0.5, "dp/pr/b": 1.0, "jsd": 0.01},
             ...                      {"dp": 0.6, "jsd": 0.01}, ["a", "b"], [3.0, 1.0], 4,
-            ...                      [SummaryColumn("pr", [0.5, 1.0], 0.625, 0.5, 0.6)])
+            ...                      [SummaryColumn("pr", [0.5, 1.0], 0.625, 0.6, 0.5)])
             >>> print(res.render("Fairness (test)"))
             Fairness (test), 4 rows
             group              n     pr
@@ -432,8 +433,8 @@ class FairnessTracker:
                     for g, v in zip(names, row):
                         if v == v:  # skip groups never seen (NaN)
                             values[f"{name}/{label}/{g}"] = float(v)
-                    columns.append(SummaryColumn(label, row, float(table.overall[r]), float(table.difference[r]),
-                                                 float(table.relative[r])))
+                    columns.append(SummaryColumn(label, row, float(table.overall[r]), float(table.relative[r]),
+                                                 float(table.difference[r])))
                     owners.append(name)
             top = float(value.max()) if value.numel() > 1 else float(value)
             values[name] = headline[name] = top
