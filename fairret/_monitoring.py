@@ -11,7 +11,17 @@ statistic and its group:
 
 Statistic names are the initials of their class (``PositiveRate`` → ``pr``, ``TruePositiveRate`` → ``tpr``);
 group names come from the caller (``group_names``), else from a :class:`~fairret.sensitive.SensitiveAttributes`'
-``column_names``, else ``group_k``. :meth:`FairnessResult.render` is the text table the callbacks print.
+``column_names``, else ``group_k``. :meth:`FairnessResult.render` is the text table the callbacks print; its
+per-group values, overall values, differences (max − min) and relative gaps come from
+:func:`fairret.report.compare_groups` on each linear-fractional metric's sums over the epoch, the computation
+:func:`fairret.report.fairness_report` tables with (the logged ``{name}`` and ``{name}/{stat}`` are each metric's
+own ``compute()``, its ``gap_fn``).
+
+Collapse check: the tracker also keeps the smallest and largest probability and the number of rows of each
+decision (``prob > 0.5`` for one column, the arg-max class for several) over the epoch. When every row gets the same
+decision, or the probabilities spread less than :data:`COLLAPSE_SPREAD`, :meth:`FairnessTracker.compute` warns
+(:class:`~fairret._validation.CollapsedPredictionsWarning`, the usual causes and their fixes in the message): the
+fairness figures of a constant model are no finding.
 
 Example:
     >>> import torch
@@ -28,18 +38,23 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torchmetrics
 
-from ._validation import to_probabilities
+from ._validation import CollapsedPredictionsWarning, to_probabilities
 from .metric import DependenceMetric, DistanceCorrelation, IntersectionalJSD, LinearFractionalParity
+from .report import compare_groups
 from .statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
 
-__all__ = ["FairnessTracker", "FairnessResult", "binary_cells", "statistic_names", "monitor_probabilities",
-           "sens_matrix", "check_metrics"]
+__all__ = ["FairnessTracker", "FairnessResult", "SummaryColumn", "binary_cells", "statistic_names",
+           "monitor_probabilities", "sens_matrix", "check_metrics", "collapse_message", "COLLAPSE_SPREAD"]
+
+#: Probabilities spreading less than this over an evaluation (largest − smallest, per column) are a constant.
+COLLAPSE_SPREAD = 1e-6
 
 
 def binary_cells(sens: torch.Tensor) -> Optional[torch.Tensor]:
@@ -104,25 +119,92 @@ def check_metrics(metrics: Any) -> Optional[Dict[str, torchmetrics.Metric]]:
     return dict(metrics)
 
 
-class _GroupCount(torchmetrics.Metric):
-    """Column sums of the sensitive matrix (the number of rows per group for 0/1 columns)."""
+class _EpochCounts(torchmetrics.Metric):
+    """Column sums of the sensitive matrix (rows per group for 0/1 columns), rows seen, and what the collapse check
+    reads of the probabilities: their smallest and largest value per column and the rows of each decision
+    (below/above 0.5 for one column, the arg-max class for several)."""
 
     full_state_update = False
     # the states (add_state in __init__), declared for the type checker
     total: torch.Tensor
     rows: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    decided: torch.Tensor
 
-    def __init__(self, num_groups: int):
+    def __init__(self, num_groups: int, num_columns: int):
         super().__init__()
-        self.add_state("total", default=torch.zeros(num_groups, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("rows", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        f64 = torch.float64
+        self.add_state("total", default=torch.zeros(num_groups, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("rows", default=torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("low", default=torch.full((num_columns,), math.inf, dtype=f64), dist_reduce_fx="min")
+        self.add_state("high", default=torch.full((num_columns,), -math.inf, dtype=f64), dist_reduce_fx="max")
+        self.add_state("decided", default=torch.zeros(max(num_columns, 2), dtype=f64), dist_reduce_fx="sum")
 
-    def update(self, sens: torch.Tensor) -> None:
+    def update(self, sens: torch.Tensor, prob: torch.Tensor) -> None:
         self.total += sens.detach().to(torch.float64).sum(0)
         self.rows += sens.shape[0]
+        if prob.shape[0] == 0 or prob.shape[1] != self.low.shape[0]:
+            return
+        p = prob.detach().to(torch.float64)
+        self.low = torch.minimum(self.low, p.amin(0))
+        self.high = torch.maximum(self.high, p.amax(0))
+        cls = (p[:, 0] > 0.5).long() if p.shape[1] == 1 else p.argmax(1)
+        self.decided += torch.bincount(cls, minlength=self.decided.shape[0]).to(torch.float64)
 
-    def compute(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.total, self.rows
+    def compute(self) -> Tuple[torch.Tensor, ...]:
+        """``(total, rows, low, high, decided)`` over everything seen (all ranks)."""
+        return self.total, self.rows, self.low, self.high, self.decided
+
+
+def collapse_message(low: Sequence[float], high: Sequence[float], decided: Sequence[float]) -> Optional[str]:
+    """The collapse warning's text for an evaluation's smallest and largest probability per column and its rows
+    per decision (below/above 0.5 for one column, per arg-max class for several), or None when the predictions
+    have not collapsed (at least two decisions and a spread of at least :data:`COLLAPSE_SPREAD`; fewer than two rows
+    say nothing).
+
+    Example:
+        >>> collapse_message([0.2], [0.9], [30, 70]) is None
+        True
+        >>> collapse_message([0.02], [0.31], [100, 0]).split(":")[0]
+        'The fairness monitor saw collapsed predictions'
+    """
+    rows = float(sum(decided))
+    if rows < 2 or not low or not all(math.isfinite(v) for v in list(low) + list(high)):
+        return None
+    spread = max(h - lo for h, lo in zip(high, low))
+    full = [k for k, c in enumerate(decided) if c == rows]
+    if spread >= COLLAPSE_SPREAD and not full:
+        return None
+    if spread < COLLAPSE_SPREAD:
+        what = (f"every one of the {int(rows)} rows of this evaluation has the same prediction (probability "
+                f"{low[0]:.4g}" + (" in the first column" if len(low) > 1 else "") + f"; spread {spread:.2g})")
+    elif len(low) == 1:
+        what = (f"all {int(rows)} rows of this evaluation are predicted {'positive' if full[0] == 1 else 'negative'} "
+                f"at the 0.5 threshold (probabilities from {low[0]:.3g} to {high[0]:.3g})")
+    else:
+        what = f"all {int(rows)} rows of this evaluation are predicted class {full[0]}"
+    return ("The fairness monitor saw collapsed predictions: " + what + ". The fairness figures of a constant model "
+            "are no finding. Usual causes and fixes: a penalty weight λ too large for the loss (a constant prediction "
+            "is perfectly fair: lower λ; see 'Choosing λ' in the README, or "
+            "fairret.functional.calibration.calibrate_lambda); a rate loss given one indicator column per binary "
+            "attribute (give it both groups: the SensitiveAttributes itself, or SensitiveEncoder 'categorical'); "
+            "or a model that outputs probabilities monitored with pred_as_logit=True (read as logits they all lie "
+            "in [0.5, 0.73]: pass pred_as_logit=False). Where every row rightly gets one decision (rare positives), "
+            "filter fairret._validation.CollapsedPredictionsWarning.")
+
+
+class SummaryColumn(NamedTuple):
+    """One statistic (row of a linear-fractional metric) in the summary table: its label, per-group values (NaN
+    where undefined), overall value, relative gap and difference (max − min) over the groups
+    (:func:`fairret.report.compare_groups`). The first four fields are the ``(label, per-group values, overall,
+    relative gap)`` tuples of earlier versions."""
+
+    label: str
+    values: List[float]
+    overall: float
+    relative: float
+    difference: float
 
 
 @dataclass
@@ -135,7 +217,9 @@ class FairnessResult:
         group_names: the S group names.
         counts: rows per group (column sums of the sensitive matrix), or None.
         rows: rows seen.
-        columns: per-group columns of the table: ``(label, per-group values, overall, relative gap)``.
+        columns: the statistics of the table, each a :class:`SummaryColumn` (per-group values, overall, relative
+            gap and difference, from :func:`fairret.report.compare_groups`).
+        collapse: the collapse warning's text when the predictions collapsed (:func:`collapse_message`), else None.
     """
 
     values: Dict[str, float]
@@ -143,7 +227,8 @@ class FairnessResult:
     group_names: List[str]
     counts: Optional[List[float]] = None
     rows: int = 0
-    columns: List[Tuple[str, List[float], float, float]] = field(default_factory=list)
+    columns: List[SummaryColumn] = field(default_factory=list)
+    collapse: Optional[str] = None
 
     def prefixed(self, prefix: str) -> Dict[str, float]:
         """``values`` with keys ``{prefix}/{key}``."""
@@ -151,13 +236,13 @@ class FairnessResult:
 
     def render(self, title: str) -> str:
         """A text table: one row per group (n and each statistic), the overall value, the largest difference
-        between two groups (max − min, same units as the statistic), the metric's relative gap, then the other
-        metrics' values.
+        between two groups (max − min, same units as the statistic), the relative gap (the largest
+        |group / overall - 1|), then the other metrics' values.
 
         Example:
             >>> res = FairnessResult({"dp": 0.6, "dp/pr/a": 0.5, "dp/pr/b": 1.0, "jsd": 0.01},
             ...                      {"dp": 0.6, "jsd": 0.01}, ["a", "b"], [3.0, 1.0], 4,
-            ...                      [("pr", [0.5, 1.0], 0.625, 0.6)])
+            ...                      [SummaryColumn("pr", [0.5, 1.0], 0.625, 0.6, 0.5)])
             >>> print(res.render("Fairness (test)"))
             Fairness (test), 4 rows
             group              n     pr
@@ -170,10 +255,10 @@ class FairnessResult:
         """
         fmt = lambda v: "nan" if v != v else f"{v:.3f}"  # noqa: E731
         width = max([len("relative gap")] + [len(g) for g in self.group_names]) + 2
-        cw = max([7] + [len(c[0]) + 1 for c in self.columns])
+        cw = max([7] + [len(c.label) + 1 for c in self.columns])
         lines = [f"{title}, {self.rows} rows"]
         if self.columns:
-            lines.append(f"{'group':<{width}}{'n':>6}" + "".join(f"{c[0]:>{cw}}" for c in self.columns))
+            lines.append(f"{'group':<{width}}{'n':>6}" + "".join(f"{c.label:>{cw}}" for c in self.columns))
             counts = self.counts or [float("nan")] * len(self.group_names)
 
             def n_str(v: float) -> str:
@@ -181,15 +266,13 @@ class FairnessResult:
 
             for g, name in enumerate(self.group_names):
                 lines.append(f"{name:<{width}}{n_str(counts[g]):>6}" + "".join(
-                    f"{fmt(c[1][g]):>{cw}}" for c in self.columns))
+                    f"{fmt(c.values[g]):>{cw}}" for c in self.columns))
             lines.append(f"{'all':<{width}}{n_str(float(self.rows)):>6}" + "".join(
-                f"{fmt(c[2]):>{cw}}" for c in self.columns))
-            spreads = []
-            for c in self.columns:
-                seen = [v for v in c[1] if v == v]
-                spreads.append(max(seen) - min(seen) if seen else float("nan"))
-            lines.append(f"{'max - min':<{width}}{'':>6}" + "".join(f"{fmt(s):>{cw}}" for s in spreads))
-            lines.append(f"{'relative gap':<{width}}{'':>6}" + "".join(f"{fmt(c[3]):>{cw}}" for c in self.columns))
+                f"{fmt(c.overall):>{cw}}" for c in self.columns))
+            lines.append(f"{'max - min':<{width}}{'':>6}" + "".join(f"{fmt(c.difference):>{cw}}"
+                                                                    for c in self.columns))
+            lines.append(f"{'relative gap':<{width}}{'':>6}" + "".join(f"{fmt(c.relative):>{cw}}"
+                                                                       for c in self.columns))
         for name, v in self.headline.items():  # the metrics without per-group values (JSD, dCor², ...)
             if not any(k.startswith(name + "/") for k in self.values):
                 lines.append(f"{name:<{width}}{'':>6}{v:>{cw}.4f}")
@@ -220,7 +303,7 @@ class FairnessTracker:
         self.group_names: Optional[List[str]] = list(group_names) if group_names is not None else None
         self.fallback_names: Optional[List[str]] = None  # e.g. a data module's, used when they fit S
         self._batch_names: Optional[List[str]] = None
-        self._counts: Optional[_GroupCount] = None
+        self._counts: Optional[_EpochCounts] = None
         self._device: Optional[torch.device] = None
 
     # --- state ----------------------------------------------------------------------------------------------------
@@ -268,9 +351,9 @@ class FairnessTracker:
                 for m in self.metrics.values():
                     m.to(self._device)
         if self._counts is None:
-            self._counts = _GroupCount(mat.shape[1]).to(self._device or mat.device)
+            self._counts = _EpochCounts(mat.shape[1], prob.shape[1]).to(self._device or mat.device)
         if self._counts.total.shape[0] == mat.shape[1]:
-            self._counts.update(mat)
+            self._counts.update(mat, prob)
         for name, metric in self.metrics.items():
             if isinstance(metric, LinearFractionalParity):
                 if metric.requires_labels:
@@ -317,13 +400,20 @@ class FairnessTracker:
             return stats
         return [f"{s}_class{c}" for s in stats for c in range(classes)]
 
-    def compute(self) -> Optional[FairnessResult]:
-        """Every metric over everything seen (all ranks), named; None before the first update."""
+    def compute(self, warn: bool = True) -> Optional[FairnessResult]:
+        """Every metric over everything seen (all ranks), named; None before the first update.
+
+        Per-group values, overall values, differences and relative gaps of the linear-fractional metrics come from
+        :func:`fairret.report.compare_groups` on their sums. With ``warn`` (the callbacks pass it on the main
+        process, outside Lightning's sanity check) collapsed predictions warn
+        (:class:`~fairret._validation.CollapsedPredictionsWarning`; the text is also in ``result.collapse``).
+        """
         if self.metrics is None:
             return None
         values: Dict[str, float] = {}
         headline: Dict[str, float] = {}
-        columns: List[Tuple[str, List[float], float, float]] = []
+        columns: List[SummaryColumn] = []
+        owners: List[str] = []
         names: List[str] = []
         for name, metric in self.metrics.items():
             if not metric.update_called:
@@ -332,30 +422,34 @@ class FairnessTracker:
             gaps = value.reshape(-1).tolist()
             if isinstance(metric, LinearFractionalParity):
                 labels = self._row_labels(metric)
-                per_group = metric.compute_per_group()
-                rows = per_group.reshape(-1, per_group.shape[-1]).tolist()
-                overall = metric.compute_overall().reshape(-1).tolist()
-                names = self.names_for(per_group.shape[-1])
+                table = compare_groups(metric.compute_sums())
+                names = self.names_for(table.values.shape[-1])
                 if len(gaps) != len(labels):
                     gaps = gaps[:1] * len(labels)
-                for r, (label, row) in enumerate(zip(labels, rows)):
+                for r, label in enumerate(labels):
+                    row = table.values[r].tolist()
                     if len(labels) > 1:
                         values[f"{name}/{label}"] = gaps[r]
                     for g, v in zip(names, row):
                         if v == v:  # skip groups never seen (NaN)
                             values[f"{name}/{label}/{g}"] = float(v)
-                    columns.append((label, row, overall[r] if r < len(overall) else float("nan"), gaps[r]))
+                    columns.append(SummaryColumn(label, row, float(table.overall[r]), float(table.relative[r]),
+                                                 float(table.difference[r])))
+                    owners.append(name)
             top = float(value.max()) if value.numel() > 1 else float(value)
             values[name] = headline[name] = top
-        dup = {c[0] for c in columns if [d[0] for d in columns].count(c[0]) > 1}
-        if dup:  # the same statistic in two metrics: name the metric in the column
-            owners = [n for n, m in self.metrics.items() if isinstance(m, LinearFractionalParity) and m.update_called
-                      for _ in self._row_labels(m)]
-            columns = [(f"{o}:{c[0]}" if c[0] in dup else c[0], *c[1:]) for o, c in zip(owners, columns)]
-        counts, rows_seen = None, 0
+        labels_seen = [c.label for c in columns]
+        if len(set(labels_seen)) < len(labels_seen):  # the same statistic in two metrics: name the metric in it
+            columns = [c._replace(label=f"{o}:{c.label}") if labels_seen.count(c.label) > 1 else c
+                       for o, c in zip(owners, columns)]
+        counts, rows_seen, collapse = None, 0, None
         if self._counts is not None and self._counts.update_called:
-            total, rows_t = self._counts.compute()
+            # synchronised (torchmetrics' compute, which also squeezes one-element states: reshaped back)
+            total, rows_t, low, high, decided = (t.reshape(-1) for t in self._counts.compute())
             counts, rows_seen = total.tolist(), int(rows_t)
+            collapse = collapse_message(low.tolist(), high.tolist(), decided.tolist())
             if not names:
                 names = self.names_for(len(counts))
-        return FairnessResult(values, headline, names, counts, rows_seen, columns)
+        if collapse is not None and warn:
+            warnings.warn(collapse, CollapsedPredictionsWarning, stacklevel=2)
+        return FairnessResult(values, headline, names, counts, rows_seen, columns, collapse)

@@ -88,6 +88,7 @@ __all__ = [
     "as_group_matrix",
     "PredictionWarning",
     "SensitiveGroupsWarning",
+    "CollapsedPredictionsWarning",
 ]
 
 
@@ -97,6 +98,11 @@ class PredictionWarning(UserWarning):
 
 class SensitiveGroupsWarning(UserWarning):
     """A sensitive matrix that a rate loss or metric cannot read as groups (see :func:`check_groups`)."""
+
+
+class CollapsedPredictionsWarning(UserWarning):
+    """A fairness monitor's evaluation in which every prediction is the same decision (or the same value): the
+    fairness figures of a constant model are no finding (see :mod:`fairret._monitoring`)."""
 
 
 def check_tensor(x: Any, name: str) -> torch.Tensor:

@@ -19,10 +19,10 @@ on the held-out test split and writes to ``--out`` (default ``fairret-demo/``):
 
 Data: COMPAS (ProPublica filter, 6,172 rows, fixed 70/30 split; groups race × sex with Asian and Native American
 merged into Other; attributes sex, race, age) and Adult (rows with missing values dropped, 30,162 train / 15,060
-test; groups sex; attributes sex, race, age). Measures, on the test split: the DP difference is the largest
-difference of positive rates between two groups, the EO difference the larger of the largest true- and
-false-positive-rate differences, in points, on predictions thresholded at 0.5 (both
-:class:`~fairret.metric.LinearFractionalParity` with :func:`~fairret.metric.gap_max_min`); the JSD (bits) is between
+test; groups sex; attributes sex, race, age). Measures, on the test split: accuracy, the DP difference (the largest
+difference of positive rates between two groups) and the EO difference (the larger of the largest true- and
+false-positive-rate differences), in points, on predictions thresholded at 0.5, all from one
+:func:`fairret.report.fairness_report` per run (:func:`group_report`); the JSD (bits) is between
 the distributions of predicted probabilities in the race × sex cells; dCor² is between the probabilities and the
 attributes (sex, race one-hot, age), on a fixed random subset of 3,000 test rows.
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 import os
 import time
 import warnings
@@ -50,12 +51,14 @@ import torch
 
 from ._extras import require_extra
 from ._progress import progress_bar
-from .metric import LinearFractionalParity, gap_max_min
+from .metric import gap_max_min
 from .postprocess import apply_thresholds, group_thresholds
-from .statistic import EqualizedOdds, PositiveRate
+from .report import FairnessReport, ReportWarning, fairness_report
+from .sensitive import one_hot_groups
+from .statistic import PositiveRate
 
 __all__ = ["Setting", "settings_for", "run_one", "evaluate_classifier", "evaluate_regressor", "rate_differences",
-           "findings", "main"]
+           "group_report", "findings", "main"]
 
 
 # --- what is compared -----------------------------------------------------------------------------------------------
@@ -179,11 +182,32 @@ def _auc(prob: torch.Tensor, y: torch.Tensor) -> float:
     return float(binary_auroc(prob, y.long()))
 
 
+def group_report(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> FairnessReport:
+    """The :func:`~fairret.report.fairness_report` of probabilities (or 0/1 decisions) ``prob`` with labels ``y``
+    over the groups of ``groups`` (``(N,)`` ids >= 0; a negative id is in no group: counted in the overall figures
+    only), thresholded at 0.5, every group with a row compared, no bootstrap; its notes (empty groups, undefined
+    rates) are not issued as warnings."""
+    n_groups = max(int(groups.max()) + 1 if groups.numel() else 1, 2)  # a second, empty column keeps it a matrix
+    sens = one_hot_groups(groups.clamp_min(-1), n_groups, torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReportWarning)
+        return fairness_report(prob, y, sens, threshold=0.5, pred_as_logit=False, min_group_size=1, n_boot=0)
+
+
+def _differences(report: FairnessReport) -> Dict[str, float]:
+    """The DP and EO differences of a :func:`group_report`, in points (NaN where fewer than two groups have the
+    rate defined; the EO difference is the larger of the defined TPR and FPR differences)."""
+    tpr, fpr = (report.gap("group", s).difference for s in ("tpr", "fpr"))
+    defined = [d for d in (tpr, fpr) if not math.isnan(d)]
+    return {"dp_difference": 100.0 * report.gap("group", "positive_rate").difference,
+            "eo_difference": 100.0 * max(defined) if defined else float("nan")}
+
+
 def rate_differences(hard: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> Dict[str, float]:
     """The demographic-parity and equalised-odds differences of 0/1 predictions, in points: the largest difference
-    between two groups of the positive rate, and the larger of those of the true- and false-positive rates
-    (:class:`~fairret.metric.LinearFractionalParity` with :func:`~fairret.metric.gap_max_min`; a group without rows,
-    or without positives or negatives for a rate, is left out of that rate).
+    between two groups of the positive rate, and the larger of those of the true- and false-positive rates, as
+    :func:`~fairret.report.fairness_report` gives them (:func:`group_report`; a group without rows, or without
+    positives or negatives for a rate, is left out of that rate; NaN when fewer than two groups remain).
 
     Args:
         hard: ``(N,)`` predictions in {0, 1}.
@@ -195,26 +219,20 @@ def rate_differences(hard: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) 
         >>> rate_differences(hard, y, torch.tensor([0, 0, 1, 1]))  # positive rates 1/2, 1; FPR 0, 1
         {'dp_difference': 50.0, 'eo_difference': 100.0}
     """
-    n_groups = int(groups.max()) + 1 if groups.numel() else 1
-    sens = (groups.reshape(-1, 1) == torch.arange(n_groups)).double()
-    dp = LinearFractionalParity(PositiveRate(), n_groups, gap_fn=gap_max_min)
-    eo = LinearFractionalParity(EqualizedOdds(), (2, n_groups), gap_fn=gap_max_min)
-    dp.update(hard.double().reshape(-1, 1), sens)
-    eo.update(hard.double().reshape(-1, 1), sens, y.double().reshape(-1, 1))
-    return {"dp_difference": 100.0 * dp.compute().item(), "eo_difference": 100.0 * eo.compute().max().item()}
+    return _differences(group_report(hard, y, groups))
 
 
 def evaluate_classifier(prob: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, cells: torch.Tensor,
                         attrs: torch.Tensor) -> Dict[str, float]:
-    """Test metrics of probabilities ``prob`` (N,): accuracy, AUC, DP and EO differences (points,
-    :func:`rate_differences`), JSD, dCor²."""
+    """Test metrics of probabilities ``prob`` (N,): accuracy and the DP and EO differences (points, from one
+    :func:`group_report`: decisions ``prob > 0.5``), AUC, JSD, dCor²."""
     from .functional.calibration import intersectional_jsd
 
-    hard = (prob > 0.5).float()
+    report = group_report(prob, y, groups)
     return {
-        "acc": 100.0 * (hard == y).float().mean().item(),
+        "acc": 100.0 * report.overall["accuracy"],
         "auc": 100.0 * _auc(prob, y),
-        **rate_differences(hard, y, groups),
+        **_differences(report),
         "jsd": intersectional_jsd(prob.double(), cells).item(),
         "dcor": _dcor(prob, attrs),
     }

@@ -7,7 +7,10 @@ r"""Fairness for Hugging Face ``transformers.Trainer``: any fairret loss as a pe
 * :class:`FairnessMonitorCallback`, a ``TrainerCallback``, holds named fairness metrics that the mixin feeds
   during every evaluation; they are added to the evaluation metrics (``eval_fairness/dp_relative_gap``,
   ``eval_fairness/dp_relative_gap/pr/sex=Female``, as the Lightning monitor names them) before the Trainer logs
-  them, and a summary table is printed after ``evaluate()`` and at the end of training (main process).
+  them, and a summary table is printed after ``evaluate()`` and at the end of training (main process). The table's
+  figures come from :func:`fairret.report.compare_groups`, as in the Lightning monitor; collapsed predictions (one
+  decision for every row of an evaluation, or constant probabilities) warn on the main process
+  (:class:`~fairret._validation.CollapsedPredictionsWarning`, the fixes in the message).
 
 The semantics are those of :class:`fairret.lightning.FairnessRegularizer`:
 
@@ -21,7 +24,9 @@ The semantics are those of :class:`fairret.lightning.FairnessRegularizer`:
 * **DDP**: a fairret loss with ``sync_dist=True`` (the default) computes the *global-batch* penalty on every rank;
   its gradient is multiplied by the world size so that DDP's averaging gives the single-process full-batch
   gradient (:func:`fairret._penalty.weighted_penalty`). A loss with ``sync_dist=False`` is a per-rank term,
-  averaged like the task loss.
+  averaged like the task loss. (Tested with two gloo processes on the CPU, the Trainer setting DDP up from the
+  environment: one step, with and without accumulation, for both of the Trainer's loss-scaling rules, gives every
+  process the parameters of the single-process full-batch step.)
 * **two-class heads**: a ``(N, 2)`` output (``AutoModelForSequenceClassification`` with two labels) is reduced to
   the positive class' logit ``logits[:, 1] - logits[:, 0]`` (probabilities: column 1) when ``binary_head`` is true
   (the default), so that binary statistics such as :class:`~fairret.statistic.PositiveRate` apply; other widths
@@ -169,8 +174,8 @@ class FairnessMonitorCallback(TrainerCallback):
                             _take(batch, self.attributes, "attributes"), _take(batch, self.cells, "cells"))
         self._fed = True
 
-    def finish(self, metric_key_prefix: str) -> Dict[str, float]:
-        result = self.tracker.compute() if self._fed else None
+    def finish(self, metric_key_prefix: str, warn: bool = True) -> Dict[str, float]:
+        result = self.tracker.compute(warn=warn) if self._fed else None
         self._fed = False
         if result is None:
             return {}
@@ -340,7 +345,7 @@ class FairnessTrainerMixin(_TrainerBase):
         for m in monitors:
             if output.metrics is None:  # the Trainer's evaluation loop always returns its metrics dict
                 raise RuntimeError("The Trainer's evaluation loop returned no metrics to add the fairness values to")
-            output.metrics.update(m.finish(metric_key_prefix))
+            output.metrics.update(m.finish(metric_key_prefix, warn=self.is_world_process_zero()))
         return output
 
 

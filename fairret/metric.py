@@ -196,17 +196,23 @@ class LinearFractionalParity(torchmetrics.Metric):
     def _sums(self) -> F.LinearFractionalSums:
         return F.LinearFractionalSums.from_sums(self.num, self.denom, self.overall_num, self.overall_denom)
 
+    def compute_sums(self) -> F.LinearFractionalSums:
+        """The float64 sums over everything seen (all ranks; a copy): ``num``/``denom`` of shape ``stat_shape``,
+        the overall ones ``(*stat_shape[:-1], 1)``. :func:`fairret.report.compare_groups` turns them into per-group
+        values and between-group figures (the fairness monitors' summary tables)."""
+        with self.sync_context(should_sync=not self._is_synced, should_unsync=not self._is_synced):
+            return F.LinearFractionalSums.from_sums(self.num.clone(), self.denom.clone(), self.overall_num.clone(),
+                                                    self.overall_denom.clone())
+
     def compute_per_group(self) -> torch.Tensor:
         """Per-group statistic values over everything seen (all ranks); NaN for groups with a zero denominator."""
-        with self.sync_context(should_sync=not self._is_synced, should_unsync=not self._is_synced):
-            sums = self._sums()
-            vals = sums.group_values()
+        sums = self.compute_sums()
+        vals = sums.group_values()
         return torch.where(sums.valid, vals, torch.full_like(vals, float("nan"))).to(torch.get_default_dtype())
 
     def compute_overall(self) -> torch.Tensor:
         """The overall statistic over everything seen (all ranks), shape ``(*stat_shape[:-1], 1)``."""
-        with self.sync_context(should_sync=not self._is_synced, should_unsync=not self._is_synced):
-            return self._sums().overall_values().to(torch.get_default_dtype())
+        return self.compute_sums().overall_values().to(torch.get_default_dtype())
 
     def compute(self) -> torch.Tensor:
         """``gap_fn(per_group, overall)`` over the groups with a defined statistic.

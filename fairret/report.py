@@ -10,8 +10,12 @@ the between-group differences (max − min, in points for rates) and the relativ
 Everything is computed by the library's statistics (:mod:`fairret.statistic`, through
 :meth:`~fairret.statistic.LinearFractionalStatistic.sums`, the one implementation the losses and
 :class:`~fairret.metric.LinearFractionalParity` use) and gap functions (:func:`~fairret.metric.gap_max_min`,
-:func:`~fairret.metric.gap_relative_abs_max`); the intervals by :func:`fairret.stats.bootstrap_cis` (rows resampled
-with replacement; a bootstrap replicate is a weighting of the rows, so it goes through the same sums).
+:func:`~fairret.metric.gap_relative_abs_max`), put together once in :func:`compare_groups` (per-group values and
+between-group figures from sums) and :func:`group_gaps`; the intervals by :func:`fairret.stats.bootstrap_cis` (rows
+resampled with replacement; a bootstrap replicate is a weighting of the rows, so it goes through the same sums).
+The demo (:mod:`fairret.demo`: accuracy, DP and EO differences) reports through :func:`fairness_report`, and the
+Lightning and Hugging Face fairness monitors build their summary tables with :func:`compare_groups` from their
+metrics' sums over the epoch (synchronised across ranks).
 
 Rates are on decisions ``prob > threshold`` (as the demo's DP and EO differences); the mean score is the mean
 probability. Predictions follow the library's convention (:mod:`fairret._validation`): ``pred_as_logit=None``
@@ -53,13 +57,15 @@ import numpy as np
 import torch
 
 from ._validation import check_groups, resolve_pred_as_logit, to_probabilities
+from .functional.linear_fractional import LinearFractionalSums
 from .metric import fill_absent, gap_max_min, gap_relative_abs_max
 from .sensitive import SensitiveAttributes, one_hot_groups
 from .statistic import (Accuracy, FalsePositiveRate, LinearFractionalStatistic, MeanPrediction,
                         PositivePredictiveValue, PositiveRate, TruePositiveRate)
 from .stats import bootstrap_cis
 
-__all__ = ["fairness_report", "FairnessReport", "GroupRow", "Gap", "ReportWarning", "main"]
+__all__ = ["fairness_report", "FairnessReport", "GroupRow", "Gap", "ReportWarning", "compare_groups", "GroupComparison",
+           "group_gaps", "main"]
 
 #: Statistic name → (label, statistic, input it reads: ``hard`` decisions, ``soft`` scores, ``raw`` regression
 #: outputs or ``resid`` prediction minus label, whether it takes the label, whether it is a rate (shown in %)).
@@ -422,10 +428,10 @@ def _inputs(stats: Sequence[str], hard: Optional[torch.Tensor], soft: Optional[t
     return out
 
 
-def _values(stats: Sequence[str], inputs: Dict[str, torch.Tensor], y: Optional[torch.Tensor], member: torch.Tensor
-            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-group values ``(K, G)``, their mask and the overall values ``(K, 1)`` through the statistics' sums."""
-    vals, valid, overall = [], [], []
+def _sums(stats: Sequence[str], inputs: Dict[str, torch.Tensor], y: Optional[torch.Tensor], member: torch.Tensor
+          ) -> LinearFractionalSums:
+    """The statistics' sums over the groups (columns) of ``member``, stacked: ``(K, G)``, overall ``(K, 1)``."""
+    parts = []
     for s in stats:
         stat, takes_label = _STATS[s][1], _STATS[s][3]
         label_args: Tuple[torch.Tensor, ...] = ()
@@ -433,16 +439,34 @@ def _values(stats: Sequence[str], inputs: Dict[str, torch.Tensor], y: Optional[t
             if y is None:  # fairness_report picks the statistics that take the label only when it has labels
                 raise RuntimeError(f"fairness_report: statistic {s!r} takes the labels, but none were given")
             label_args = (y.unsqueeze(1),)
-        sums = stat.sums(inputs[s], member, *label_args)
-        vals.append(sums.group_values().reshape(-1))
-        valid.append(sums.valid.reshape(-1))
-        overall.append(sums.overall_values().reshape(1))
-    return torch.stack(vals), torch.stack(valid), torch.stack(overall)
+        parts.append(stat.sums(inputs[s], member, *label_args))
+    g = member.shape[1]
+    group = [torch.cat([getattr(p, k).reshape(1, g) for p in parts]) for k in ("num", "denom")]
+    overall = [torch.cat([getattr(p, k).reshape(1, 1) for p in parts]) for k in ("overall_num", "overall_denom")]
+    return LinearFractionalSums.from_sums(*group, *overall)
 
 
-def _gaps(vals: torch.Tensor, valid: torch.Tensor, overall: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Difference (max − min) and relative gap ``(..., K)`` over the groups of ``vals`` ``(..., K, G)``; NaN where
-    fewer than two groups have a defined value."""
+def group_gaps(vals: torch.Tensor, valid: torch.Tensor, overall: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""The between-group figures of per-group values: the difference max − min
+    (:func:`~fairret.metric.gap_max_min`) and the relative gap :math:`\max_k |\gamma_k/\gamma - 1|`
+    (:func:`~fairret.metric.gap_relative_abs_max`), over the groups with a defined value.
+
+    The one place these figures are taken from per-group values: :func:`fairness_report`, its bootstrap, the demo
+    and the fairness monitors' summary tables (:func:`compare_groups`) all use it.
+
+    Args:
+        vals: ``(..., G)`` per-group values (anything where ``valid`` is False).
+        valid: ``(..., G)`` True where the group's value is defined.
+        overall: ``(..., 1)`` overall values (the reference of the relative gap).
+
+    Returns:
+        ``(difference, relative)``, each ``(...)``; NaN where fewer than two groups have a defined value.
+
+    Example:
+        >>> d, r = group_gaps(torch.tensor([0.2, 0.5, 9.0]), torch.tensor([True, True, False]), torch.tensor([0.4]))
+        >>> round(d.item(), 4), round(r.item(), 4)  # 0.5 - 0.2; |0.2 / 0.4 - 1|
+        (0.3, 0.5)
+    """
     if vals.shape[-1] == 0:
         nan = torch.full(vals.shape[:-1], float("nan"), dtype=vals.dtype)
         return nan, nan.clone()
@@ -451,6 +475,63 @@ def _gaps(vals: torch.Tensor, valid: torch.Tensor, overall: torch.Tensor) -> Tup
     nan = torch.full(enough.shape, float("nan"), dtype=vals.dtype)
     return (torch.where(enough, gap_max_min(filled), nan),
             torch.where(enough, gap_relative_abs_max(filled, overall), nan))
+
+
+@dataclass
+class GroupComparison:
+    """Per-group values of statistics and their between-group figures (:func:`compare_groups`); ``R`` rows (one
+    per statistic, stacked statistic and class), ``G`` groups.
+
+    Attributes:
+        values: ``(R, G)`` float64 per-group values, NaN where undefined (a group without rows, or without the rows
+            the statistic conditions on).
+        valid: ``(R, G)`` True where defined.
+        overall: ``(R,)`` the values over all rows.
+        difference: ``(R,)`` max − min over the compared groups with a defined value (NaN with fewer than two).
+        relative: ``(R,)`` the largest :math:`|\\gamma_k/\\gamma - 1|` over the same groups (NaN likewise).
+    """
+
+    values: torch.Tensor
+    valid: torch.Tensor
+    overall: torch.Tensor
+    difference: torch.Tensor
+    relative: torch.Tensor
+
+
+def compare_groups(sums: LinearFractionalSums, compared: Optional[torch.Tensor] = None) -> GroupComparison:
+    """Per-group values and between-group figures of statistics from their sums.
+
+    ``sums`` are those of :meth:`~fairret.statistic.LinearFractionalStatistic.sums` (one batch) or of
+    :meth:`~fairret.metric.LinearFractionalParity.compute_sums` (accumulated over an epoch and all ranks): the
+    per-group values are the statistic's own (one implementation, as in the losses), the figures those of
+    :func:`group_gaps`. :func:`fairness_report` tables its groups through it, and the Lightning and Hugging Face
+    monitors' summary tables are built from it.
+
+    Args:
+        sums: sums with groups on the last axis (leading axes, statistics and classes, are flattened to rows).
+        compared: ``(G,)`` boolean mask of the groups the differences compare (default: all; the report leaves
+            out groups smaller than its ``min_group_size``).
+
+    Example:
+        >>> from fairret.statistic import PositiveRate
+        >>> sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
+        >>> c = compare_groups(PositiveRate().sums(torch.tensor([[1.], [0.], [1.], [1.]]), sens))
+        >>> c.values, c.overall, c.difference
+        (tensor([[0.5000, 1.0000]]), tensor([0.7500]), tensor([0.5000]))
+    """
+    g = sums.num.shape[-1]
+    vals = sums.group_values().reshape(-1, g)
+    valid = sums.valid.reshape(-1, g)
+    overall = sums.overall_values().reshape(-1, 1).to(vals.dtype)
+    if overall.shape[0] != vals.shape[0]:
+        raise ValueError(f"Expected argument `sums` to have one overall value per row of groups, but got "
+                         f"{overall.shape[0]} for {vals.shape[0]} rows")
+    if compared is None:
+        diff, rel = group_gaps(vals, valid, overall)
+    else:
+        diff, rel = group_gaps(vals[:, compared], valid[:, compared], overall)
+    return GroupComparison(torch.where(valid, vals, torch.full_like(vals, float("nan"))), valid, overall[:, 0],
+                           diff, rel)
 
 
 def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshold: Optional[float] = 0.5,
@@ -535,8 +616,9 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
     for a_i, attr in enumerate(attrs):
         counts = (attr.member != 0).sum(0)
         judged = counts >= max(min_group_size, 1)
-        vals, valid, overall = _values(stats, inputs, y, attr.member)
-        overall_vals = overall[:, 0]
+        table = compare_groups(_sums(stats, inputs, y, attr.member), judged)
+        vals, valid, diff, rel = table.values, table.valid, table.difference, table.relative
+        overall_vals = table.overall
         small = [g for g, c, ok in zip(attr.groups, counts.tolist(), judged.tolist()) if not ok and c > 0]
         if small:
             notes.append(f"`{attr.name}`: groups with fewer than {min_group_size} rows are shown but not compared: "
@@ -546,7 +628,6 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
         if empty:
             notes.append(f"`{attr.name}`: groups without rows: {', '.join(empty)}")
         jv, jvalid = vals[:, judged], valid[:, judged]
-        diff, rel = _gaps(jv, jvalid, overall)
         if int(judged.sum()) < 2:
             notes.append(f"`{attr.name}`: fewer than two groups with at least {min_group_size} rows: no "
                          f"differences (lower min_group_size to compare small groups)")
@@ -574,12 +655,12 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
                     w = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, part, torch.ones_like(part,
                                                                                                   dtype=torch.float64))
                     weighted = (member[:, :, None] * w.T[:, None, :]).reshape(n, g * b)
-                    rv, rvalid, _ = _values(stats, inputs, y, weighted)
-                    rv, rvalid = rv.reshape(len(stats), g, b).permute(2, 0, 1), rvalid.reshape(len(stats), g, b
-                                                                                                ).permute(2, 0, 1)
-                    ov, _, _ = _values(stats, inputs, y, w.T.contiguous())  # overall of each replicate
-                    ov = ov.T.unsqueeze(-1)  # (b, K, 1)
-                    d, r = _gaps(rv[..., jidx], rvalid[..., jidx], ov)
+                    rs = _sums(stats, inputs, y, weighted)
+                    rv = rs.group_values().reshape(len(stats), g, b).permute(2, 0, 1)
+                    rvalid = rs.valid.reshape(len(stats), g, b).permute(2, 0, 1)
+                    # the overall of each replicate: its weights as the one "group" of a column
+                    ov = _sums(stats, inputs, y, w.T.contiguous()).group_values().T.unsqueeze(-1)  # (b, K, 1)
+                    d, r = group_gaps(rv[..., jidx], rvalid[..., jidx], ov)
                     rv = torch.where(rvalid, rv, torch.full_like(rv, float("nan")))
                     out.append(torch.cat([rv.reshape(b, -1), d, r], dim=1))
                 return torch.cat(out)
@@ -593,7 +674,7 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
             rlo, rhi = lo_all[kg + len(stats):], hi_all[kg + len(stats):]
 
         for j, gname in enumerate(attr.groups):
-            values = {s: (float(vals[k, j]) if bool(valid[k, j]) else float("nan")) for k, s in enumerate(stats)}
+            values = {s: float(vals[k, j]) for k, s in enumerate(stats)}  # NaN where undefined
             ci = ({s: (float(lo[k, j]), float(hi[k, j])) for k, s in enumerate(stats)}
                   if lo is not None and hi is not None else {})
             rows.append(GroupRow(attr.name, gname, int(counts[j]), values, ci, not bool(judged[j])))

@@ -160,3 +160,37 @@ def test_demo_rejects_a_negative_budget(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--max-gap", "-1"])
     assert "--max-gap must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_evaluate_classifier_reports_through_fairness_report():
+    """Accuracy and the DP/EO differences of a run are one fairness_report's (rows in no group count in the
+    accuracy only); by hand in plain Python."""
+    import torch
+
+    g = torch.Generator().manual_seed(4)
+    prob = torch.rand(80, generator=g)
+    y = (torch.rand(80, generator=g) < 0.5).float()
+    groups = torch.randint(-1, 3, (80,), generator=g)  # -1: in no group
+    cells, attrs = groups.clamp_min(0), torch.rand(80, 2, generator=g)
+    got = demo.evaluate_classifier(prob, y, groups, cells, attrs)
+    hard = [float(p > 0.5) for p in prob.tolist()]
+    assert got["acc"] == pytest.approx(100 * sum(h == t for h, t in zip(hard, y.tolist())) / 80, rel=1e-12)
+    rates = {k: sum(h for h, gi in zip(hard, groups.tolist()) if gi == k) / int((groups == k).sum())
+             for k in range(3)}
+    assert got["dp_difference"] == pytest.approx(100 * (max(rates.values()) - min(rates.values())), rel=1e-12)
+    report = demo.group_report(prob, y, groups)
+    assert report.overall["accuracy"] * 100 == got["acc"] and [r["n"] for r in report.table("group")] == [
+        int((groups == k).sum()) for k in range(3)]
+
+
+def test_rate_differences_undefined_with_fewer_than_two_groups():
+    import math
+
+    import torch
+
+    hard, y = torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, 0.0, 0.0, 1.0])
+    got = demo.rate_differences(hard, y, torch.zeros(4, dtype=torch.long))  # one group: no difference to take
+    assert math.isnan(got["dp_difference"]) and math.isnan(got["eo_difference"])
+    # TPR defined in one group only (no positives in group 1): the EO difference is the FPR difference
+    got = demo.rate_differences(hard, torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1]))
+    assert got["eo_difference"] == pytest.approx(100.0)  # FPR 0 (row 1) vs 1 (rows 2, 3)

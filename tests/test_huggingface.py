@@ -1,7 +1,8 @@
 """Hugging Face Trainer integration: the penalty's gradient with gradient accumulation equals the hand-computed one
-(both of the Trainer's loss-scaling paths), the sensitive column survives column removal and never reaches the
-model, the monitor's named metrics equal per-group rates computed by hand on a tiny BERT built locally, and bad
-arguments name themselves."""
+(both of the Trainer's loss-scaling paths), also under DDP in two gloo processes against the single-process full
+batch, the sensitive column survives column removal and never reaches the model, the monitor's named metrics equal
+per-group rates computed by hand on a tiny BERT built locally, its collapse warning, and bad arguments name
+themselves."""
 from __future__ import annotations
 
 import copy
@@ -11,68 +12,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from torch.utils.data import Dataset, SequentialSampler  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification, TrainingArguments  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from fairret._penalty import compute_penalty  # noqa: E402
 from fairret.huggingface import FairnessMonitorCallback, FairnessTrainer, binary_head  # noqa: E402
 from fairret.loss import CCdCovLoss, NormLoss  # noqa: E402
 from fairret.statistic import EqualizedOdds, PositiveRate  # noqa: E402
-
-
-class Rows(Dataset):
-    def __init__(self, tensors):
-        self.t = tensors
-
-    def __len__(self):
-        return len(next(iter(self.t.values())))
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.t.items()}
-
-
-def tabular(n=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 5, generator=g)
-    labels = (x[:, 0] + 0.5 * torch.randn(n, generator=g) > 0).long()
-    sens = torch.nn.functional.one_hot(torch.arange(n) % 2, 2).float()
-    return {"x": x, "labels": labels, "sens": sens}
-
-
-class Tiny(torch.nn.Module):
-    """A two-class head with a mean cross-entropy (the Trainer divides it by the accumulation steps)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = torch.nn.Linear(5, 2)
-
-    def forward(self, x, labels=None):
-        logits = self.lin(x)
-        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
-
-
-class TinyItems(Tiny):
-    """The same loss normalised over the whole accumulated batch (``num_items_in_batch``): not divided again."""
-
-    def forward(self, x, labels=None, **kwargs):
-        logits = self.lin(x)
-        n = kwargs.get("num_items_in_batch")
-        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
-        return {"loss": loss / n if n is not None else loss / len(labels), "logits": logits}
-
-
-class Sequential(FairnessTrainer):
-    def _get_train_sampler(self, *args, **kwargs):
-        return SequentialSampler(self.train_dataset)
-
-
-def args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=1,
-                learning_rate=0.1, optim="sgd", max_grad_norm=0.0, lr_scheduler_type="constant", report_to=[],
-                use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0)
-    base.update(kw)
-    return TrainingArguments(**base)
+from hf_helpers import Rows, Sequential, Tiny, TinyItems, args, tabular  # noqa: E402
 
 
 @pytest.mark.parametrize("model_cls", [Tiny, TinyItems], ids=["mean-loss", "num-items-in-batch"])
@@ -114,7 +60,7 @@ def tiny_bert():
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                      max_position_embeddings=16, num_labels=2, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
+                     attention_probs_dropout_prob=0.0, initializer_range=1.0)  # 0.02: a near-constant output
     return BertForSequenceClassification(cfg)
 
 
@@ -156,6 +102,30 @@ def test_monitor_on_a_tiny_bert_names_groups_and_matches_hand_rates(tmp_path, ca
     assert trainer.state.log_history[-1].get("eval_fairness/dp_relative_gap") is not None  # logged, not only returned
 
 
+def test_monitor_warns_on_collapsed_predictions_and_not_on_valid_ones(tmp_path):
+    import warnings
+
+    from fairret._validation import CollapsedPredictionsWarning
+
+    data = tabular(16)
+    collapsed = Tiny()
+    with torch.no_grad():
+        collapsed.lin.weight.mul_(0.01)
+        collapsed.lin.bias.copy_(torch.tensor([3.0, -3.0]))  # class 1 never wins: every row predicted negative
+    mon = FairnessMonitorCallback(summary=False)
+    trainer = FairnessTrainer(model=collapsed, args=args(tmp_path, per_device_eval_batch_size=5),
+                              eval_dataset=Rows(data), callbacks=[mon])
+    with pytest.warns(CollapsedPredictionsWarning, match=r"all 16 rows of this evaluation are predicted negative.*"
+                                                         r"lower λ"):
+        trainer.evaluate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapsedPredictionsWarning)
+        mon = FairnessMonitorCallback(summary=False)
+        FairnessTrainer(model=Tiny(), args=args(tmp_path, per_device_eval_batch_size=5), eval_dataset=Rows(data),
+                        callbacks=[mon]).evaluate()
+        assert mon.last_result is not None and mon.last_result.collapse is None
+
+
 def test_list_of_sens_keys_for_ccdcov_and_monitor_alone_warns(tmp_path):
     data = tabular(8)
     data["age"] = torch.rand(8, 1)
@@ -185,3 +155,71 @@ def test_bad_arguments_name_themselves(tmp_path):
     with pytest.raises(ValueError, match=r"`prediction_output`='scores' selects nothing in the model output"):
         trainer.train()
     assert binary_head(torch.tensor([[0.2, 0.7]]), pred_as_logit=False).tolist() == [[pytest.approx(0.7)]]
+
+
+# --- DDP ------------------------------------------------------------------------------------------------------------
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow  # two spawned processes import transformers: about a minute on two busy cores
+@pytest.mark.distributed
+def test_ddp_two_processes_equal_the_single_process_full_batch_step(tmp_path):
+    """Two gloo processes on the CPU, the Trainer setting DDP up from the environment as under torchrun; one
+    optimiser step over 8 rows, 4 per process, in one step or two accumulation steps; both loss-scaling paths
+    (a mean task loss, and one normalised by num_items_in_batch, which the Trainer multiplies by the world size),
+    a sum-reduced (NormLoss EO) and a row-gathered (CCdCov) global-batch loss. Every process ends with the
+    parameters of the single-process step on the same rows (by hand, and the FairnessTrainer on one process with
+    the full batch), and the penalty of each micro-batch is the one of all processes' rows."""
+    import torch.multiprocessing as mp
+
+    from hf_helpers import DDP_LAM, DDP_LOSSES, DDP_LR, DDP_MODELS, DDP_ROWS, ddp_data, ddp_run, ddp_worker
+
+    mp.spawn(ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    data = ddp_data()
+    assert len(ranks[0]) == len(DDP_MODELS) * len(DDP_LOSSES) * 2
+    for (model_name, loss_name, steps), r0 in ranks[0].items():
+        r1 = ranks[1][(model_name, loss_name, steps)]
+        assert r0["world_size"] == r1["world_size"] == 2
+        for name in r0["params"]:
+            assert torch.equal(r0["params"][name], r1["params"][name]), name
+        # each process: `steps` micro-batches of 4 // steps rows; together every row once
+        assert [len(s) for s in r0["seen"]] == [len(s) for s in r1["seen"]] == [4 // steps] * steps
+        assert sorted(sum(r0["seen"] + r1["seen"], [])) == list(range(DDP_ROWS))
+        make, takes_labels = DDP_LOSSES[loss_name]
+        ref = DDP_MODELS[model_name]()
+
+        def step(penalty_grad_scale=1.0):
+            """Parameters after one SGD step on mean over micro-batches of (mean CE + λ · penalty) of all
+            processes' rows; the penalty's gradient times ``penalty_grad_scale``."""
+            total, pens = 0.0, []
+            for m in range(steps):
+                rows = r0["seen"][m] + r1["seen"][m]
+                logits = ref.lin(data["x"][rows])
+                ce = torch.nn.functional.cross_entropy(logits, data["labels"][rows])
+                pen = compute_penalty(make(), logits[:, 1:] - logits[:, :1], data["sens"][rows],
+                                      data["labels"][rows] if takes_labels else None)
+                pens.append(float(pen.detach()))
+                pen = pen.detach() + penalty_grad_scale * (pen - pen.detach())
+                total = total + (ce + DDP_LAM * pen) / steps
+            grads = torch.autograd.grad(total, list(ref.parameters()))
+            return {n: p.detach() - DDP_LR * g for (n, p), g in zip(ref.named_parameters(), grads)}, pens
+
+        want, pens = step()
+        assert r0["penalties"] == pytest.approx(pens, rel=1e-5) and r1["penalties"] == pytest.approx(pens, rel=1e-5)
+        assert all(p != 0 for p in pens)  # (CCdCov², a U-statistic, may be negative on 4 rows)
+        for name, value in want.items():
+            torch.testing.assert_close(r0["params"][name], value, rtol=1e-5, atol=1e-6)
+        # the penalty's gradient matters here: without the world-size correction (half of it) the step differs
+        unscaled, _ = step(penalty_grad_scale=0.5)
+        assert max((unscaled[n] - want[n]).abs().max().item() for n in want) > 1e-4
+        if steps == 1:  # the FairnessTrainer on one process, all 8 rows in one batch
+            single = ddp_run(str(tmp_path / "single"), model_name, loss_name, 1, DDP_ROWS, ddp=False)
+            assert single["world_size"] == 1 and sorted(single["seen"][0]) == list(range(DDP_ROWS))
+            for name in want:
+                torch.testing.assert_close(r0["params"][name], single["params"][name], rtol=1e-5, atol=1e-6)

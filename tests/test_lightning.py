@@ -496,6 +496,33 @@ def test_explicit_group_names_and_no_summary(capsys):
         FairnessMonitor(group_names="abc")
 
 
+def test_monitor_warns_on_collapsed_predictions_not_on_valid_ones_nor_in_the_sanity_check():
+    import warnings
+
+    from fairret._validation import CollapsedPredictionsWarning
+
+    collapsed = Net()
+    with torch.no_grad():
+        collapsed.net[-1].weight.mul_(0.1)
+        collapsed.net[-1].bias.fill_(-3.0)  # every probability sigmoid(-3): one negative decision for all rows
+    mon = FairnessMonitor(sens="sens", labels="y", summary=False)
+    with pytest.warns(CollapsedPredictionsWarning, match=r"all 64 rows of this evaluation are predicted negative.*"
+                                                         r"lower λ"):
+        trainer(callbacks=[mon]).validate(collapsed, loader())
+    assert "predicted negative" in mon.last_result["validate"].collapse
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapsedPredictionsWarning)
+        # the same collapsed model in the sanity check only (no training, no validation epoch after it)
+        sanity = FairnessMonitor(sens="sens", summary=False)
+        trainer(callbacks=[sanity], num_sanity_val_steps=2, max_steps=0, limit_val_batches=2).fit(
+            collapsed, loader(), loader(seed=9))
+        assert sanity.tracker.metrics is not None and "validate" not in sanity.last_result  # it saw the batches
+        valid = Net()  # its untrained logits on these rows have both signs
+        mon = FairnessMonitor(sens="sens", labels="y", summary=False)
+        trainer(callbacks=[mon]).validate(valid, loader())
+        assert mon.last_result["validate"].collapse is None
+
+
 def test_cli_sets_the_selection_of_every_fairness_callback(tmp_path):
     from fairret.lightning import FairnessCLI
     from fairret.lightning.cli import cli_main

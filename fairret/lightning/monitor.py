@@ -21,7 +21,15 @@ drawn as a bar plot of the groups.
 
 With ``summary=True`` a table (per group: n and each statistic; overall; max − min; relative gap; then JSD and
 dCor²) is printed on rank 0 at the end of ``trainer.validate`` and ``trainer.test``, and once after
-``trainer.fit`` for its last validation epoch, like Lightning's own table of test results.
+``trainer.fit`` for its last validation epoch, like Lightning's own table of test results. Its figures come from
+:func:`fairret.report.compare_groups` on the metrics' sums over the epoch, as :func:`fairret.report.fairness_report`
+computes its tables.
+
+When every prediction of a validation or test epoch gets the same decision (``prob > 0.5``, or the same arg-max
+class), or the probabilities are constant, rank 0 warns with
+:class:`~fairret._validation.CollapsedPredictionsWarning` (the usual causes, λ too large, one indicator column for
+a binary attribute, probabilities monitored as logits, and their fixes in the message); not during Lightning's
+sanity check.
 
 Default metrics (``metrics=None``), built at the first batch once the number of groups is known:
 
@@ -169,7 +177,7 @@ class FairnessMonitor(pl.Callback):
     def _epoch_end(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if stage not in self.stages:
             return
-        result = self.tracker.compute()
+        result = self.tracker.compute(warn=trainer.is_global_zero and not trainer.sanity_checking)
         if result is None:
             return
         tag = "val" if stage == "validate" else "test"
