@@ -9,13 +9,27 @@ statistic and its group:
 * ``{name}/{stat}/{group}``: each group's statistic (``dp_relative_gap/pr/sex=Female``: that group's positive
   rate).
 
-Statistic names are the initials of their class (``PositiveRate`` → ``pr``, ``TruePositiveRate`` → ``tpr``);
-group names come from the caller (``group_names``), else from a :class:`~fairret.sensitive.SensitiveAttributes`'
-``column_names``, else ``group_k``. :meth:`FairnessResult.render` is the text table the callbacks print; its
-per-group values, overall values, differences (max − min) and relative gaps come from
-:func:`fairret.report.compare_groups` on each linear-fractional metric's sums over the epoch, the computation
-:func:`fairret.report.fairness_report` tables with (the logged ``{name}`` and ``{name}/{stat}`` are each metric's
-own ``compute()``, its ``gap_fn``).
+The metrics see the predictions as probabilities (:func:`monitor_probabilities`), so the default statistics are
+soft rates: ``pr`` is a group's mean predicted probability, ``tpr``/``fpr`` its mean probability over the rows
+with label 1/0 (not rates of 0/1 decisions at a threshold, which :func:`fairret.report.fairness_report` gives).
+
+Groups: a :class:`~fairret.sensitive.SensitiveAttributes` batch entry is read as
+:meth:`~fairret.sensitive.SensitiveAttributes.group_matrix`, as every rate loss and metric reads it (both groups of
+a binary attribute; continuous attributes have no groups and reach only the dependence metrics, which get the
+SensitiveAttributes itself); a tensor is the ``(N, S)`` group matrix as given. Statistic names are the initials of
+their class (``PositiveRate`` → ``pr``, ``TruePositiveRate`` → ``tpr``); group names come from the caller
+(``group_names``), else from the SensitiveAttributes' :meth:`~fairret.sensitive.SensitiveAttributes.group_names`,
+else ``group_k``.
+
+Small groups: as in :func:`fairret.report.fairness_report`, groups with fewer than ``min_group_size`` rows (default
+30) over the epoch are shown (their per-group values are logged and tabled) but left out of the gaps: the logged
+``{name}`` and ``{name}/{stat}`` (each metric's ``gap_fn``, :func:`fairret.metric.parity_gap`) and the table's
+max − min and relative gap are over the groups with at least ``min_group_size`` rows and a defined value, NaN with
+fewer than two such groups. The summary table marks them ``(small)`` and says why.
+
+:meth:`FairnessResult.render` is the text table the callbacks print; its per-group values, overall values,
+differences (max − min) and relative gaps come from :func:`fairret.report.compare_groups` on each linear-fractional
+metric's sums over the epoch, the computation :func:`fairret.report.fairness_report` tables with.
 
 Collapse check: the tracker also keeps the smallest and largest probability and the number of rows of each
 decision (``prob > 0.5`` for one column, the arg-max class for several) over the epoch. When every row gets the same
@@ -25,7 +39,7 @@ fairness figures of a constant model are no finding.
 
 Example:
     >>> import torch
-    >>> tr = FairnessTracker(group_names=["sex=Female", "sex=Male"])
+    >>> tr = FairnessTracker(group_names=["sex=Female", "sex=Male"], min_group_size=1)
     >>> sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
     >>> tr.update(torch.tensor([[0.2], [0.6], [0.4], [0.8]]), sens, labels=torch.tensor([1., 0., 0., 1.]))
     >>> res = tr.compute()
@@ -45,9 +59,10 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torchmetrics
 
-from ._validation import CollapsedPredictionsWarning, to_probabilities
-from .metric import DependenceMetric, DistanceCorrelation, IntersectionalJSD, LinearFractionalParity
+from ._validation import CollapsedPredictionsWarning, check_min_group_size, to_probabilities
+from .metric import DependenceMetric, DistanceCorrelation, IntersectionalJSD, LinearFractionalParity, parity_gap
 from .report import compare_groups
+from .sensitive import SensitiveAttributes
 from .statistic import FalsePositiveRate, PositiveRate, StackedLinearFractionalStatistic, TruePositiveRate
 
 __all__ = ["FairnessTracker", "FairnessResult", "SummaryColumn", "binary_cells", "statistic_names",
@@ -80,8 +95,18 @@ def statistic_names(statistic: Any) -> List[str]:
 
 
 def sens_matrix(sens: Any) -> torch.Tensor:
-    """The ``(N, S)`` matrix of a tensor or of a :class:`~fairret.sensitive.SensitiveAttributes` (``.matrix``)."""
-    mat = getattr(sens, "matrix", sens)
+    """The ``(N, S)`` group matrix the rate metrics read: a tensor as given, a
+    :class:`~fairret.sensitive.SensitiveAttributes` as its
+    :meth:`~fairret.sensitive.SensitiveAttributes.group_matrix` (both groups of a binary attribute; continuous
+    blocks left out), as the rate losses and :class:`~fairret.metric.LinearFractionalParity` read it.
+
+    Example:
+        >>> from fairret.sensitive import SensitiveEncoder
+        >>> sa = SensitiveEncoder({"sex": "binary"}).fit_transform({"sex": ["F", "M", "M"]})
+        >>> sa.matrix.shape, sens_matrix(sa).tolist()
+        (torch.Size([3, 1]), [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    """
+    mat = sens.group_matrix() if isinstance(sens, SensitiveAttributes) else sens
     if not isinstance(mat, torch.Tensor):
         raise TypeError(f"Expected argument `sens` to select a tensor or a SensitiveAttributes, but got "
                         f"{type(sens).__name__}")
@@ -120,13 +145,15 @@ def check_metrics(metrics: Any) -> Optional[Dict[str, torchmetrics.Metric]]:
 
 
 class _EpochCounts(torchmetrics.Metric):
-    """Column sums of the sensitive matrix (rows per group for 0/1 columns), rows seen, and what the collapse check
-    reads of the probabilities: their smallest and largest value per column and the rows of each decision
-    (below/above 0.5 for one column, the arg-max class for several)."""
+    """Column sums of the sensitive matrix (rows per group for 0/1 columns), the rows in each group (nonzero
+    membership: what ``min_group_size`` counts, as in :func:`fairret.report.fairness_report`), rows seen, and what
+    the collapse check reads of the probabilities: their smallest and largest value per column and the rows of each
+    decision (below/above 0.5 for one column, the arg-max class for several)."""
 
     full_state_update = False
     # the states (add_state in __init__), declared for the type checker
     total: torch.Tensor
+    members: torch.Tensor
     rows: torch.Tensor
     low: torch.Tensor
     high: torch.Tensor
@@ -136,6 +163,7 @@ class _EpochCounts(torchmetrics.Metric):
         super().__init__()
         f64 = torch.float64
         self.add_state("total", default=torch.zeros(num_groups, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("members", default=torch.zeros(num_groups, dtype=f64), dist_reduce_fx="sum")
         self.add_state("rows", default=torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("low", default=torch.full((num_columns,), math.inf, dtype=f64), dist_reduce_fx="min")
         self.add_state("high", default=torch.full((num_columns,), -math.inf, dtype=f64), dist_reduce_fx="max")
@@ -143,6 +171,7 @@ class _EpochCounts(torchmetrics.Metric):
 
     def update(self, sens: torch.Tensor, prob: torch.Tensor) -> None:
         self.total += sens.detach().to(torch.float64).sum(0)
+        self.members += (sens.detach() != 0).sum(0).to(torch.float64)
         self.rows += sens.shape[0]
         if prob.shape[0] == 0 or prob.shape[1] != self.low.shape[0]:
             return
@@ -153,8 +182,8 @@ class _EpochCounts(torchmetrics.Metric):
         self.decided += torch.bincount(cls, minlength=self.decided.shape[0]).to(torch.float64)
 
     def compute(self) -> Tuple[torch.Tensor, ...]:
-        """``(total, rows, low, high, decided)`` over everything seen (all ranks)."""
-        return self.total, self.rows, self.low, self.high, self.decided
+        """``(total, members, rows, low, high, decided)`` over everything seen (all ranks)."""
+        return self.total, self.members, self.rows, self.low, self.high, self.decided
 
 
 def collapse_message(low: Sequence[float], high: Sequence[float], decided: Sequence[float]) -> Optional[str]:
@@ -207,6 +236,11 @@ class SummaryColumn(NamedTuple):
     difference: float
 
 
+#: What the default statistics' columns are (the predictions reach the metrics as probabilities).
+_COLUMN_MEANINGS = {"pr": "mean predicted probability", "tpr": "mean probability where y = 1",
+                    "fpr": "mean probability where y = 0"}
+
+
 @dataclass
 class FairnessResult:
     """The values of one epoch, named (see the module docstring), and what the summary table shows.
@@ -220,6 +254,9 @@ class FairnessResult:
         columns: the statistics of the table, each a :class:`SummaryColumn` (per-group values, overall, relative
             gap and difference, from :func:`fairret.report.compare_groups`).
         collapse: the collapse warning's text when the predictions collapsed (:func:`collapse_message`), else None.
+        small: per group, whether it had fewer than ``min_group_size`` rows (shown, but left out of the gaps);
+            empty when not known.
+        min_group_size: the tracker's ``min_group_size``.
     """
 
     values: Dict[str, float]
@@ -229,15 +266,18 @@ class FairnessResult:
     rows: int = 0
     columns: List[SummaryColumn] = field(default_factory=list)
     collapse: Optional[str] = None
+    small: List[bool] = field(default_factory=list)
+    min_group_size: int = 0
 
     def prefixed(self, prefix: str) -> Dict[str, float]:
         """``values`` with keys ``{prefix}/{key}``."""
         return {f"{prefix}/{k}": v for k, v in self.values.items()}
 
     def render(self, title: str) -> str:
-        """A text table: one row per group (n and each statistic), the overall value, the largest difference
-        between two groups (max − min, same units as the statistic), the relative gap (the largest
-        |group / overall - 1|), then the other metrics' values.
+        """A text table: one row per group (n and each statistic; ``(small)`` after a group with fewer than
+        ``min_group_size`` rows), the overall value, the largest difference between two groups (max − min, same
+        units as the statistic) and the relative gap (the largest |group / overall - 1|), both over the groups that
+        are not small, then the other metrics' values and notes on what the columns are.
 
         Example:
             >>> res = FairnessResult({"dp": 0.6, "dp/pr/a": 0.5, "dp/pr/b": 1.0, "jsd": 0.01},
@@ -252,6 +292,7 @@ class FairnessResult:
             max - min             0.500
             relative gap          0.600
             jsd                  0.0100
+            pr: mean predicted probability (soft rates, not rates of 0/1 decisions)
         """
         fmt = lambda v: "nan" if v != v else f"{v:.3f}"  # noqa: E731
         width = max([len("relative gap")] + [len(g) for g in self.group_names]) + 2
@@ -265,8 +306,9 @@ class FairnessResult:
                 return "" if v != v else (f"{int(v)}" if float(v).is_integer() else f"{v:.1f}")
 
             for g, name in enumerate(self.group_names):
+                flag = "  (small)" if g < len(self.small) and self.small[g] else ""
                 lines.append(f"{name:<{width}}{n_str(counts[g]):>6}" + "".join(
-                    f"{fmt(c.values[g]):>{cw}}" for c in self.columns))
+                    f"{fmt(c.values[g]):>{cw}}" for c in self.columns) + flag)
             lines.append(f"{'all':<{width}}{n_str(float(self.rows)):>6}" + "".join(
                 f"{fmt(c.overall):>{cw}}" for c in self.columns))
             lines.append(f"{'max - min':<{width}}{'':>6}" + "".join(f"{fmt(c.difference):>{cw}}"
@@ -276,10 +318,29 @@ class FairnessResult:
         for name, v in self.headline.items():  # the metrics without per-group values (JSD, dCor², ...)
             if not any(k.startswith(name + "/") for k in self.values):
                 lines.append(f"{name:<{width}}{'':>6}{v:>{cw}.4f}")
+        if self.columns and any(self.small):
+            lines.append(f"(small): fewer than {max(self.min_group_size, 1)} rows (min_group_size): shown, but left "
+                         f"out of max - min and the relative gap")
+        meaning = [f"{k}: {v}" for k, v in _COLUMN_MEANINGS.items()
+                   if any(c.label.split(":")[-1] == k for c in self.columns)]
+        if meaning:
+            lines.append("; ".join(meaning) + " (soft rates, not rates of 0/1 decisions)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.render("Fairness")
+
+
+def _compared_gap(sums: Any, gap_fn: Any, compared: Optional[torch.Tensor]) -> torch.Tensor:
+    """A linear-fractional metric's gap (its ``gap_fn``, :func:`fairret.metric.parity_gap`) over the compared groups
+    (``compared``: ``(S,)``, None for all) with a defined value; NaN for a row with fewer than two such groups, as
+    in the summary table (:func:`fairret.report.group_gaps`)."""
+    gap = parity_gap(sums, gap_fn, compared).double()
+    valid = sums.valid if compared is None else sums.valid & compared.to(sums.valid.device)
+    enough = valid.sum(-1) >= 2
+    if gap.shape == enough.shape:
+        return torch.where(enough, gap, torch.full_like(gap, float("nan"))).float()
+    return (gap if bool(enough.any()) else torch.full_like(gap, float("nan"))).float()  # a gap_fn over all rows
 
 
 class FairnessTracker:
@@ -292,14 +353,17 @@ class FairnessTracker:
             (``None``, built at the first update once S is known): ``dp_relative_gap`` (positive rate),
             ``eo_relative_gap`` (TPR and FPR stacked, with labels), ``jsd`` (with cells), ``dcor``.
         group_names: the S group names (default: as in the module docstring).
+        min_group_size: groups with fewer rows over the epoch are shown but left out of the gaps (the module
+            docstring); default 30, as in :func:`fairret.report.fairness_report`; 0 or 1 compares every group.
     """
 
     def __init__(self, metrics: Optional[Dict[str, torchmetrics.Metric]] = None,
-                 group_names: Optional[Sequence[str]] = None):
+                 group_names: Optional[Sequence[str]] = None, min_group_size: int = 30):
         self.metrics = check_metrics(metrics)
         if group_names is not None and (isinstance(group_names, str) or
                                         not all(isinstance(g, str) for g in group_names)):
             raise TypeError(f"Expected argument `group_names` to be a list of strings, but got {group_names!r}")
+        self.min_group_size = check_min_group_size(min_group_size)
         self.group_names: Optional[List[str]] = list(group_names) if group_names is not None else None
         self.fallback_names: Optional[List[str]] = None  # e.g. a data module's, used when they fit S
         self._batch_names: Optional[List[str]] = None
@@ -336,12 +400,14 @@ class FairnessTracker:
     # --- batches --------------------------------------------------------------------------------------------------
     def update(self, prob: torch.Tensor, sens: Any, labels: Any = None, attributes: Any = None,
                cells: Any = None) -> None:
-        """Add a batch: probabilities ``(N, 1)``/``(N, C)`` (see :func:`monitor_probabilities`), the sensitive
-        matrix ``(N, S)`` (or a SensitiveAttributes), labels, the dependence metrics' attributes (default
-        ``sens``) and intersectional cell ids (default: from a 0/1 ``sens``)."""
+        """Add a batch: probabilities ``(N, 1)``/``(N, C)`` (see :func:`monitor_probabilities`), the ``(N, S)``
+        group matrix or a SensitiveAttributes (its group matrix, :func:`sens_matrix`), labels, the dependence
+        metrics' attributes (default ``sens``) and intersectional cell ids (default: from a 0/1 group matrix)."""
         mat = sens_matrix(sens)
-        if self._batch_names is None and getattr(sens, "column_names", None) is not None:
-            self._batch_names = list(sens.column_names)
+        if mat.device != prob.device:  # e.g. a SensitiveAttributes a Trainer left on the CPU
+            mat = mat.to(prob.device)
+        if self._batch_names is None and isinstance(sens, SensitiveAttributes):
+            self._batch_names = sens.group_names()
         attrs = sens if attributes is None else attributes
         if cells is None:
             cells = binary_cells(mat)
@@ -378,8 +444,8 @@ class FairnessTracker:
 
     # --- epoch end ------------------------------------------------------------------------------------------------
     def names_for(self, s: int) -> List[str]:
-        """The S group names: ``group_names``, else the ``column_names`` of a SensitiveAttributes seen, else
-        ``fallback_names``, else ``group_k``."""
+        """The S group names: ``group_names``, else the group names of a SensitiveAttributes seen
+        (:meth:`~fairret.sensitive.SensitiveAttributes.group_names`), else ``fallback_names``, else ``group_k``."""
         if self.group_names is not None:
             if len(self.group_names) != s:
                 raise ValueError(f"Expected argument `group_names` to name the S={s} columns of `sens`, but got "
@@ -415,14 +481,27 @@ class FairnessTracker:
         columns: List[SummaryColumn] = []
         owners: List[str] = []
         names: List[str] = []
+        counts, members, rows_seen, collapse = None, None, 0, None
+        if self._counts is not None and self._counts.update_called:
+            # synchronised (torchmetrics' compute, which also squeezes one-element states: reshaped back)
+            total, members_t, rows_t, low, high, decided = (t.reshape(-1) for t in self._counts.compute())
+            counts, members, rows_seen = total.tolist(), members_t, int(rows_t)
+            collapse = collapse_message(low.tolist(), high.tolist(), decided.tolist())
+        judged = None if members is None else members >= max(self.min_group_size, 1)
         for name, metric in self.metrics.items():
             if not metric.update_called:
                 continue
-            value = torch.as_tensor(metric.compute()).float()
+            if isinstance(metric, LinearFractionalParity):
+                sums = metric.compute_sums()
+                compared = (judged.to(sums.num.device) if judged is not None and judged.shape[0] == sums.num.shape[-1]
+                            else None)
+                value = _compared_gap(sums, metric.gap_fn, compared)
+            else:
+                value = torch.as_tensor(metric.compute()).float()
             gaps = value.reshape(-1).tolist()
             if isinstance(metric, LinearFractionalParity):
                 labels = self._row_labels(metric)
-                table = compare_groups(metric.compute_sums())
+                table = compare_groups(sums, compared)
                 names = self.names_for(table.values.shape[-1])
                 if len(gaps) != len(labels):
                     gaps = gaps[:1] * len(labels)
@@ -436,20 +515,17 @@ class FairnessTracker:
                     columns.append(SummaryColumn(label, row, float(table.overall[r]), float(table.relative[r]),
                                                  float(table.difference[r])))
                     owners.append(name)
-            top = float(value.max()) if value.numel() > 1 else float(value)
+            finite = value[~value.isnan()]
+            top = float(finite.max()) if finite.numel() else float("nan")  # the largest gap that is defined
             values[name] = headline[name] = top
         labels_seen = [c.label for c in columns]
         if len(set(labels_seen)) < len(labels_seen):  # the same statistic in two metrics: name the metric in it
             columns = [c._replace(label=f"{o}:{c.label}") if labels_seen.count(c.label) > 1 else c
                        for o, c in zip(owners, columns)]
-        counts, rows_seen, collapse = None, 0, None
-        if self._counts is not None and self._counts.update_called:
-            # synchronised (torchmetrics' compute, which also squeezes one-element states: reshaped back)
-            total, rows_t, low, high, decided = (t.reshape(-1) for t in self._counts.compute())
-            counts, rows_seen = total.tolist(), int(rows_t)
-            collapse = collapse_message(low.tolist(), high.tolist(), decided.tolist())
-            if not names:
-                names = self.names_for(len(counts))
+        if counts is not None and not names:
+            names = self.names_for(len(counts))
+        small = (~judged).tolist() if judged is not None and len(judged) == len(names) else []
         if collapse is not None and warn:
             warnings.warn(collapse, CollapsedPredictionsWarning, stacklevel=2)
-        return FairnessResult(values, headline, names, counts, rows_seen, columns, collapse)
+        return FairnessResult(values, headline, names, counts, rows_seen, columns, collapse, small,
+                              self.min_group_size)

@@ -46,10 +46,14 @@ Every fairret function that takes model outputs has the argument ``pred_as_logit
 
 Defaults: the losses and the Lightning callbacks assume logits (``pred_as_logit=True``, as in fairret 0.1.3; they
 run in the training loop and read no data to decide); :class:`~fairret.metric.LinearFractionalParity` and
-:func:`~fairret.report.fairness_report` decide from the values (``None``). Values that contradict what was said
-are reported: a rate metric given ``pred_as_logit=False`` and values outside [0, 1] warns (:class:`PredictionWarning`),
-as does a metric left to decide that reads a batch as logits; with ``validate_args=True`` a projection loss
-given ``pred_as_logit=False`` raises for values outside [0, 1].
+:func:`~fairret.report.fairness_report` decide from the values (``None``); the dependence metrics
+(:class:`~fairret.metric.DistanceCorrelation`, :class:`~fairret.metric.CCdCov`, :class:`~fairret.metric.JdCov`) and
+:class:`~fairret.metric.IntersectionalJSD` take values as given (``False``: probabilities or regression outputs,
+what they always did; ``True`` makes a dependence metric on logits equal its loss on them). Values that contradict
+what was said are reported: a rate metric given ``pred_as_logit=False`` and values outside [0, 1] warns
+(:class:`PredictionWarning`), as do a metric and :func:`~fairret.report.fairness_report` left to decide that read
+logits (:class:`PredictionWarning` is the one category for the convention); with ``validate_args=True`` a
+projection loss given ``pred_as_logit=False`` raises for values outside [0, 1].
 
 Groups for rate statistics
 --------------------------
@@ -80,6 +84,7 @@ __all__ = [
     "check_range",
     "check_probability",
     "check_number",
+    "check_min_group_size",
     "prepare_pred",
     "prepare_sens",
     "to_probabilities",
@@ -182,6 +187,13 @@ def check_number(value: Any, name: str, low: float = 0.0, strict: bool = False) 
         raise ValueError(f"Expected argument `{name}` to be a finite number {'>' if strict else '>='} {low:g}, but got "
                          f"{value!r}")
     return float(value)
+
+
+def check_min_group_size(min_group_size: Any) -> int:
+    """An int >= 0 (the rows a group needs to enter the between-group gaps of the report and the monitors)."""
+    if not isinstance(min_group_size, int) or isinstance(min_group_size, bool) or min_group_size < 0:
+        raise ValueError(f"Expected argument `min_group_size` to be an int >= 0, but got {min_group_size!r}")
+    return min_group_size
 
 
 def prepare_pred(pred: torch.Tensor, name: str = "pred") -> torch.Tensor:

@@ -125,9 +125,11 @@ class FairnessMonitorCallback(TrainerCallback):
     """Fairness metrics over every evaluation of a Trainer with :class:`FairnessTrainerMixin`.
 
     Args:
-        metrics, group_names: as in :class:`fairret.lightning.FairnessMonitor` (default metrics: demographic-
-            parity and, with labels, equalised-odds relative gaps, the JSD across cells, dCor²).
-        sens: batch key of the ``(N, S)`` sensitive matrix.
+        metrics, group_names, min_group_size: as in :class:`fairret.lightning.FairnessMonitor` (default metrics:
+            demographic-parity and, with labels, equalised-odds relative gaps, the JSD across cells, dCor²; groups
+            with fewer than ``min_group_size`` rows, default 30, are left out of the gaps).
+        sens: batch key of the groups: an ``(N, S)`` group matrix, or a SensitiveAttributes (a collator's; its
+            ``group_matrix()``, both groups of a binary attribute).
         labels: batch key of the labels (default ``"labels"``, the Trainer's; ``None`` for none).
         attributes: batch key(s) of the dependence metrics' attributes (default ``sens``).
         cells: batch key of ``(N,)`` intersectional cell ids for the JSD (default: from a 0/1 ``sens``).
@@ -144,11 +146,12 @@ class FairnessMonitorCallback(TrainerCallback):
     def __init__(self, metrics: Optional[Dict[str, Any]] = None, sens: Key = "sens", labels: Optional[str] = "labels",
                  attributes: Optional[Key] = None, cells: Optional[str] = None,
                  prediction_output: Union[str, int] = "logits", pred_as_logit: bool = True,
-                 group_names: Optional[List[str]] = None, metric_prefix: str = "fairness", summary: bool = True):
+                 group_names: Optional[List[str]] = None, metric_prefix: str = "fairness", summary: bool = True,
+                 min_group_size: int = 30):
         _check_key(sens, "sens", allow_none=False)
         for name, key in (("labels", labels), ("attributes", attributes), ("cells", cells)):
             _check_key(key, name)
-        self.tracker = FairnessTracker(check_metrics(metrics), group_names)
+        self.tracker = FairnessTracker(check_metrics(metrics), group_names, min_group_size)
         self.sens, self.labels, self.attributes, self.cells = sens, labels, attributes, cells
         self.prediction_output = prediction_output
         self.pred_as_logit = bool(pred_as_logit)

@@ -37,8 +37,8 @@ from .functional import distance as D
 from .functional import linear_fractional as F
 from .statistic import LinearFractionalStatistic, MeanPrediction
 
-__all__ = ["gap_abs_max", "gap_relative_abs_max", "gap_max_min", "fill_absent", "LinearFractionalParity", "DependenceMetric",
-           "DistanceCorrelation", "CCdCov", "JdCov", "IntersectionalJSD"]
+__all__ = ["gap_abs_max", "gap_relative_abs_max", "gap_max_min", "fill_absent", "parity_gap", "LinearFractionalParity",
+           "DependenceMetric", "DistanceCorrelation", "CCdCov", "JdCov", "IntersectionalJSD"]
 
 
 def gap_abs_max(vals: torch.Tensor, target_val: torch.Tensor) -> torch.Tensor:
@@ -84,6 +84,49 @@ def fill_absent(vals: torch.Tensor, valid: torch.Tensor, overall: torch.Tensor) 
     first = vals.gather(-1, valid.to(torch.uint8).argmax(-1, keepdim=True))
     fill = torch.where(valid.any(-1, keepdim=True), first, overall.to(vals.dtype))
     return torch.where(valid, vals, fill.expand_as(vals))
+
+
+def parity_gap(sums: F.LinearFractionalSums, gap_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               compared: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``gap_fn(per_group, overall)`` of a statistic's sums over the groups with a defined value (and in
+    ``compared``, a ``(S,)`` mask, when given): :meth:`LinearFractionalParity.compute`, and the fairness monitors'
+    logged gaps, which leave out groups smaller than their ``min_group_size``. The overall value is over all rows.
+    The result has the shape of the sums without their last (group) axis.
+
+    Example:
+        >>> from fairret.statistic import PositiveRate
+        >>> sens = torch.tensor([[1., 0., 0.], [1., 0., 0.], [0., 1., 0.], [0., 1., 0.], [0., 0., 1.]])
+        >>> sums = PositiveRate().sums(torch.tensor([[1.], [0.], [1.], [1.], [0.]]), sens)
+        >>> parity_gap(sums, gap_max_min).item(), parity_gap(sums, gap_max_min, torch.tensor([True, True, False])).item()
+        (1.0, 0.5)
+    """
+    overall = sums.overall_values()
+    valid = sums.valid if compared is None else sums.valid & compared.to(sums.valid.device)
+    return gap_fn(fill_absent(sums.group_values(), valid, overall), overall)
+
+
+def _metric_input(metric: Any, pred: torch.Tensor, rate: bool, none_as_given: bool = False) -> torch.Tensor:
+    """``pred`` as the metric's ``pred_as_logit`` says (the one convention of :mod:`fairret._validation`): logits
+    become probabilities (:func:`~fairret._validation.to_probabilities`, as in the losses), anything else is used as
+    given. ``None`` decides from the values (logits when any lies outside [0, 1]; ``none_as_given``: as given) and
+    says once per metric with a :class:`~fairret._validation.PredictionWarning` that it read logits.
+    ``rate``: the metric needs probabilities (``False`` contradicted by the values warns)."""
+    who = type(metric).__name__
+    given = metric.pred_as_logit
+    as_logit = False if (given is None and none_as_given) else resolve_pred_as_logit(pred, given, who, rate=rate)
+    if as_logit and given is None and not metric._told_logits:
+        metric._told_logits = True
+        regression = "MeanPrediction with pred_as_logit=False" if rate else "pred_as_logit=False"
+        warnings.warn(f"{who}: `pred` holds values outside [0, 1], read as logits (sigmoid/softmax) since "
+                      f"pred_as_logit=None decides from the values. Pass pred_as_logit=True to say so (and silence "
+                      f"this), or {regression} for regression outputs.", PredictionWarning, stacklevel=4)
+    return to_probabilities(pred) if as_logit else pred
+
+
+def _check_pred_as_logit(pred_as_logit: Any) -> Optional[bool]:
+    if pred_as_logit is not None and not isinstance(pred_as_logit, bool):
+        raise TypeError(f"Expected argument `pred_as_logit` to be True, False or None, but got {pred_as_logit!r}")
+    return pred_as_logit
 
 
 class LinearFractionalParity(torchmetrics.Metric):
@@ -136,10 +179,8 @@ class LinearFractionalParity(torchmetrics.Metric):
         shape = (stat_shape,) if isinstance(stat_shape, int) else tuple(stat_shape)
         if not shape or any((not isinstance(d, int)) or d < 1 for d in shape):
             raise ValueError(f"Expected argument `stat_shape` to be a positive int or tuple of them, got {stat_shape!r}")
-        if pred_as_logit is not None and not isinstance(pred_as_logit, bool):
-            raise TypeError(f"Expected argument `pred_as_logit` to be True, False or None, but got {pred_as_logit!r}")
         self.stat = statistic
-        self.pred_as_logit = pred_as_logit
+        self.pred_as_logit = _check_pred_as_logit(pred_as_logit)
         self._groups_checked = False
         self._told_logits = False
         self.stat_shape = shape
@@ -166,16 +207,7 @@ class LinearFractionalParity(torchmetrics.Metric):
         self._groups_checked = True
         pred = prepare_pred(pred).detach()
         regression = isinstance(self.stat, MeanPrediction)
-        as_logit = (False if regression and self.pred_as_logit is None else
-                    resolve_pred_as_logit(pred, self.pred_as_logit, "LinearFractionalParity", rate=not regression))
-        if as_logit and self.pred_as_logit is None and not self._told_logits:
-            self._told_logits = True
-            warnings.warn("LinearFractionalParity: `pred` holds values outside [0, 1], read as logits (sigmoid/softmax) "
-                          "since pred_as_logit=None decides from the values. Pass pred_as_logit=True to say so (and "
-                          "silence this), or pred_as_logit=False with MeanPrediction for regression outputs.",
-                          PredictionWarning, stacklevel=2)
-        if as_logit:
-            pred = to_probabilities(pred)
+        pred = _metric_input(self, pred, rate=not regression, none_as_given=regression)
         if self.validate_args:
             check_finite(pred, "pred")
             check_finite(sens, "sens")
@@ -232,10 +264,7 @@ class LinearFractionalParity(torchmetrics.Metric):
             >>> m.compute()  # TPR 0.5 vs 1.0, FPR 0.0 vs 0.5
             tensor([0.5000, 0.5000])
         """
-        sums = self._sums()
-        overall = sums.overall_values()
-        vals = fill_absent(sums.group_values(), sums.valid, overall)
-        return self.gap_fn(vals, overall).to(torch.get_default_dtype())
+        return parity_gap(self._sums(), self.gap_fn).to(torch.get_default_dtype())
 
     def reset(self) -> None:
         """Forget the sums; the next update checks ``sens`` again."""
@@ -297,6 +326,13 @@ class DependenceMetric(torchmetrics.Metric):
     Args:
         backend: one of :data:`fairret.ops.BACKENDS`, described in :mod:`fairret.ops` (default ``auto``).
         categorical: ``onehot`` or ``discrete``, as in the dependence losses.
+        pred_as_logit: what ``pred`` holds, with the meaning it has in the dependence losses' ``forward`` (the one
+            convention, :mod:`fairret._validation`): ``True``: logits, turned into probabilities as the losses do
+            (the sigmoid of one column, the softmax over several), so that the metric on logits equals the loss on
+            the same logits; ``False`` (the default): probabilities or regression outputs, used as given, what
+            these metrics always did (the losses' default, ``True``, would silently change their value for every
+            caller that passes probabilities or regression outputs); ``None``: decide from the values (logits when
+            any lies outside [0, 1], said once with a :class:`~fairret._validation.PredictionWarning`).
         validate_args: also check in :meth:`compute` that every value seen is finite (off by default; see
             :mod:`fairret._validation`).
         **torchmetrics_kwargs: passed to :class:`torchmetrics.Metric`.
@@ -309,12 +345,14 @@ class DependenceMetric(torchmetrics.Metric):
     preds: List[torch.Tensor]
     attrs: List[torch.Tensor]
 
-    def __init__(self, backend: str = "auto", *, categorical: str = "onehot", validate_args: bool = False,
-                 **torchmetrics_kwargs: Any):
+    def __init__(self, backend: str = "auto", *, categorical: str = "onehot", pred_as_logit: Optional[bool] = False,
+                 validate_args: bool = False, **torchmetrics_kwargs: Any):
         super().__init__(**torchmetrics_kwargs)
         self.backend = ops.check_backend(backend)
         D.check_categorical(categorical)
         self.categorical = categorical
+        self.pred_as_logit = _check_pred_as_logit(pred_as_logit)
+        self._told_logits = False
         self.validate_args = validate_args
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("attrs", default=[], dist_reduce_fx="cat")
@@ -322,13 +360,15 @@ class DependenceMetric(torchmetrics.Metric):
         self._plain = True  # whether the updates gave one plain tensor (no attribute structure)
 
     def update(self, pred: torch.Tensor, sens: D.Attributes) -> None:
-        """Add a batch: predictions ``(N,)``/``(N, p)`` (probabilities or regression outputs) and attributes.
+        """Add a batch: predictions ``(N,)``/``(N, p)`` (as ``pred_as_logit`` says: by default probabilities or
+        regression outputs, used as given; logits with ``pred_as_logit=True``) and attributes.
 
         An empty batch (N = 0) adds no rows; :meth:`compute` without enough rows raises ``ValueError``.
         """
         check_tensor(pred, "pred")
         if pred.ndim == 0:
             raise ValueError("Expected argument `pred` to have shape (N,) or (N, p), but got a scalar")
+        pred = _metric_input(self, pred.detach(), rate=False)
         # (N,) -> (N, 1), (N, ...) -> (N, p); flatten rather than reshape(N, -1), which fails for an empty batch
         pred = (pred.unsqueeze(1) if pred.ndim == 1 else pred.flatten(1)).detach().to(torch.float64)
         mats = D.attribute_matrices(D.attribute_list(sens), None, self.categorical, like=pred, name="sens")
@@ -354,11 +394,12 @@ class DependenceMetric(torchmetrics.Metric):
 
 class DistanceCorrelation(DependenceMetric):
     """dCor² between all predictions and all attributes seen, concatenated (bias-corrected when ``unbiased``); the
-    value of :class:`~fairret.loss.DistanceCorrelationLoss` on the whole epoch.
+    value of :class:`~fairret.loss.DistanceCorrelationLoss` with the same arguments on the whole epoch.
 
     Args:
-        unbiased: bias-corrected dCor² (U-statistics) instead of the V version.
-        backend, categorical, validate_args, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
+        unbiased: bias-corrected dCor² (U-statistics) instead of the V version (default ``False``, as
+            :class:`~fairret.loss.DistanceCorrelationLoss`; see there why).
+        backend, categorical, pred_as_logit, validate_args, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
 
     Example:
         >>> m = DistanceCorrelation()
@@ -366,6 +407,15 @@ class DistanceCorrelation(DependenceMetric):
         >>> m.update(x[:3], torch.tensor([1., 7., 5.])); m.update(x[3:], torch.tensor([5., 6., 2.]))
         >>> round(m.compute().item(), 5)
         0.30661
+
+        On logits, ``pred_as_logit=True`` gives the loss's value (which reads logits by default):
+
+        >>> from fairret.loss import DistanceCorrelationLoss
+        >>> logits, age = torch.tensor([-2., 0.5, 1., 3., -1., 2.]), torch.tensor([20., 35., 40., 60., 30., 50.])
+        >>> m = DistanceCorrelation(pred_as_logit=True)
+        >>> m.update(logits[:4], age[:4]); m.update(logits[4:], age[4:])
+        >>> torch.isclose(m.compute(), DistanceCorrelationLoss()(logits.double(), age.double())).item()
+        True
     """
 
     def __init__(self, unbiased: bool = False, backend: str = "auto", **kwargs: Any):
@@ -386,8 +436,9 @@ class CCdCov(DependenceMetric):
     Args:
         weights: one non-negative weight per attribute (per list entry, per block of a SensitiveAttributes; a
             single tensor is one attribute); default 1.
-        unbiased: U-statistic (default) or V-statistic.
-        backend, categorical, validate_args, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
+        unbiased: U-statistic (default ``True``, as :class:`~fairret.loss.CCdCovLoss`; see there why) or
+            V-statistic.
+        backend, categorical, pred_as_logit, validate_args, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
 
     Example:
         >>> from fairret.loss import CCdCovLoss
@@ -429,9 +480,9 @@ class JdCov(DependenceMetric):
     (column slices) group them.
 
     Args:
-        c, unbiased, scale_invariant: as in :class:`~fairret.loss.JdCovLoss`.
+        c, unbiased, scale_invariant: as in :class:`~fairret.loss.JdCovLoss` (``unbiased`` default ``True``).
         blocks: column slices of the concatenated attributes, one per variable (default: as described above).
-        backend, categorical, validate_args, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
+        backend, categorical, pred_as_logit, validate_args, **torchmetrics_kwargs: as in :class:`DependenceMetric`.
     """
 
     def __init__(self, c: float = 1.0, unbiased: bool = True, scale_invariant: bool = False,
@@ -454,6 +505,14 @@ class IntersectionalJSD(torchmetrics.Metric):
     """Generalised JSD (bits) between the per-cell prediction distributions over everything seen.
 
     ``update(pred, cells)`` with cell ids ``(N,)`` (e.g. ``SensitiveAttributes.group_ids["race&sex"]``).
+
+    Args:
+        bandwidth, grid, weights: as in :func:`fairret.functional.calibration.intersectional_jsd` (the bandwidth
+            is in units of the predictions: 0.15 is meant for probabilities).
+        pred_as_logit: ``False`` (default): ``pred`` holds probabilities (or other scores), used as given;
+            ``True``: logits, turned into probabilities by the sigmoid first; ``None``: decide from the values
+            (the one convention, :mod:`fairret._validation`; as in :class:`DependenceMetric`).
+        **torchmetrics_kwargs: passed to :class:`torchmetrics.Metric`.
     """
 
     is_differentiable = False
@@ -463,16 +522,19 @@ class IntersectionalJSD(torchmetrics.Metric):
     preds: List[torch.Tensor]
     cells: List[torch.Tensor]
 
-    def __init__(self, bandwidth: float = 0.15, grid: int = 1000, weights: str = "cell", **torchmetrics_kwargs: Any):
+    def __init__(self, bandwidth: float = 0.15, grid: int = 1000, weights: str = "cell", *,
+                 pred_as_logit: Optional[bool] = False, **torchmetrics_kwargs: Any):
         super().__init__(**torchmetrics_kwargs)
         self.bandwidth, self.grid, self.weights = bandwidth, grid, weights
+        self.pred_as_logit = _check_pred_as_logit(pred_as_logit)
+        self._told_logits = False
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("cells", default=[], dist_reduce_fx="cat")
 
     def update(self, pred: torch.Tensor, cells: torch.Tensor) -> None:
         """Add a batch of predictions ``(N,)``/``(N, 1)`` and their cell ids ``(N,)`` (or one-hot ``(N, G)``, an
         all-zero row meaning no cell, as id -1 does), or a :class:`~fairret.sensitive.SensitiveAttributes` with one
-        intersection block (its cell ids)."""
+        intersection block (its cell ids). ``pred`` as ``pred_as_logit`` says."""
         from .functional.calibration import _cells
         from .sensitive import SensitiveAttributes
 
@@ -484,6 +546,7 @@ class IntersectionalJSD(torchmetrics.Metric):
             cells = cells.group_ids[inter[0]]
 
         pred = check_tensor(pred, "pred").detach().reshape(-1).to(torch.float64)
+        pred = _metric_input(self, pred, rate=False)
         self.preds.append(pred)
         self.cells.append(_cells(cells, pred.shape[0]))
 

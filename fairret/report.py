@@ -19,7 +19,11 @@ metrics' sums over the epoch (synchronised across ranks).
 
 Rates are on decisions ``prob > threshold`` (as the demo's DP and EO differences); the mean score is the mean
 probability. Predictions follow the library's convention (:mod:`fairret._validation`): ``pred_as_logit=None``
-(default) reads values outside [0, 1] as logits, ``True``/``False`` say it.
+(default) reads values outside [0, 1] as logits (``prob = sigmoid(pred)``) and says so with a
+:class:`~fairret._validation.PredictionWarning`, the one category of the library for the prediction convention;
+``True``/``False`` say it. The report's first line states what was done (``decisions sigmoid(pred) > 0.5, pred
+read as logits`` or ``decisions pred > 0.5, pred read as probabilities``). What limits the report itself (small
+groups, undefined statistics, left-out attributes) is a :class:`ReportWarning`, issued separately.
 
 Groups: ``sens`` may be a :class:`~fairret.sensitive.SensitiveAttributes` (each binary, categorical or intersection
 block an attribute; continuous blocks are left out with a note), a mapping of attribute name to raw values
@@ -56,7 +60,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ._validation import check_groups, resolve_pred_as_logit, to_probabilities
+from ._validation import (PredictionWarning, check_groups, check_min_group_size, resolve_pred_as_logit,
+                          to_probabilities)
 from .functional.linear_fractional import LinearFractionalSums
 from .metric import fill_absent, gap_max_min, gap_relative_abs_max
 from .sensitive import SensitiveAttributes, one_hot_groups
@@ -83,7 +88,9 @@ _STATS: Dict[str, Tuple[str, LinearFractionalStatistic, str, bool, bool]] = {
 
 
 class ReportWarning(UserWarning):
-    """Something in a fairness report that limits what it can say (small groups, undefined statistics)."""
+    """Something in a fairness report that limits what it can say (small groups, undefined statistics, attributes
+    left out). Reading ``pred`` as logits is a :class:`~fairret._validation.PredictionWarning` instead, as
+    everywhere in the library."""
 
 
 @dataclass
@@ -216,12 +223,17 @@ class FairnessReport:
         return out
 
     def _intro(self) -> str:
-        what = (f"decisions pred > {self.threshold:g} on {'logits read as probabilities' if self.pred_as_logit else 'probabilities'}"
-                if self.task == "classification" else "regression outputs")
+        if self.task != "classification":
+            what = "regression outputs"
+        elif self.pred_as_logit:
+            what = f"decisions sigmoid(pred) > {self.threshold:g}, pred read as logits"
+        else:
+            what = f"decisions pred > {self.threshold:g}, pred read as probabilities"
         ci = (f"{100 * self.level:g}% bootstrap intervals ({self.n_boot} replicates)" if self.n_boot else
               "no intervals (n_boot=0)")
+        least = max(self.min_group_size, 1)
         return (f"Fairness report: {self.n} rows, {what}; {ci}. Differences are max − min over groups with at least "
-                f"{self.min_group_size} rows; the relative gap is the largest |group / overall − 1|.")
+                f"{least} row{'' if least == 1 else 's'}; the relative gap is the largest |group / overall − 1|.")
 
     def to_markdown(self) -> str:
         """Markdown: an introduction, two tables per attribute (groups; between groups) and the warnings."""
@@ -560,13 +572,26 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
         seed: the bootstrap's seed (the report is reproducible).
 
     Returns:
-        A :class:`FairnessReport`. Its ``warnings`` are also issued as :class:`ReportWarning` (one warning).
+        A :class:`FairnessReport`. Its ``warnings`` are also issued: reading ``pred`` as logits (``pred_as_logit``
+        None and values outside [0, 1]) as a :class:`~fairret._validation.PredictionWarning`, the others (small
+        groups, undefined statistics, left-out attributes) together as one :class:`ReportWarning`.
 
     Raises:
         ValueError: non-finite or mis-shaped inputs, labels other than 0/1 for classification, a threshold outside
             [0, 1], fewer than one attribute.
         TypeError: inputs that are not array-like numbers.
     """
+    return _fairness_report(pred, labels, sens, threshold=threshold, pred_as_logit=pred_as_logit,
+                            intersections=intersections, group_names=group_names, min_group_size=min_group_size,
+                            n_boot=n_boot, level=level, seed=seed, logit_hint="pass pred_as_logit=True")
+
+
+def _fairness_report(pred: Any, labels: Any, sens: Any, *, threshold: Optional[float],
+                     pred_as_logit: Optional[bool], intersections: Union[bool, Sequence[Sequence[str]]],
+                     group_names: Optional[Sequence[str]], min_group_size: int, n_boot: int, level: float, seed: int,
+                     logit_hint: str) -> FairnessReport:
+    """:func:`fairness_report`; ``logit_hint`` says how its caller says ``pred`` holds logits (the argument or the
+    command line's flag)."""
     if sens is None:
         raise ValueError("Expected argument `sens`: the protected attributes to report on")
     p = _to_tensor(pred, "pred")
@@ -576,8 +601,7 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
     y = None if labels is None else _to_tensor(labels, "labels")
     if y is not None and y.shape[0] != n:
         raise ValueError(f"Expected argument `labels` to have N={n} rows like `pred`, but got {y.shape[0]}")
-    if not isinstance(min_group_size, int) or isinstance(min_group_size, bool) or min_group_size < 0:
-        raise ValueError(f"Expected argument `min_group_size` to be an int >= 0, but got {min_group_size!r}")
+    check_min_group_size(min_group_size)
     if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 0:
         raise ValueError(f"Expected argument `n_boot` to be an int >= 0, but got {n_boot!r}")
     if not 0 < level < 1:
@@ -606,8 +630,11 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
     attrs = attrs + _intersections(attrs, intersections)
     if not attrs:
         raise ValueError("Expected argument `sens` to hold at least one attribute with groups, but got none")
+    logit_note = None
     if as_logit and pred_as_logit is None:
-        notes.append("`pred` holds values outside [0, 1]: read as logits (pass pred_as_logit to say so)")
+        logit_note = (f"`pred` holds values outside [0, 1]: read as logits, decisions sigmoid(pred) > {threshold:g} "
+                      f"({logit_hint} to say so and silence this)")
+        notes.append(logit_note)
     inputs = _inputs(stats, hard, soft, raw, y)
 
     rows: List[GroupRow] = []
@@ -695,8 +722,11 @@ def fairness_report(pred: Any, labels: Any = None, sens: Any = None, *, threshol
     report = FairnessReport("regression" if regression else "classification", n,
                             None if threshold is None else float(threshold), as_logit, stats, overall_by_stat, rows,
                             gaps, notes, level, n_boot, min_group_size)
-    if notes:
-        warnings.warn("fairness_report: " + " | ".join(notes), ReportWarning, stacklevel=2)
+    if logit_note is not None:  # the prediction convention: the library's one category for it
+        warnings.warn("fairness_report: " + logit_note, PredictionWarning, stacklevel=3)
+    limits = [note for note in notes if note is not logit_note]
+    if limits:
+        warnings.warn("fairness_report: " + " | ".join(limits), ReportWarning, stacklevel=3)
     return report
 
 
@@ -755,13 +785,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         threshold = None if args.threshold.lower() == "none" else float(args.threshold)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ReportWarning)  # the report lists them itself
-            report = fairness_report(
+            warnings.simplefilter("ignore", PredictionWarning)
+            report = _fairness_report(
                 _numbers(cols[args.pred], args.pred),
                 None if args.label is None else _numbers(cols[args.label], args.label),
                 {s.strip(): np.array(cols[s.strip()]) for s in args.sens.split(",")},
                 threshold=threshold, pred_as_logit={"auto": None, "true": True, "false": False}[args.pred_as_logit],
-                intersections=args.intersections, min_group_size=args.min_group_size, n_boot=args.n_boot,
-                level=args.level, seed=args.seed)
+                intersections=args.intersections, group_names=None, min_group_size=args.min_group_size,
+                n_boot=args.n_boot, level=args.level, seed=args.seed, logit_hint="pass --pred-as-logit true")
     except (ValueError, TypeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,9 +3,9 @@ r"""Encoding protected attributes into the sensitive matrix and the metadata oth
 A :class:`SensitiveEncoder` is fitted on training columns and turns any split into a :class:`SensitiveAttributes`:
 
 * ``binary`` columns become one 0/1 column (the second of the two sorted values is 1): the right encoding for the
-  dependence losses, but a single column is *one* group for a rate loss. Give the rate losses and the metric the
-  :class:`SensitiveAttributes` itself (they use :meth:`SensitiveAttributes.group_matrix`: both values of a binary
-  attribute, one column each), not its ``matrix``; a rate loss given a single column warns,
+  dependence losses, but a single column is *one* group for a rate loss. Give the rate losses, the metric and the
+  fairness monitors the :class:`SensitiveAttributes` itself (they use :meth:`SensitiveAttributes.group_matrix`:
+  both values of a binary attribute, one column each), not its ``matrix``; a rate loss given a single column warns,
 * ``categorical`` columns become one-hot columns (one per category seen when fitting),
 * ``continuous`` columns become one column, min-max scaled to [0, 1] on the fitting data (or standardised),
 * ``intersections`` (tuples of categorical/binary attribute names) become one-hot columns over the cells of the

@@ -76,7 +76,7 @@ def text_data(n=24, seed=1):
 
 def test_monitor_on_a_tiny_bert_names_groups_and_matches_hand_rates(tmp_path, capsys):
     train, val = text_data(), text_data(seed=2)
-    mon = FairnessMonitorCallback(group_names=["sex=Female", "sex=Male"])
+    mon = FairnessMonitorCallback(group_names=["sex=Female", "sex=Male"], min_group_size=1)  # 12 rows a group
     model = tiny_bert()
     trainer = FairnessTrainer(model=model, args=args(tmp_path, max_steps=2, per_device_eval_batch_size=5),
                               train_dataset=Rows(train), eval_dataset=Rows(val),
@@ -148,6 +148,9 @@ def test_bad_arguments_name_themselves(tmp_path):
         FairnessTrainer(**kw, fairness_loss=NormLoss(PositiveRate()), lam=-1.0)
     with pytest.raises(TypeError, match="`sens` to be a batch key"):
         FairnessMonitorCallback(sens=3)
+    with pytest.raises(ValueError, match="`min_group_size` to be an int >= 0"):
+        FairnessMonitorCallback(min_group_size=-1)
+    assert FairnessMonitorCallback().tracker.min_group_size == 30  # the report's default
     trainer = Sequential(**kw, fairness_loss=NormLoss(PositiveRate()), sens_key="group")
     with pytest.raises(ValueError, match=r"Argument `sens_key` selects key 'group', but the batch has keys"):
         trainer.train()

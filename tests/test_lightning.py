@@ -173,7 +173,8 @@ class FigureLogger(pl.loggers.logger.Logger):
 def test_monitor_values_equal_metrics_on_the_whole_split():
     pytest.importorskip("matplotlib")
     module = Net()
-    mon = FairnessMonitor(sens="sens", labels="y", cells="cells")
+    # every group compared (about 21 rows each here), as the metrics below compare them
+    mon = FairnessMonitor(sens="sens", labels="y", cells="cells", min_group_size=1)
     logger = FigureLogger()
     t = trainer(callbacks=[mon], max_epochs=1, logger=logger)
     t.fit(module, loader(), loader(seed=9))
@@ -448,7 +449,7 @@ def test_names_and_summary_in_a_fast_dev_run(capsys):
     dm = TabularDataModule("synthetic", n_synthetic=300, batch_size=400, seed=2)
     torch.manual_seed(0)
     module = TabularClassifier(num_features=6, hidden=(8,))
-    mon = FairnessMonitor(sens="sens", labels="y", cells="cells")
+    mon = FairnessMonitor(sens="sens", labels="y", cells="cells", min_group_size=1)  # "max - min" over every group
     t = pl.Trainer(fast_dev_run=True, accelerator="cpu", devices=1, enable_progress_bar=False,
                    enable_model_summary=False, callbacks=[mon])
     t.fit(module, dm)
@@ -482,6 +483,48 @@ def test_names_and_summary_in_a_fast_dev_run(capsys):
     assert "test/fairness/dp_relative_gap/pr/sex=Male" in t.callback_metrics
 
 
+def _sensitive_attributes_loader(n=64, seed=9):
+    """Dict batches whose "sens" is a SensitiveAttributes slice with one binary attribute (one column in .matrix)."""
+    from torch.utils.data import DataLoader
+
+    from fairret.sensitive import SensitiveEncoder
+
+    data = make_data(n, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    sex = ["F" if v else "M" for v in (torch.rand(n, generator=g) < 0.4).tolist()]
+    sa = SensitiveEncoder({"sex": "binary"}).fit_transform({"sex": sex})
+
+    def collate(idx):
+        idx = torch.tensor(idx)
+        return {"x": data["x"][idx], "y": data["y"][idx], "sens": sa[idx]}
+
+    return DataLoader(list(range(n)), batch_size=16, collate_fn=collate), data, sex
+
+
+def test_monitor_reads_a_sensitive_attributes_batch_as_its_group_matrix_and_keeps_every_logged_value():
+    dl, data, sex = _sensitive_attributes_loader()
+    mon = FairnessMonitor(sens="sens", labels="y", min_group_size=1, summary=False)
+    module = Net()
+    t = trainer(callbacks=[mon])
+    t.validate(module, dl)
+    with torch.no_grad():
+        prob = torch.sigmoid(module(data["x"])).squeeze(1).double()
+    m = t.callback_metrics
+    assert mon.last_result["validate"].group_names == ["sex=F", "sex=M"]  # both groups, not only sex=M
+    for value in ("F", "M"):
+        rows = torch.tensor([s == value for s in sex])
+        pos = rows & (data["y"] == 1)
+        assert m[f"val/fairness/dp_relative_gap/pr/sex={value}"].item() == pytest.approx(prob[rows].mean().item(),
+                                                                                      rel=1e-5)
+        assert m[f"val/fairness/eo_relative_gap/tpr/sex={value}"].item() == pytest.approx(prob[pos].mean().item(),
+                                                                                       rel=1e-5)
+    # last_values: the latest value of every key the monitor logged, not only the headline ones
+    logged = {k for k in m if k.startswith("val/fairness/")}
+    assert len(logged) == 12 and set(mon.last_values) == logged  # dp, eo, eo/tpr, eo/fpr, 6 per group, jsd, dcor
+    for k in logged:
+        assert mon.last_values[k] == pytest.approx(m[k].item(), rel=1e-6, nan_ok=True)
+
+
 def test_explicit_group_names_and_no_summary(capsys):
     mon = FairnessMonitor(sens="sens", group_names=["a", "b", "c"], summary=False)
     t = trainer(callbacks=[mon], max_epochs=1)
@@ -494,6 +537,8 @@ def test_explicit_group_names_and_no_summary(capsys):
         trainer(callbacks=[bad], max_epochs=1).validate(Net(), loader(seed=9))
     with pytest.raises(TypeError, match="`group_names` to be a list of strings"):
         FairnessMonitor(group_names="abc")
+    with pytest.raises(ValueError, match="`min_group_size` to be an int >= 0"):
+        FairnessMonitor(min_group_size=-1)
 
 
 def test_monitor_warns_on_collapsed_predictions_not_on_valid_ones_nor_in_the_sanity_check():

@@ -167,3 +167,73 @@ def test_ccdcov_weights_are_per_attribute_not_per_column():
     m.update(p, sa.matrix)  # a reset forgets the structure
     with pytest.raises(TypeError, match=r"Expected argument `sens` to be a tensor, a SensitiveAttributes or a list"):
         m.update(p, {"race": sa.matrix})
+
+
+# --- pred_as_logit on the dependence metrics and the JSD: the losses' meaning (issue 24 walk-through) --------------
+def test_dependence_metrics_take_pred_as_logit_with_the_losses_meaning():
+    import warnings
+
+    import dcor
+    import numpy as np
+
+    from fairret._validation import PredictionWarning
+    from fairret.loss import CCdCovLoss, DistanceCorrelationLoss, JdCovLoss
+    from fairret.metric import CCdCov, DistanceCorrelation, JdCov
+
+    logits, sa = _attribute_data()
+    prob = torch.sigmoid(logits)
+    z = sa.matrix.numpy()
+    for metric_cls, loss in ((DistanceCorrelation, DistanceCorrelationLoss()), (CCdCov, CCdCovLoss()),
+                             (JdCov, JdCovLoss())):
+        on_logits, on_prob, auto = metric_cls(pred_as_logit=True), metric_cls(), metric_cls(pred_as_logit=None)
+        for sl in (slice(0, 25), slice(25, 60)):
+            on_logits.update(logits[sl], sa[sl])
+            on_prob.update(prob[sl], sa[sl])
+            if sl.start == 0:
+                with pytest.warns(PredictionWarning, match=rf"{metric_cls.__name__}: `pred` holds values outside "
+                                                           r"\[0, 1\], read as logits.*pred_as_logit=True"):
+                    auto.update(logits[sl], sa[sl])
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # said once
+                    auto.update(logits[sl], sa[sl])
+        want = loss(logits, sa)  # the loss reads logits by default
+        for m in (on_logits, on_prob, auto):
+            assert m.compute().item() == pytest.approx(want.item(), rel=1e-9, abs=1e-12), metric_cls.__name__
+    # against an independent reference: dcor's (V-statistic) dCor² of the probabilities and the attribute columns
+    m = DistanceCorrelation(pred_as_logit=True)
+    m.update(logits, sa.matrix)
+    assert m.compute().item() == pytest.approx(dcor.distance_correlation_sqr(prob.numpy()[:, 0], z), rel=1e-9)
+    # the default takes values as given, as these metrics always did (probabilities or regression outputs)
+    m = DistanceCorrelation()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.update(logits, sa.matrix)
+    assert m.compute().item() == pytest.approx(dcor.distance_correlation_sqr(logits.numpy()[:, 0], z), rel=1e-9)
+    assert m.compute().item() != pytest.approx(dcor.distance_correlation_sqr(prob.numpy()[:, 0], z), rel=1e-3)
+    # several columns: the softmax over them, as the losses take them
+    g = torch.Generator().manual_seed(5)
+    multi = torch.randn(60, 3, generator=g, dtype=torch.float64) * 2
+    m = CCdCov(pred_as_logit=True)
+    m.update(multi, sa)
+    assert m.compute().item() == pytest.approx(CCdCovLoss()(multi, sa).item(), rel=1e-9)
+    assert m.compute().item() == pytest.approx(dcor.u_distance_covariance_sqr(np.asarray(
+        torch.softmax(multi, 1)), z), rel=1e-9)
+    with pytest.raises(TypeError, match="Expected argument `pred_as_logit` to be True, False or None"):
+        DistanceCorrelation(pred_as_logit="yes")
+
+
+def test_intersectional_jsd_takes_pred_as_logit():
+    from fairret.functional.calibration import intersectional_jsd
+    from fairret.metric import IntersectionalJSD
+
+    g = torch.Generator().manual_seed(6)
+    logits, cells = torch.randn(80, generator=g) * 2, torch.randint(0, 3, (80,), generator=g)
+    m = IntersectionalJSD(pred_as_logit=True)
+    m.update(logits[:30], cells[:30])
+    m.update(logits[30:], cells[30:])
+    want = intersectional_jsd(torch.sigmoid(logits.double()), cells)
+    assert m.compute().item() == pytest.approx(want.item(), rel=1e-12)
+    as_given = IntersectionalJSD()
+    as_given.update(logits, cells)
+    assert as_given.compute().item() == pytest.approx(intersectional_jsd(logits.double(), cells).item(), rel=1e-12)

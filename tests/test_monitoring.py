@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fairret._monitoring import FairnessTracker, collapse_message, monitor_probabilities
-from fairret._validation import CollapsedPredictionsWarning
-from fairret.metric import LinearFractionalParity
-from fairret.report import compare_groups, fairness_report, group_gaps
+from fairret._validation import CollapsedPredictionsWarning, SensitiveGroupsWarning
+from fairret.metric import DistanceCorrelation, LinearFractionalParity
+from fairret.report import ReportWarning, compare_groups, fairness_report, group_gaps
 from fairret.statistic import EqualizedOdds, PositiveRate, TruePositiveRate
 
 
@@ -67,7 +67,7 @@ def test_tracker_summary_equals_fairness_report_on_decisions():
     hard = (prob > 0.5).double()
     sens = torch.nn.functional.one_hot(groups, 3).double()
     names = ["a", "b", "c"]
-    tracker = FairnessTracker(group_names=names)
+    tracker = FairnessTracker(group_names=names, min_group_size=1)  # as the report below: every group compared
     for part in torch.arange(120).split(37):
         tracker.update(monitor_probabilities(hard[part], pred_as_logit=False), sens[part], y[part])
     res = tracker.compute()
@@ -88,7 +88,7 @@ def test_tracker_summary_equals_fairness_report_on_decisions():
 
 
 def test_render_shows_no_difference_with_one_defined_group():
-    tracker = FairnessTracker(group_names=["a", "b"])
+    tracker = FairnessTracker(group_names=["a", "b"], min_group_size=1)
     sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
     # group b has no positives (its TPR is undefined), group a no negatives: no TPR or FPR difference (nan, not 0)
     tracker.update(torch.tensor([[0.9], [0.2], [0.7], [0.1]]), sens, torch.tensor([1., 1., 0., 0.]))
@@ -152,3 +152,131 @@ def test_collapse_message_edges():
     assert collapse_message([], [], []) is None
     assert collapse_message([float("inf")], [float("-inf")], [0, 0]) is None  # nothing seen
     assert "spread" in collapse_message([0.3], [0.3], [5, 0])
+
+
+# --- a SensitiveAttributes batch: the group matrix, both groups of a binary attribute (issue 24 walk-through) -----
+def encoded(n=120, seed=3):
+    from fairret.sensitive import SensitiveEncoder
+
+    g = torch.Generator().manual_seed(seed)
+    sex = ["Female" if v else "Male" for v in (torch.rand(n, generator=g) < 0.3).tolist()]
+    race = [["a", "b", "c"][k] for k in torch.randint(0, 3, (n,), generator=g).tolist()]
+    age = (20 + 50 * torch.rand(n, generator=g)).tolist()
+    prob = torch.rand(n, 1, generator=g, dtype=torch.float64)
+    y = (torch.rand(n, generator=g) < 0.5).double()
+    sa = SensitiveEncoder({"race": "categorical", "sex": "binary", "age": "continuous"}).fit_transform(
+        {"race": race, "sex": sex, "age": age})
+    return prob, y, sa, sex, race
+
+
+def test_sensitive_attributes_batch_gives_both_groups_of_a_binary_attribute():
+    prob, y, sa, sex, race = encoded()
+    assert sa.matrix.shape[1] == 5  # race a/b/c, sex=Male (one column), age
+    tracker = FairnessTracker(min_group_size=1)
+    for part in torch.arange(len(y)).split(50):
+        tracker.update(prob[part], sa[part], y[part])
+    res = tracker.compute()
+    names = ["race=a", "race=b", "race=c", "sex=Female", "sex=Male"]
+    assert res.group_names == names
+    # by hand: each group's mean probability, over everyone and over its positives
+    groups = {"race=" + r: [race[i] == r for i in range(len(y))] for r in "abc"}
+    groups.update({"sex=" + s: [sex[i] == s for i in range(len(y))] for s in ("Female", "Male")})
+    p, t = prob[:, 0].tolist(), y.tolist()
+    for name in names:
+        rows = [i for i, m in enumerate(groups[name]) if m]
+        pr = sum(p[i] for i in rows) / len(rows)
+        tpr = sum(p[i] for i in rows if t[i] == 1) / sum(t[i] for i in rows)
+        assert res.values[f"dp_relative_gap/pr/{name}"] == pytest.approx(pr, rel=1e-6)
+        assert res.values[f"eo_relative_gap/tpr/{name}"] == pytest.approx(tpr, rel=1e-6)
+    assert res.counts == [float(sum(groups[n])) for n in names]
+    overall = sum(p) / len(p)
+    want = max(abs(sum(p[i] for i, m in enumerate(groups[n]) if m) / sum(groups[n]) / overall - 1) for n in names)
+    assert res.values["dp_relative_gap"] == pytest.approx(want, rel=1e-5)
+    assert "sex=Female" in res.render("t")
+    # the same as the group matrix with its names given, and as LinearFractionalParity given the SensitiveAttributes
+    ref = FairnessTracker(group_names=names, min_group_size=1)
+    ref.update(prob, sa.group_matrix(), y)
+    rates = {k: v for k, v in res.values.items() if k != "dcor"}
+    assert {k: v for k, v in ref.compute().values.items() if k != "dcor"} == pytest.approx(rates, rel=1e-6)
+    # the dependence metric gets the SensitiveAttributes itself (one column per binary attribute, and age)
+    dcor = DistanceCorrelation()
+    dcor.update(prob, sa)
+    assert res.values["dcor"] == pytest.approx(dcor.compute().item(), rel=1e-6)
+    m = LinearFractionalParity(PositiveRate(), 5, pred_as_logit=False)
+    with pytest.warns(SensitiveGroupsWarning, match=r"continuous attributes \['age'\]"):  # the metric says so
+        m.update(prob, sa)
+    assert res.values["dp_relative_gap"] == pytest.approx(m.compute().item(), rel=1e-5)
+
+
+# --- min_group_size: small groups shown, left out of the gaps, as in fairness_report ------------------------------
+def small_group_rows():
+    """Two groups of 40 rows and one of 2 whose decisions are all positive (0/1 predictions: soft = hard rates)."""
+    g = torch.Generator().manual_seed(4)
+    groups = torch.tensor([0] * 40 + [1] * 40 + [2] * 2)
+    hard = (torch.rand(82, generator=g) < torch.where(groups == 0, 0.3, 0.6)).double()
+    hard[groups == 2] = 1.0
+    y = (torch.rand(82, generator=g) < 0.5).double()
+    return hard, y, groups
+
+
+def test_min_group_size_leaves_small_groups_out_of_the_gaps_as_the_report_does():
+    hard, y, groups = small_group_rows()
+    sens = torch.nn.functional.one_hot(groups, 3).double()
+    names = ["big1", "big2", "tiny"]
+    tracker = FairnessTracker(group_names=names)  # default min_group_size=30
+    for part in torch.arange(82).split(30):
+        tracker.update(hard[part].unsqueeze(1), sens[part], y[part])
+    res = tracker.compute()
+    # by hand, over big1 and big2 only (the overall rate over all 82 rows)
+    rate = [hard[groups == k].mean().item() for k in range(3)]
+    overall = hard.mean().item()
+    want_rel = max(abs(rate[k] / overall - 1) for k in (0, 1))
+    assert res.values["dp_relative_gap"] == pytest.approx(want_rel, rel=1e-6)
+    assert res.values["dp_relative_gap/pr/tiny"] == pytest.approx(1.0)  # shown and logged
+    pr = next(c for c in res.columns if c.label == "pr")
+    assert pr.difference == pytest.approx(abs(rate[1] - rate[0]), rel=1e-6)
+    assert pr.relative == pytest.approx(want_rel, rel=1e-6)
+    assert res.small == [False, False, True]
+    # the tiny group (rate 1.0) would set the gap: it does with min_group_size=1
+    every = FairnessTracker(group_names=names, min_group_size=1)
+    every.update(hard.unsqueeze(1), sens, y)
+    assert every.compute().values["dp_relative_gap"] == pytest.approx(abs(1.0 / overall - 1), rel=1e-6)
+    assert abs(1.0 / overall - 1) > want_rel + 0.05
+    # the same figures as fairness_report on the same decisions, with the same rule
+    g_names = [names[k] for k in groups.tolist()]
+    with pytest.warns(ReportWarning, match=r"tiny \(n=2\)"):
+        report = fairness_report(hard, y, {"g": g_names}, n_boot=0, pred_as_logit=False)
+    for label, stat in (("pr", "positive_rate"), ("tpr", "tpr"), ("fpr", "fpr")):
+        col = next(c for c in res.columns if c.label == label)
+        assert col.difference == pytest.approx(report.gap("g", stat).difference, rel=1e-12)
+        assert col.relative == pytest.approx(report.gap("g", stat).relative, rel=1e-12)
+    assert res.values["eo_relative_gap/tpr"] == pytest.approx(report.gap("g", "tpr").relative, rel=1e-6)
+    assert res.values["eo_relative_gap/fpr"] == pytest.approx(report.gap("g", "fpr").relative, rel=1e-6)
+    # said so in the table
+    table = res.render("Fairness (val)").splitlines()
+    assert next(line for line in table if line.startswith("tiny")).endswith("(small)")
+    assert not next(line for line in table if line.startswith("big1")).endswith("(small)")
+    assert any(line.startswith("(small): fewer than 30 rows (min_group_size)") for line in table)
+
+
+def test_min_group_size_leaves_fewer_than_two_groups_nan_and_is_checked():
+    hard, y, groups = small_group_rows()
+    sens = torch.nn.functional.one_hot(groups, 3).double()
+    tracker = FairnessTracker(group_names=["a", "b", "c"], min_group_size=41)  # no group is large enough
+    tracker.update(hard.unsqueeze(1), sens, y)
+    res = tracker.compute()
+    assert math.isnan(res.values["dp_relative_gap"]) and math.isnan(res.values["eo_relative_gap/tpr"])
+    assert res.values["dp_relative_gap/pr/a"] == pytest.approx(hard[groups == 0].mean().item())
+    assert res.small == [True, True, True]
+    for bad in (-1, 2.5, True, "30"):
+        with pytest.raises(ValueError, match="Expected argument `min_group_size` to be an int >= 0"):
+            FairnessTracker(min_group_size=bad)
+
+
+def test_summary_says_the_columns_are_mean_probabilities():
+    tracker = FairnessTracker(group_names=["a", "b"], min_group_size=1)
+    sens = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
+    tracker.update(torch.tensor([[0.9], [0.2], [0.7], [0.1]]), sens, torch.tensor([1., 0., 1., 0.]))
+    last = tracker.compute().render("t").splitlines()[-1]
+    assert last == ("pr: mean predicted probability; tpr: mean probability where y = 1; fpr: mean probability "
+                    "where y = 0 (soft rates, not rates of 0/1 decisions)")

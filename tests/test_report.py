@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fairret._validation import PredictionWarning
 from fairret.report import FairnessReport, ReportWarning, fairness_report, main
 from fairret.sensitive import SensitiveEncoder
 
@@ -46,6 +47,7 @@ def hand_table(pred, y, groups):
 def quiet(*args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReportWarning)
+        warnings.simplefilter("ignore", PredictionWarning)
         return fairness_report(*args, **kwargs)
 
 
@@ -126,10 +128,45 @@ def test_input_types_agree():
     dec = prob > 0.5
     r = quiet(dec, y, {"g": g}, n_boot=0)
     assert r.table("g")[0]["positive_rate"] == pytest.approx(dec[g == 0].mean())
-    # logits read as such are said so
-    with pytest.warns(ReportWarning, match="read as logits"):
+    # logits read as such are said so, with the library's prediction-convention warning
+    with pytest.warns(PredictionWarning, match="read as logits.*pass pred_as_logit=True"):
         r = fairness_report(np.log(prob / (1 - prob)), y, {"g": g}, n_boot=0)
     assert r.pred_as_logit
+
+
+def test_header_says_how_pred_was_read_and_warning_categories_are_separate():
+    rng = np.random.default_rng(7)
+    prob = rng.uniform(0.05, 0.95, size=200)
+    logits = np.log(prob / (1 - prob))
+    g = np.array(["a"] * 100 + ["b"] * 98 + ["tiny"] * 2)
+    y = rng.integers(0, 2, 200)
+    as_prob = quiet(prob, y, {"g": g}, n_boot=0)
+    assert str(as_prob).startswith("Fairness report: 200 rows, decisions pred > 0.5, pred read as probabilities;")
+    # logits: the header says they were turned into probabilities, with or without being told
+    told = quiet(logits, y, {"g": g}, n_boot=0, pred_as_logit=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto = fairness_report(logits, y, {"g": g}, n_boot=0)
+    for r in (told, auto):
+        assert str(r).startswith("Fairness report: 200 rows, decisions sigmoid(pred) > 0.5, pred read as logits;")
+        assert "logits read as probabilities" not in str(r)
+        assert r.table("g") == as_prob.table("g")  # the same decisions
+    # two warnings of two categories: the prediction convention, and the report's own limits (the tiny group)
+    cats = {w.category: str(w.message) for w in caught}
+    assert set(cats) == {PredictionWarning, ReportWarning}
+    assert "read as logits" in cats[PredictionWarning] and "tiny (n=2)" not in cats[PredictionWarning]
+    assert "tiny (n=2)" in cats[ReportWarning] and "logits" not in cats[ReportWarning]
+    assert not issubclass(ReportWarning, PredictionWarning) and not issubclass(PredictionWarning, ReportWarning)
+    # filtering PredictionWarning (as the README says) silences the logits note only
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=PredictionWarning)
+        fairness_report(logits, y, {"g": g}, n_boot=0)
+    assert [w.category for w in caught] == [ReportWarning]
+    # "at least 1 row", not "1 rows"
+    one = quiet(prob, y, {"g": g}, n_boot=0, min_group_size=1)
+    assert "groups with at least 1 row;" in str(one) and "groups with at least 30 rows;" in str(as_prob)
+    assert "at least 1 row;" in quiet(prob, y, {"g": g}, n_boot=0, min_group_size=0).to_markdown()
 
 
 def test_sensitive_attributes_and_single_indicator_column():
@@ -256,3 +293,22 @@ def test_cli(tmp_path):
     assert main([str(f), "--pred", "score", "--sens", "race", "--n-boot", "0", "--plot", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").exists()
     assert main([str(f), "--pred", "score", "--label", "y", "--sens", "age"]) == 2
+
+
+def test_cli_on_logits_says_how_it_read_them_and_names_its_flag(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    n = 80
+    prob, y, sex = rng.uniform(0.05, 0.95, size=n), rng.integers(0, 2, n), rng.choice(["F", "M"], n)
+    f = tmp_path / "preds.csv"
+    _csv(f, [("logit", "y", "sex")] + list(zip(np.log(prob / (1 - prob)).round(6), y, sex)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the command line lists its warnings in the report, it does not raise them
+        assert main([str(f), "--pred", "logit", "--label", "y", "--sens", "sex", "--n-boot", "0",
+                     "--min-group-size", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Fairness report: 80 rows, decisions sigmoid(pred) > 0.5, pred read as logits;")
+    assert "(pass --pred-as-logit true to say so and silence this)" in out and "pred_as_logit" not in out
+    assert main([str(f), "--pred", "logit", "--label", "y", "--sens", "sex", "--n-boot", "0",
+                 "--min-group-size", "1", "--pred-as-logit", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "pred read as logits" in out and "Warnings" not in out

@@ -3,6 +3,9 @@ r"""``FairnessMonitor``: fairness metrics on validation and test epochs, logged 
 Predictions are recorded from the module's forward (or a named submodule) during ``validation_step`` and
 ``test_step``, turned into probabilities (sigmoid/softmax when ``pred_as_logit``; a two-column output becomes the
 positive class' probability), and fed with the batch's sensitive attributes (and labels) to torchmetrics metrics.
+A :class:`~fairret.sensitive.SensitiveAttributes` batch entry is read as its
+:meth:`~fairret.sensitive.SensitiveAttributes.group_matrix` by the rate metrics (both groups of a binary
+attribute, as the rate losses read it) and as itself by the dependence metrics.
 At the epoch end every metric is computed over the whole epoch (synchronised across DDP ranks by torchmetrics) and
 logged under names that carry the metric, the statistic and the group (stage ``val`` or ``test``):
 
@@ -10,17 +13,24 @@ logged under names that carry the metric, the statistic and the group (stage ``v
   such as equalised odds, the largest of their gaps);
 * ``{stage}/{log_prefix}/{name}/{stat}``, e.g. ``val/fairness/eo_relative_gap/tpr``: each stacked statistic's gap;
 * ``{stage}/{log_prefix}/{name}/{stat}/{group}``, e.g. ``val/fairness/dp_relative_gap/pr/sex=Female``: each
-  group's statistic (that group's positive rate; ``tpr``, ``fpr`` for equalised odds).
+  group's statistic on the probabilities (``pr``: that group's mean predicted probability, a soft positive rate;
+  ``tpr``, ``fpr`` for equalised odds: its mean probability over the rows with label 1, 0).
+
+The gaps (``{name}`` and ``{name}/{stat}``) leave out groups with fewer than ``min_group_size`` rows over the epoch
+(default 30, the rule of :func:`fairret.report.fairness_report`): a group of 2 rows does not set them. Those groups'
+own values are still logged, and the summary table marks them ``(small)``. With fewer than two groups left (or
+with a defined value), a gap is NaN.
 
 Group names are ``group_names`` if given, else the data module's ``group_names`` attribute (as
-:class:`~fairret.lightning.examples.TabularDataModule` has), else the ``column_names`` of a
-:class:`~fairret.sensitive.SensitiveAttributes` batch entry, else ``group_0``, ``group_1``, ... Statistic names
-are the initials of their class (``pr``, ``tpr``, ``fpr``; :func:`fairret._monitoring.statistic_names`).
+:class:`~fairret.lightning.examples.TabularDataModule` has), else the
+:meth:`~fairret.sensitive.SensitiveAttributes.group_names` of a :class:`~fairret.sensitive.SensitiveAttributes`
+batch entry (``sex=Female``, ``sex=Male``), else ``group_0``, ``group_1``, ... Statistic names are the initials
+of their class (``pr``, ``tpr``, ``fpr``; :func:`fairret._monitoring.statistic_names`).
 When the logger accepts matplotlib figures (TensorBoard's ``add_figure``), each linear-fractional metric is also
 drawn as a bar plot of the groups.
 
 With ``summary=True`` a table (per group: n and each statistic; overall; max − min; relative gap; then JSD and
-dCor²) is printed on rank 0 at the end of ``trainer.validate`` and ``trainer.test``, and once after
+dCor², and a note on what the columns are) is printed on rank 0 at the end of ``trainer.validate`` and ``trainer.test``, and once after
 ``trainer.fit`` for its last validation epoch, like Lightning's own table of test results. Its figures come from
 :func:`fairret.report.compare_groups` on the metrics' sums over the epoch, as :func:`fairret.report.fairness_report`
 computes its tables.
@@ -34,7 +44,7 @@ sanity check.
 Default metrics (``metrics=None``), built at the first batch once the number of groups is known:
 
 * ``dp_relative_gap``: :class:`~fairret.metric.LinearFractionalParity` of the positive rate on the probabilities
-  (demographic parity; the largest relative gap of a group's rate to the overall rate,
+  (demographic parity; the largest relative gap of a group's mean probability to the overall one,
   :func:`~fairret.metric.gap_relative_abs_max`; a fraction, not points);
 * ``eo_relative_gap``: the same for the stacked true- and false-positive rates (equalised odds), when ``labels`` is
   set (the larger of the two);
@@ -74,7 +84,8 @@ class FairnessMonitor(pl.Callback):
             :class:`~fairret.metric.IntersectionalJSD` gets ``(prob, cells)``, any other metric
             ``(prob, labels)`` (e.g. ``torchmetrics.classification.BinaryAccuracy``). Default: see the module
             docstring.
-        sens: selector of the ``(N, S)`` sensitive matrix in the batch (a tensor or a SensitiveAttributes).
+        sens: selector of the groups in the batch: an ``(N, S)`` group matrix, or a SensitiveAttributes (its
+            ``group_matrix()``).
         labels: selector of the labels (needed by label-conditioned statistics and plain metrics).
         attributes: selector of the attributes for the dependence metrics (default ``sens``); a list selects one
             attribute per entry, as ``sens`` does for the dependence losses in
@@ -88,9 +99,13 @@ class FairnessMonitor(pl.Callback):
         group_names: the names of the S columns of ``sens`` (``["sex=Female", "sex=Male"]``), used in the logged
             names, the plots and the summary; default: see the module docstring.
         summary: print the summary table after ``validate``, ``test`` and ``fit`` (rank 0).
+        min_group_size: groups with fewer rows over the epoch are left out of the gaps, shown and marked
+            ``(small)`` (the module docstring); default 30, as :func:`fairret.report.fairness_report`.
 
     Attributes:
-        last_values: the latest logged value of every key.
+        last_values: the latest logged value of every key the monitor logs (full names such as
+            ``val/fairness/dp_relative_gap`` and ``val/fairness/dp_relative_gap/pr/sex=Female``), kept in the
+            checkpoint.
         last_result: per stage (``"validate"``, ``"test"``), the latest :class:`~fairret._monitoring.FairnessResult`
             (its ``render(title)`` is the printed table).
     """
@@ -99,7 +114,8 @@ class FairnessMonitor(pl.Callback):
                  labels: Selector = None, attributes: Selector = None, cells: Selector = None,
                  prediction_module: Optional[str] = None, prediction_output: Selector = None,
                  pred_as_logit: bool = True, stages: Sequence[str] = _STAGES, log_prefix: str = "fairness",
-                 plot: bool = True, group_names: Optional[List[str]] = None, summary: bool = True):
+                 plot: bool = True, group_names: Optional[List[str]] = None, summary: bool = True,
+                 min_group_size: int = 30):
         super().__init__()
         check_metrics(metrics)
         check_selector(sens, "sens", allow_none=False)
@@ -109,7 +125,7 @@ class FairnessMonitor(pl.Callback):
         bad = [s for s in stages if s not in _STAGES]
         if not stages or bad:
             raise ValueError(f"Expected argument `stages` to hold 'validate' and/or 'test', but got {list(stages)}")
-        self.tracker = FairnessTracker(metrics, group_names)
+        self.tracker = FairnessTracker(metrics, group_names, min_group_size)
         self.sens, self.labels, self.attributes, self.cells = sens, labels, attributes, cells
         self.capture = PredictionCapture(prediction_module, prediction_output)
         self.pred_as_logit = bool(pred_as_logit)
@@ -184,8 +200,7 @@ class FairnessMonitor(pl.Callback):
         prefix = f"{tag}/{self.log_prefix}"
         for key, value in result.prefixed(prefix).items():
             pl_module.log(key, value, sync_dist=False)  # already the value over all ranks
-            if key.count("/") == 2:
-                self.last_values[key] = value
+            self.last_values[key] = value
         if not trainer.sanity_checking:
             self.last_result[stage] = result
         if self.plot and trainer.is_global_zero and not trainer.sanity_checking:

@@ -114,7 +114,11 @@ class DistanceCovarianceLoss(_DependenceLoss):
     """dCov² between the predictions and all attributes concatenated (V-statistic by default).
 
     Args:
-        unbiased: U-statistic instead of V.
+        unbiased: the U-statistic (bias-corrected; needs N ≥ 4 rows, can be slightly negative) instead of the
+            V-statistic. Default ``False``: the V-statistic of Székely, Rizzo and Bakirov (2007), defined for any
+            batch, never negative (and dCor² in [0, 1]), the estimator ``dcor`` computes by default. It is biased
+            upwards by O(1/N) for independent variables, so on small batches prefer ``True`` (the default of
+            :class:`CCdCovLoss`, as in Lee et al.'s training code, and of :class:`JdCovLoss`).
         backend: one of :data:`fairret.ops.BACKENDS`, described in :mod:`fairret.ops` (default ``auto``).
         categorical: encoding of categorical blocks of a SensitiveAttributes (``onehot`` or ``discrete``).
         validate_args: also check that predictions and attributes are finite (off by default: the check
@@ -135,7 +139,8 @@ class DistanceCovarianceLoss(_DependenceLoss):
 class DistanceCorrelationLoss(DistanceCovarianceLoss):
     """dCor² between the predictions and all attributes concatenated (bias-corrected when ``unbiased``).
 
-    Arguments as :class:`DistanceCovarianceLoss`.
+    Arguments as :class:`DistanceCovarianceLoss`: ``unbiased=False`` by default (the V-statistic dCor², in
+    [0, 1], defined for any batch; see there why, and when to pass ``True``).
     """
 
     _measure = staticmethod(D.distance_correlation_sqr)
@@ -150,7 +155,8 @@ class JdCovLoss(_DependenceLoss):
 
     Args:
         c: JdCov's constant (default 1).
-        unbiased, backend, categorical, validate_args: as in :class:`DistanceCovarianceLoss`.
+        unbiased: U-statistic (default ``True``, as :class:`CCdCovLoss`; see there why) or V-statistic.
+        backend, categorical, validate_args: as in :class:`DistanceCovarianceLoss`.
         scale_invariant: divide each variable's centred distances by its distance standard deviation.
     """
 
@@ -179,7 +185,12 @@ class CCdCovLoss(_DependenceLoss):
 
     Args:
         weights: one non-negative weight per attribute (per block of a SensitiveAttributes); default 1.
-        unbiased: U-statistic (default, as in the paper's code).
+        unbiased: U-statistic (default ``True``, as in Lee et al.'s training code: its expected value is 0 for
+            independent predictions and attributes at any batch size, so the penalty does not chase the
+            V-statistic's O(1/N) positive bias on mini-batches; needs N ≥ 4 rows and can be slightly negative);
+            ``False``: the V-statistic (≥ 0, any N), the default of :class:`DistanceCovarianceLoss` and
+            :class:`DistanceCorrelationLoss`. The defaults follow each estimator's usual source and are kept for
+            compatibility.
         backend, categorical, validate_args: as in :class:`DistanceCovarianceLoss`.
     """
 
