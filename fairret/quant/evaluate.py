@@ -217,38 +217,48 @@ class _Scorer:
     """Runs batches of units through a causal LM and returns each scored token's log-probability.
 
     Where the model is a base model plus an output layer, the output layer runs only at the scored positions;
-    packed rows (units of several members) use a 4-D attention mask and explicit position ids. Both shortcuts are
-    checked once against the plain full forward on the first batch that uses them, and dropped if they differ.
+    packed rows (units of several members) use a 4-D attention mask and explicit position ids. :meth:`check`
+    compares both shortcuts once with the plain full forward on a small probe batch and drops those that differ.
     """
 
     def __init__(self, model: Any, device: Any):
         self.model, self.device = model, device
         self.split = _head_split(model)
-        self.split_checked = self.split is None
-        self.packing_ok: Optional[bool] = None
+        self.packing_ok = True
 
-    def _logits(self, ids, mask, pos, r, p):
-        kw: Dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+    def _logprobs(self, ids, mask, pos, r, p, target, full: bool = False) -> torch.Tensor:
+        """log-probability of ``target`` at the positions ``(r, p)``; ``full``: through the whole model's logits."""
+        kw: Dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
         if pos is not None:
             kw["position_ids"] = pos
+        if self.split is None or full:
+            return _token_logprob(self.model(**kw).logits[r, p].float(), target)
+        base, head = self.split
+        hidden = base(**kw)[0][r, p]
+        return torch.cat([_token_logprob(head(h).float(), t) for h, t in zip(hidden.split(1024), target.split(1024))])
+
+    def check(self, units: List[_Unit], seqs: List[List[int]], first: List[int]) -> None:
+        """Once, on a probe of the shortest, the longest and the shortest packed unit: the output layer alone must
+        give the full model's log-probabilities (else :attr:`split` is dropped), and packed rows must score as plain
+        ones (else :attr:`packing_ok` is False)."""
+        probe = list({id(u): u for u in units[:1] + units[-1:] + [u for u in units if len(u.members) > 1][:1]
+                      }.values())
+        plain = [_Unit([i], 0) for u in probe for i in u.members]  # the same members' tokens in the same order
         if self.split is not None:
-            hidden = self.split[0](use_cache=False, **kw)[0][r, p]
-            if not self.split_checked:  # the output layer alone must give the full model's logits
-                ref = self.model(use_cache=False, **kw).logits[r, p].float()
-                alone = self.split[1](hidden).float()
-                self.split_checked = True
-                if not torch.allclose(alone, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())):
-                    self.split = None
-                    return lambda target: _token_logprob(ref, target)
-            head = self.split[1]
-            return lambda target: torch.cat([_token_logprob(head(h).float(), t) for h, t in
-                                             zip(hidden.split(1024), target.split(1024))])
-        full = self.model(**kw).logits[r, p].float()
-        return lambda target: _token_logprob(full, target)
+            _, ref = self.run(plain, seqs, first, full=True)
+            _, alone = self.run(plain, seqs, first)
+            if not torch.allclose(alone, ref, rtol=1e-4, atol=1e-4):
+                self.split = None
+        if any(len(u.members) > 1 for u in probe):
+            _, ref = self.run(plain, seqs, first)
+            _, lp = self.run(probe, seqs, first)
+            self.packing_ok = bool(torch.allclose(lp, ref, rtol=1e-3, atol=1e-3))
 
     @torch.no_grad()
-    def run(self, units: List[_Unit], seqs: List[List[int]], first: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(owner, logprob)`` of every scored token of the units' members."""
+    def run(self, units: List[_Unit], seqs: List[List[int]], first: List[int], full: bool = False
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(owner, logprob)`` of every scored token of the units' members (``full``: through the model's own
+        output, not the split)."""
         packed = any(len(u.members) > 1 for u in units)
         T = max(u.length(seqs) for u in units)
         B = len(units)
@@ -286,25 +296,17 @@ class _Scorer:
                 mask4[b, 0, idx, idx] = True  # padding rows see themselves (a row seeing nothing gives NaN)
         r, w, tgt, own = torch.cat(rows), torch.cat(where), torch.cat(targets), torch.cat(owners)
         dev = self.device
-        if mask4 is not None:
-            logits = self._logits(ids.to(dev), mask4.to(dev), pos.to(dev), r.to(dev), w.to(dev))
-            lp = logits(tgt.to(dev)).double().cpu()
-            if self.packing_ok is None:  # once: the packed rows must score as the plain ones do
-                # (the plain run lists the same members' tokens in the same order)
-                _, plain = self.run([_Unit([i], 0) for u in units for i in u.members], seqs, first)
-                self.packing_ok = bool(torch.allclose(lp, plain, rtol=1e-3, atol=1e-3))
-                if not self.packing_ok:
-                    return own, plain
-            return own, lp
-        logits = self._logits(ids.to(dev), mask2.to(dev), None, r.to(dev), w.to(dev))
-        return own, logits(tgt.to(dev)).double().cpu()
+        mask = mask4 if mask4 is not None else mask2
+        lp = self._logprobs(ids.to(dev), mask.to(dev), pos.to(dev) if mask4 is not None else None, r.to(dev),
+                            w.to(dev), tgt.to(dev), full)
+        return own, lp.double().cpu()
 
 
 @torch.no_grad()
 def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
                       contexts: Optional[Sequence[str]] = None, start: Union[str, int, None] = "auto",
-                      max_length: Optional[int] = None, max_tokens: int = 4096, device: Optional[Any] = None,
-                      desc: Optional[str] = None, share: Optional[Sequence[Any]] = None
+                      max_length: Optional[int] = None, max_tokens: int = 4096,
+                      device: Optional[Any] = None, desc: Optional[str] = None, share: Optional[Sequence[Any]] = None
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of each continuation given its context, and its number of tokens.
 
@@ -363,6 +365,10 @@ def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
         first.append(f)
     scorer = _Scorer(model, device)
     units = sorted(_units(seqs, first, share), key=lambda u: u.length(seqs))
+    if units:
+        scorer.check(units, seqs, first)
+    if not scorer.packing_ok:  # packing was refused: one sequence a row
+        units = sorted(_units(seqs, first, None), key=lambda u: u.length(seqs))
     logprob = torch.zeros(n, dtype=torch.float64)
     count = torch.zeros(n, dtype=torch.long)
     bar = progress_bar(n, desc, "seq", leave=False)
@@ -373,8 +379,6 @@ def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
             take += 1
         batch = units[pos:pos + take]
         pos += take
-        if scorer.packing_ok is False:  # packing was refused: the rest one sequence a row
-            batch = [_Unit([i], 0) for u in batch for i in u.members]
         owner, lp = scorer.run(batch, seqs, first)
         logprob.index_add_(0, owner, lp)
         count.index_add_(0, owner, torch.ones_like(owner))
