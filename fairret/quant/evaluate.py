@@ -58,6 +58,11 @@ __all__ = ["StereoItem", "ChoiceItem", "load_stereoset", "load_passages", "load_
            "text_nll", "perplexity", "choice_scores", "agreement", "EvalData", "CausalReport", "evaluate_causal",
            "encoder_stereotype_score", "encoder_stereotype_margin", "sentence_embeddings", "embedding_fidelity"]
 
+#: Default tokens per scoring batch (padding included). Smaller batches keep a layer's activations in a CPU's cache
+#: and, sorted by length, carry less padding (StereoSet intrasentence with SmolLM2: 5% of the tokens instead of 18%):
+#: SmolLM2-135M scored StereoSet ~20% faster in batches of 1,024 tokens than of 4,096 (512: no faster).
+MAX_TOKENS = 1024
+
 
 # ----------------------------------------------------------------------------------------------------------- data
 class StereoItem(SentencePair):
@@ -305,7 +310,7 @@ class _Scorer:
 @torch.no_grad()
 def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
                       contexts: Optional[Sequence[str]] = None, start: Union[str, int, None] = "auto",
-                      max_length: Optional[int] = None, max_tokens: int = 4096,
+                      max_length: Optional[int] = None, max_tokens: int = MAX_TOKENS,
                       device: Optional[Any] = None, desc: Optional[str] = None, share: Optional[Sequence[Any]] = None
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of each continuation given its context, and its number of tokens.
@@ -331,7 +336,7 @@ def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
         start: see :func:`start_tokens`. Without a start token the first token of a context-free continuation is
             not scored.
         max_length: keep at most this many tokens of each sequence (the start and context first).
-        max_tokens: tokens per batch (with padding).
+        max_tokens: tokens per batch (with padding; see :data:`MAX_TOKENS`).
         device: where to run (default: the model's).
         desc: a progress-bar label (no bar when None).
         share: keys of the sequences that may share their common prefix.
@@ -472,7 +477,7 @@ def _icat(ss: torch.Tensor, lms: torch.Tensor) -> torch.Tensor:
 
 
 def stereoset_scores(model: Any, tokenizer: Any, items: Sequence[StereoItem], kind: Optional[str] = None,
-                     start: Union[str, int, None] = "auto", max_tokens: int = 4096,
+                     start: Union[str, int, None] = "auto", max_tokens: int = MAX_TOKENS,
                      desc: Optional[str] = None) -> StereoScores:
     """Score StereoSet items with a causal LM (see the module docstring).
 
@@ -530,7 +535,7 @@ def causal_stereotype_score(model: Any, tokenizer: Any, items: Sequence[Sentence
 
 # ------------------------------------------------------------------------------------------------------ fidelity
 def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], start: Union[str, int, None] = "auto",
-             max_length: int = 256, max_tokens: int = 4096, desc: Optional[str] = None
+             max_length: int = 256, max_tokens: int = MAX_TOKENS, desc: Optional[str] = None
              ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per text: the summed negative log-likelihood (float64) and the number of scored tokens (first
     ``max_length`` tokens with the start token)."""
@@ -551,7 +556,7 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], start: Union[st
 
 
 def choice_scores(model: Any, tokenizer: Any, items: Sequence[ChoiceItem], start: Union[str, int, None] = "auto",
-                  max_tokens: int = 4096, desc: Optional[str] = None) -> torch.Tensor:
+                  max_tokens: int = MAX_TOKENS, desc: Optional[str] = None) -> torch.Tensor:
     """``(N, K)`` mean log-probability per token of every ending given its context (``-inf`` where an item has
     fewer endings than the most)."""
     items = list(items)
@@ -685,7 +690,7 @@ class CausalReport:
 
 
 def evaluate_causal(model: Any, tokenizer: Any, data: EvalData, start: Union[str, int, None] = "auto",
-                    max_tokens: int = 4096, label: Optional[str] = None) -> CausalReport:
+                    max_tokens: int = MAX_TOKENS, label: Optional[str] = None) -> CausalReport:
     """Run every part of ``data`` on ``model`` (progress bars labelled with ``label`` when given)."""
     def desc(part):
         return None if label is None else f"{label}: {part}"
