@@ -232,15 +232,23 @@ class _Scorer:
         self.packing_ok = True
 
     def _logprobs(self, ids, mask, pos, r, p, target, full: bool = False) -> torch.Tensor:
-        """log-probability of ``target`` at the positions ``(r, p)``; ``full``: through the whole model's logits."""
+        """log-probability of ``target`` at the positions ``(r, p)``; ``full``: through the whole model's logits. A
+        position scored for several targets (the end of a packed row's shared prefix predicts each member's next
+        token) goes through the output layer once."""
         kw: Dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
         if pos is not None:
             kw["position_ids"] = pos
+        at, row = torch.unique(r * ids.shape[1] + p, return_inverse=True)  # distinct positions; each target's
+        r, p = at // ids.shape[1], at % ids.shape[1]
         if self.split is None or full:
-            return _token_logprob(self.model(**kw).logits[r, p].float(), target)
+            return _token_logprob(self.model(**kw).logits[r, p].float(), row, target)
         base, head = self.split
         hidden = base(**kw)[0][r, p]
-        return torch.cat([_token_logprob(head(h).float(), t) for h, t in zip(hidden.split(1024), target.split(1024))])
+        out = torch.empty(target.shape, dtype=torch.float32, device=target.device)
+        for a in range(0, hidden.shape[0], 1024):  # the output layer on 1,024 positions at a time
+            sel = (row >= a) & (row < a + 1024)
+            out[sel] = _token_logprob(head(hidden[a:a + 1024]).float(), row[sel] - a, target[sel])
+        return out
 
     def check(self, units: List[_Unit], seqs: List[List[int]], first: List[int]) -> None:
         """Once, on a probe of the shortest, the longest and the shortest packed unit: the output layer alone must
@@ -394,9 +402,12 @@ def sequence_logprobs(model: Any, tokenizer: Any, continuations: Sequence[str],
     return logprob, count
 
 
-def _token_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] per row."""
-    return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+def _token_logprob(logits: torch.Tensor, rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits[rows])[target]`` per target. Overwrites ``logits``: the log-sum-exp runs in place,
+    without the vocabulary-sized temporaries of ``torch.logsumexp`` (which take twice as long on a CPU)."""
+    top = logits.amax(-1, keepdim=True)
+    picked = logits[rows, target]
+    return picked - logits.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))[rows]
 
 
 # ----------------------------------------------------------------------------------------------------- StereoSet
