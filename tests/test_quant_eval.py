@@ -111,6 +111,21 @@ def _tiny_causal(kind):
     return T.AutoModelForCausalLM.from_config(cfg).eval()
 
 
+def _one_at_a_time(model, texts, ctx):
+    """Each continuation's summed log-probability (and token count) from the full model's logits, one sequence
+    at a time with CharTokenizer's ids and its start token."""
+    ref, count = [], []
+    for t, c in zip(texts, ctx):
+        pre = [1] + [3 + ord(ch) % 90 for ch in c]
+        cont = [3 + ord(ch) % 90 for ch in (" " + t if c else t)]
+        ids = torch.tensor([pre + cont])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+        ref.append(float(logp[len(pre) - 1:].gather(-1, ids[0, len(pre):, None]).sum()))
+        count.append(len(cont))
+    return ref, count
+
+
 @pytest.mark.parametrize("kind", ["llama", "opt", "gpt2"])
 def test_batched_scores_equal_one_sequence_at_a_time(kind):
     """Length-sorted, right-padded batches (several per call) give each sequence's log-probability as scoring it
@@ -121,15 +136,9 @@ def test_batched_scores_equal_one_sequence_at_a_time(kind):
     texts = ["a", "hello there", "the quick brown fox jumps", "xy", "zzzzzzzzzzzzz", "mid length"]
     ctx = ["", "ctx", "a longer context here", "c", "", "q"]
     lp, n = sequence_logprobs(model, tok, texts, contexts=ctx, max_tokens=40)
-    for i, (t, c) in enumerate(zip(texts, ctx)):
-        pre = [1] + [3 + ord(ch) % 90 for ch in c]
-        cont = [3 + ord(ch) % 90 for ch in (" " + t if c else t)]
-        ids = torch.tensor([pre + cont])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
-        ref = logp[len(pre) - 1:].gather(-1, ids[0, len(pre):, None]).sum()
-        assert n[i] == len(cont)
-        assert float(lp[i]) == pytest.approx(float(ref), abs=2e-4)
+    ref, count = _one_at_a_time(model, texts, ctx)
+    assert n.tolist() == count
+    assert lp.tolist() == pytest.approx(ref, abs=2e-4)
 
 
 def test_stereoset_summary_by_hand():
@@ -274,8 +283,47 @@ def test_shared_prefixes_pack_into_one_row_and_score_the_same():
     units = _units(seqs, [1, 1, 1], [0, 0, 0])
     assert [(u.members, u.prefix) for u in units] == [([0, 1, 2], 2)]
     scorer = _Scorer(model, torch.device("cpu"))
-    scorer.run(units, seqs, [1, 1, 1])
-    assert scorer.packing_ok is True
+    scorer.check(units, seqs, [1, 1, 1])
+    assert scorer.packing_ok is True and scorer.split is not None
+
+
+class _DoubledLlama(T.LlamaForCausalLM):
+    """A Llama whose logits are twice its output layer's."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = 2 * out.logits
+        return out
+
+
+def _capped_gemma2():
+    """Gemma 2 caps its logits after the output layer (``c * tanh(logits / c)``, here c = 5, with logits of
+    several units, which the cap bends); it also builds its own attention masks, so packed rows score wrong."""
+    cfg = T.Gemma2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                         final_logit_softcapping=5.0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["doubled llama", "capped gemma2"])
+def test_a_model_whose_logits_are_not_its_output_layer_alone_is_scored_through_its_own_output(kind):
+    """The output layer alone would score wrong: the probe check drops that shortcut (and packing only where the
+    packed rows score wrong too), and the scores equal one-at-a-time scoring through the full model."""
+    from fairret.quant.evaluate import _Scorer, _units, sequence_logprobs
+
+    torch.manual_seed(0)
+    model = _DoubledLlama(_tiny_causal("llama").config).eval() if kind == "doubled llama" else _capped_gemma2()
+    texts, ctx = ["the cat", "the dog", "xy"], ["k", "k", ""]
+    lp, _ = sequence_logprobs(model, CharTokenizer(), texts, ctx, share=[0, 0, 1])
+    assert lp.tolist() == pytest.approx(_one_at_a_time(model, texts, ctx)[0], abs=2e-4)
+    seqs = [[1, 5, 6, 7], [1, 5, 6, 8, 9], [1, 8, 9, 10, 11, 12, 13]]  # the packed unit, then a longer one
+    scorer = _Scorer(model, torch.device("cpu"))
+    assert scorer.split is not None
+    scorer.check(sorted(_units(seqs, [1, 1, 1], [0, 0, 1]), key=lambda u: u.length(seqs)), seqs, [1, 1, 1])
+    assert scorer.split is None and scorer.packing_ok is (kind == "doubled llama")
 
 
 def test_a_model_that_ignores_the_packing_mask_is_scored_plainly():

@@ -259,8 +259,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
         for g in range(n_groups):
             static[g] = params(W[:, g * gs:(g + 1) * gs])
     # the column loop works on W^T (row i = input column i, contiguous) in compute_dtype
-    Wt = W[:, perm].T.to(compute_dtype).contiguous()
-    U = _inverse_cholesky_upper(H[perm][:, perm], damp).to(compute_dtype)
+    # (without act_order the visiting order is the identity: no permuted copies of W, H and the results)
+    Wt = (W[:, perm] if act_order else W).T.to(compute_dtype).contiguous()
+    U = _inverse_cholesky_upper(H[perm][:, perm] if act_order else H, damp).to(compute_dtype)
     codes = torch.empty_like(Wt)
     scales = torch.zeros(n_groups, d_out, dtype=compute_dtype, device=W.device)
     zeros = torch.zeros_like(scales)
@@ -297,14 +298,14 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
                         k = min(gs - inside, d_in - b1)
                         cols.append(Wt[b1:b1 + k] - U[b0:b0 + j, b1:b1 + k].T @ Eb[:j])
                     scale, zero = params(torch.cat(cols).T)
-                if i == 0 or gpos_list[i - 1] != g or not (act_order and static_groups):
+                if i == 0 or gpos_list[i - 1] != g:
                     scales[g], zeros[g] = scale, zero
-                w = Wb[j]
-                c = torch.clamp(torch.round(w / scale) + zero, 0, quant.maxq)
-                codes[i] = c
-                err = Eb[j]
-                torch.sub(w, scale * (c - zero), out=err)
-                err.div_(diag[i])
+                # Quantizer.codes and the error (w - scale * (c - zero)) / U_ii, written in place (the same
+                # operations in the same order: no temporaries)
+                w, c, err = Wb[j], codes[i], Eb[j]
+                torch.div(w, scale, out=c).round_().add_(zero).clamp_(0, quant.maxq)
+                torch.sub(c, zero, out=err).mul_(scale)
+                torch.sub(w, err, out=err).div_(diag[i])
                 if j + 1 < b1 - b0:
                     Wb[j + 1:].addr_(Ub[j, j + 1:], err, alpha=-1)
             if b1 < d_in:
@@ -312,7 +313,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
     codes64 = codes.to(torch.float64)
     scales64, zeros64 = scales.to(torch.float64), zeros.to(torch.float64)
     Q = scales64[gpos] * (codes64 - zeros64[gpos])  # (d_in, d_out) in the visiting order
-    Q, codes64 = Q[invperm].T.contiguous(), codes64[invperm].T.contiguous()
+    if act_order:
+        Q, codes64 = Q[invperm], codes64[invperm]
+    Q, codes64 = Q.T.contiguous(), codes64.T.contiguous()
     g_idx = torch.empty(d_in, dtype=torch.long, device=W.device)
     g_idx[perm] = gpos
     return GPTQResult(Q, codes64.to(torch.int32), scales64.T.contiguous(), zeros64.T.contiguous(),
