@@ -357,7 +357,7 @@ def report(study: Study, fp: CausalReport, rtn: Dict[int, CausalReport], runs: L
                        "different splits share about half their intrasentence items (each split's models are "
                        "quantized afresh, so an item's flip can differ between splits), so the pooled p-value "
                        "overstates the evidence; read it beside the per-split rows.\n")
-        out.append(_screen_table(rs[0]))
+        out.extend(_screen_table(r) for r in rs)
     if layer_rows:
         out.append(_layer_table(layer_rows, layer_run))
     return "\n".join(out) + "\n"
